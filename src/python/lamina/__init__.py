@@ -1,0 +1,1 @@
+"""lamina: compose container images from layers of existing images, keeping every layer's bytes and digest."""

@@ -1,0 +1,6 @@
+"""`python -m lamina`."""
+import sys
+
+from lamina.cli import main
+
+sys.exit(main())

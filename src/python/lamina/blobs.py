@@ -1,0 +1,220 @@
+"""Streaming blob I/O: verified reads, hashing, copying and decompression in fixed-size chunks."""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import zlib
+from typing import BinaryIO, Callable, Iterator, Optional
+
+from lamina.errors import DigestMismatch, InvalidSource
+
+CHUNK = 1 << 20  # 1 MiB: every copy and hash works in pieces of this size.
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+Opener = Callable[[], BinaryIO]
+
+
+def sniff_compression(head: bytes) -> str:
+    """'gzip', 'zstd' or 'none' from a blob's first bytes."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+class VerifiedReader(io.RawIOBase):
+    """Reads a stream of known digest and size; raises DigestMismatch at the end if it lies."""
+
+    def __init__(self, raw: BinaryIO, digest: str, size: Optional[int], what: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._digest = digest
+        self._size = size
+        self._what = what
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._done:
+            return 0
+        want = len(buffer)
+        if self._size is not None:
+            want = min(want, max(self._size - self._count, 0) + 1)
+        data = self._raw.read(want) if want else b""
+        if not data:
+            self._finish()
+            return 0
+        self._count += len(data)
+        if self._size is not None and self._count > self._size:
+            raise DigestMismatch(f"{self._what}: blob is larger than its declared size {self._size}")
+        self._hash.update(data)
+        n = len(data)
+        buffer[:n] = data
+        return n
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._size is not None and self._count != self._size:
+            raise DigestMismatch(
+                f"{self._what}: blob has {self._count} bytes, its descriptor says {self._size} "
+                "(truncated or corrupt)"
+            )
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest:
+            raise DigestMismatch(f"{self._what}: blob content is {actual}, expected {self._digest}")
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def verified(opener: Opener, digest: str, size: Optional[int], what: str) -> BinaryIO:
+    """A buffered reader of `opener()` that checks digest and size when read to the end."""
+    return io.BufferedReader(VerifiedReader(opener(), digest, size, what), CHUNK)  # type: ignore[return-value]
+
+
+def chunks(stream: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
+    while True:
+        data = stream.read(chunk)
+        if not data:
+            return
+        yield data
+
+
+def sha256_stream(stream: BinaryIO) -> tuple[str, int]:
+    """(digest, size) of everything left in `stream`."""
+    h = hashlib.sha256()
+    n = 0
+    for data in chunks(stream):
+        h.update(data)
+        n += len(data)
+    return "sha256:" + h.hexdigest(), n
+
+
+def sha256_file(path: str) -> tuple[str, int]:
+    with open(path, "rb") as f:
+        return sha256_stream(f)
+
+
+def copy_stream(src: BinaryIO, dst: BinaryIO) -> int:
+    n = 0
+    for data in chunks(src):
+        dst.write(data)
+        n += len(data)
+    return n
+
+
+class _ZstdReader(io.RawIOBase):
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        import zstandard
+
+        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            data = self._reader.read(len(buffer))
+        except Exception as e:  # zstandard raises its own ZstdError; keep it one line for the user
+            if type(e).__name__ == "ZstdError":
+                raise InvalidSource(f"corrupt zstd layer: {e}") from e
+            raise
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _GzipReader(io.RawIOBase):
+    """gzip decompression that turns truncation and corruption into InvalidSource."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        try:
+            data = self._gz.read(len(buffer))
+        except (EOFError, OSError, zlib.error) as e:
+            raise InvalidSource(f"corrupt or truncated gzip layer: {e}") from e
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def decompressed(stream: BinaryIO, compression: str) -> BinaryIO:
+    """A reader of the uncompressed bytes of `stream`."""
+    if compression == "none":
+        return stream
+    if compression == "gzip":
+        return io.BufferedReader(_GzipReader(stream), CHUNK)  # type: ignore[return-value]
+    if compression == "zstd":
+        return io.BufferedReader(_ZstdReader(stream), CHUNK)  # type: ignore[return-value]
+    raise ValueError(compression)
+
+
+def link_or_copy(src: str, dst: str) -> None:
+    """Hard-link `src` to `dst` when they share a file system, else copy in chunks."""
+    try:
+        os.link(src, dst)
+        return
+    except OSError:
+        pass
+    with open(src, "rb") as s, open(dst, "wb") as d:
+        copy_stream(s, d)
+
+
+class DiffIdHasher:
+    """Hashes the uncompressed form of a blob fed in compressed chunks, in the same pass as a copy."""
+
+    def __init__(self, compression: str, what: str) -> None:
+        self._what = what
+        self._hash = hashlib.sha256()
+        self._compression = compression
+        self._d = self._new()
+
+    def _new(self):  # type: ignore[no-untyped-def]
+        if self._compression == "gzip":
+            return zlib.decompressobj(wbits=31)
+        if self._compression == "zstd":
+            import zstandard
+
+            return zstandard.ZstdDecompressor().decompressobj()
+        return None
+
+    def update(self, data: bytes) -> None:
+        if self._d is None:
+            self._hash.update(data)
+            return
+        try:
+            while data:
+                self._hash.update(self._d.decompress(data))
+                data = b""
+                if self._d.eof and self._d.unused_data:
+                    # concatenated members/frames decompress as one stream
+                    data = self._d.unused_data
+                    self._d = self._new()
+        except zlib.error as e:
+            raise InvalidSource(f"{self._what}: corrupt gzip layer ({e})") from e
+        except Exception as e:
+            if type(e).__name__ == "ZstdError":
+                raise InvalidSource(f"{self._what}: corrupt zstd layer ({e})") from e
+            raise
+
+    def digest(self) -> str:
+        if self._d is not None and not self._d.eof:
+            raise InvalidSource(f"{self._what}: truncated {self._compression} layer")
+        return "sha256:" + self._hash.hexdigest()

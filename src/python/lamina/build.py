@@ -1,0 +1,78 @@
+"""From a Spec to an image on disk: open sources, select layers, make the files layer, compose, write."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Optional
+
+from lamina.compose import AddedLayer, ComposedImage, compose
+from lamina.errors import InvalidSource, SpecError
+from lamina.extract import read_selection
+from lamina.formats.write import write
+from lamina.image import Image, Layer
+from lamina.newlayer import build_files_layer, files_from_dir
+from lamina.select import parse_selector, select
+from lamina.sources import open_image, parse_source
+from lamina.spec import LayerSpec, Spec
+
+
+def _open(spec: LayerSpec, platform) -> tuple[Image, tuple[Layer, ...], str, bool]:  # type: ignore[no-untyped-def]
+    """(image, selected layers, selector text, trusted) for one layer spec."""
+    ref = parse_source(spec.source)
+    selection = read_selection(ref.path) if os.path.isdir(ref.path) else None
+    name = spec.name or (selection.source if selection else spec.source)
+    image = open_image(spec.source, name=name, platform=platform)
+    if spec.layer is None:
+        if selection is None:
+            raise SpecError(f"{spec.source}: name the layers to take with \"layer\" (e.g. \"-1\")")
+        layers = tuple(image.layers[i] for i in selection.indices)
+        return image, layers, selection.selector, True
+    selector = parse_selector(spec.layer)
+    return image, select(image, selector), str(selector), selection is not None
+
+
+def build(spec: Spec, out: str, workdir: Optional[str] = None) -> ComposedImage:
+    base: Optional[Image] = None
+    base_trusted = False
+    if spec.base is not None:
+        base_spec = spec.base if spec.base.layer is not None or _is_bundle(spec.base.source) else LayerSpec(spec.base.source, ":", spec.base.name)
+        base, base_layers, _, base_trusted = _open(base_spec, spec.platform)
+        if len(base_layers) != len(base.layers):
+            raise SpecError(f"base {spec.base.source}: a base must be a whole image, not some of its layers")
+        missing = [l for l in base.layers if l.opener is None]
+        if missing:
+            raise InvalidSource(f"base {spec.base.source}: layer {missing[0].index} has no bytes in this source")
+    added = []
+    for layer_spec in spec.layers:
+        image, layers, selector, trusted = _open(layer_spec, spec.platform or (base.platform if base else None))
+        added.extend(AddedLayer(l, image.source, selector, image.platform, trusted) for l in layers)
+    tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=workdir or os.path.dirname(os.path.abspath(out)))
+    try:
+        new_layers = []
+        files = [(f.dest, f.src) for f in spec.files]
+        for d in spec.file_dirs:
+            if not os.path.isdir(d.src):
+                raise SpecError(f"file_dirs: {d.src!r} is not a directory")
+            files.extend(files_from_dir(d.src, d.dest))
+        if files:
+            new_layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
+        image = compose(
+            base,
+            added,
+            new_layers,
+            spec.config,
+            platform=spec.platform,
+            allow_platform_mismatch=spec.allow_platform_mismatch,
+            tags=spec.tags,
+            base_trusted=base_trusted,
+        )
+        write(image, spec.format, out)
+        return image
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_bundle(source: str) -> bool:
+    path = parse_source(source).path
+    return os.path.isdir(path) and read_selection(path) is not None

@@ -1,0 +1,197 @@
+"""compose(base, layers, overrides) -> a new image, at the manifest/config level: layer bytes never change."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional, Sequence
+
+from lamina.errors import PlatformMismatch
+from lamina.image import Image, Layer
+from lamina.model import (
+    ANN_SELECTOR,
+    ANN_SOURCE,
+    ANN_SOURCE_DIGEST,
+    EPOCH,
+    OCI_CONFIG,
+    OCI_MANIFEST,
+    Descriptor,
+    Platform,
+    canonical_json,
+    oci_layer_media_type,
+)
+from lamina.select import describe
+
+
+@dataclass(frozen=True)
+class AddedLayer:
+    """A layer taken from a source image, with where it came from (for the audit trail)."""
+
+    layer: Layer
+    source: str
+    selector: str
+    platform: Platform
+    trusted: bool = False  # True when its blob was already verified (a lamina bundle)
+
+
+@dataclass(frozen=True)
+class ConfigOverrides:
+    env: tuple[tuple[str, str], ...] = ()
+    entrypoint: Optional[tuple[str, ...]] = None
+    cmd: Optional[tuple[str, ...]] = None
+    workdir: Optional[str] = None
+    user: Optional[str] = None
+    labels: tuple[tuple[str, str], ...] = ()
+    exposed_ports: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    stop_signal: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ComposedImage:
+    config_bytes: bytes
+    manifest_bytes: bytes
+    layers: tuple[Layer, ...]
+    trusted: tuple[bool, ...]
+    tags: tuple[str, ...] = field(default=())
+
+    @property
+    def config_descriptor(self) -> Descriptor:
+        return _descriptor(OCI_CONFIG, self.config_bytes)
+
+    @property
+    def manifest_descriptor(self) -> Descriptor:
+        return _descriptor(OCI_MANIFEST, self.manifest_bytes)
+
+
+def _descriptor(media_type: str, data: bytes) -> Descriptor:
+    import hashlib
+
+    return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
+
+
+def scratch_config(platform: Platform) -> dict:
+    config: dict[str, Any] = {
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+        "history": [],
+    }
+    if platform.variant:
+        config["variant"] = platform.variant
+    return config
+
+
+def _apply(config: dict, o: ConfigOverrides) -> None:
+    c = config.setdefault("config", {})
+    if o.env:
+        env = [e for e in (c.get("Env") or []) if isinstance(e, str)]
+        names = [e.split("=", 1)[0] for e in env]
+        for key, value in o.env:
+            item = f"{key}={value}"
+            if key in names:
+                env[names.index(key)] = item
+            else:
+                env.append(item)
+                names.append(key)
+        c["Env"] = env
+    if o.entrypoint is not None:
+        c["Entrypoint"] = list(o.entrypoint)
+        if o.cmd is None:
+            c.pop("Cmd", None)  # as in a Dockerfile: a new ENTRYPOINT resets the inherited CMD
+    if o.cmd is not None:
+        c["Cmd"] = list(o.cmd)
+    if o.workdir is not None:
+        c["WorkingDir"] = o.workdir
+    if o.user is not None:
+        c["User"] = o.user
+    if o.labels:
+        labels = dict(c.get("Labels") or {})
+        labels.update(dict(o.labels))
+        c["Labels"] = labels
+    if o.exposed_ports:
+        ports = dict(c.get("ExposedPorts") or {})
+        for p in o.exposed_ports:
+            ports[p if "/" in p else p + "/tcp"] = {}
+        c["ExposedPorts"] = ports
+    if o.volumes:
+        volumes = dict(c.get("Volumes") or {})
+        for v in o.volumes:
+            volumes[v] = {}
+        c["Volumes"] = volumes
+    if o.stop_signal is not None:
+        c["StopSignal"] = o.stop_signal
+
+
+def compose(
+    base: Optional[Image],
+    added: Sequence[AddedLayer],
+    new_layers: Sequence[Layer] = (),
+    overrides: ConfigOverrides = ConfigOverrides(),
+    platform: Optional[Platform] = None,
+    allow_platform_mismatch: bool = False,
+    tags: Sequence[str] = (),
+    base_trusted: bool = False,
+    created: str = EPOCH,
+) -> ComposedImage:
+    """A new image: base's layers, then `added` in order, then `new_layers`; the config inherited from base."""
+    if base is None:
+        if platform is None:
+            raise PlatformMismatch("a scratch base needs an explicit platform, e.g. linux/amd64")
+        config = scratch_config(platform)
+        base_layers: tuple[Layer, ...] = ()
+    else:
+        config = copy.deepcopy(base.config)
+        base_layers = base.layers
+        if platform is not None and not allow_platform_mismatch and not platform.matches(base.platform):
+            raise PlatformMismatch(
+                f"base {base.source} is {base.platform}, but the image is for {platform}; "
+                "use a base built for that platform, or allow the mismatch"
+            )
+        platform = base.platform
+    if not allow_platform_mismatch:
+        for a in added:
+            if not a.platform.matches(platform):
+                raise PlatformMismatch(
+                    f"layer {describe(a.layer)} from {a.source} is for {a.platform}, "
+                    f"but the image is for {platform}; pick a layer built for {platform} or allow the mismatch"
+                )
+    history = [h for h in (config.get("history") or []) if isinstance(h, dict)]
+    diff_ids = [layer.diff_id for layer in base_layers]
+    descriptors = [
+        Descriptor(oci_layer_media_type(l.descriptor.media_type), l.descriptor.digest, l.descriptor.size,
+                   l.descriptor.annotations)
+        for l in base_layers
+    ]
+    for a in added:
+        d = a.layer.descriptor
+        descriptors.append(
+            Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size).with_annotations(
+                {ANN_SOURCE: a.source, ANN_SOURCE_DIGEST: d.digest, ANN_SELECTOR: a.selector}
+            )
+        )
+        diff_ids.append(a.layer.diff_id)
+        entry: dict[str, Any] = {
+            "created": created,
+            "created_by": a.layer.created_by or f"lamina: layer {d.digest}",
+            "comment": f"lamina: layer {d.digest} from {a.source} ({a.selector})",
+        }
+        history.append(entry)
+    for layer in new_layers:
+        descriptors.append(layer.descriptor)
+        diff_ids.append(layer.diff_id)
+        history.append({"created": created, **dict(layer.history[-1] if layer.history else {})})
+    config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+    config["history"] = history
+    config["created"] = created
+    _apply(config, overrides)
+    config_bytes = canonical_json(config)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _descriptor(OCI_CONFIG, config_bytes).to_json(),
+        "layers": [d.to_json() for d in descriptors],
+    }
+    layers = tuple(base_layers) + tuple(a.layer for a in added) + tuple(new_layers)
+    trusted = (base_trusted,) * len(base_layers) + tuple(a.trusted for a in added) + (True,) * len(new_layers)
+    return ComposedImage(config_bytes, canonical_json(manifest), layers, trusted, tuple(tags))

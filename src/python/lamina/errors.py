@@ -1,0 +1,30 @@
+"""The error types of the lamina core: one base class, one subclass per kind of problem."""
+from __future__ import annotations
+
+
+class LaminaError(Exception):
+    """Base of every error the core raises for bad input; its message is one line for the user."""
+
+
+class InvalidSource(LaminaError):
+    """A source reference or archive that cannot be read as an image."""
+
+
+class UnsafeArchive(LaminaError):
+    """An archive that tries to escape its root or otherwise cannot be trusted."""
+
+
+class DigestMismatch(LaminaError):
+    """A blob whose bytes do not match the digest or size that names it."""
+
+
+class SelectorError(LaminaError):
+    """A layer selector that is malformed, or matches nothing or more than one layer."""
+
+
+class PlatformMismatch(LaminaError):
+    """Layers from images built for different platforms."""
+
+
+class SpecError(LaminaError):
+    """A compose spec that is malformed."""

@@ -1,0 +1,146 @@
+"""extract: selected layers of a source image into a sparse OCI layout (a "bundle"), each verified once.
+
+A bundle is an OCI layout whose manifest describes the whole source image, but whose blobs/ holds
+only the config and the selected layers; `lamina-selection.json` says which ones and where from.
+It is the cached intermediate the Pants plugin keeps per `docker_layer`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from lamina.blobs import DiffIdHasher, chunks
+from lamina.errors import DigestMismatch, InvalidSource
+from lamina.formats.oci_layout import layout_files
+from lamina.formats.store import BlobDir
+from lamina.image import Image, Layer
+from lamina.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type, parse_json
+from lamina.progress import Progress
+
+SELECTION_FILE = "lamina-selection.json"
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a bundle holds: which layers of which source, picked by which selector."""
+
+    source: str
+    selector: str
+    indices: tuple[int, ...]
+
+    def to_json(self, image: Image) -> dict:
+        return {
+            "source": self.source,
+            "selector": self.selector,
+            "platform": str(image.platform),
+            "layers": [
+                {
+                    "index": i,
+                    "descriptor": _oci_descriptor(image.layers[i].descriptor).to_json(),
+                    "diff_id": image.layers[i].diff_id,
+                    "created_by": image.layers[i].created_by,
+                }
+                for i in self.indices
+            ],
+        }
+
+
+def read_selection(layout_dir: str) -> Optional[Selection]:
+    path = os.path.join(layout_dir, SELECTION_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = parse_json(f.read(), path)
+    try:
+        return Selection(str(data["source"]), str(data["selector"]), tuple(int(l["index"]) for l in data["layers"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise InvalidSource(f"{path}: malformed selection file ({e})") from e
+
+
+def _oci_descriptor(d: Descriptor) -> Descriptor:
+    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, d.annotations)
+
+
+def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) -> None:
+    """Copy a layer blob to `dest` in one pass, checking its digest, size and diff_id."""
+    hasher = None if layer.compression == "none" else DiffIdHasher(layer.compression, what)
+    tmp = dest + ".tmp"
+    try:
+        with layer.open_blob(what) as src, open(tmp, "wb") as out:
+            for data in chunks(src):
+                out.write(data)
+                if hasher:
+                    hasher.update(data)
+                progress.add(len(data))
+        if hasher:
+            diff_id = hasher.digest()
+            if diff_id != layer.diff_id:
+                raise DigestMismatch(f"{what}: uncompressed content is {diff_id}, the config says {layer.diff_id}")
+        elif layer.descriptor.digest != layer.diff_id:
+            raise DigestMismatch(
+                f"{what}: uncompressed layer {layer.descriptor.digest} does not match its diff_id {layer.diff_id}"
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def source_manifest(image: Image) -> bytes:
+    """An OCI manifest of the whole source image (media types mapped to OCI, digests unchanged)."""
+    config = Descriptor(OCI_CONFIG, image.config_descriptor.digest, image.config_descriptor.size)
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": config.to_json(),
+        "layers": [_oci_descriptor(l.descriptor).to_json() for l in image.layers],
+    })
+
+
+def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) -> Selection:
+    """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically."""
+    selection = Selection(image.source, selector, tuple(l.index for l in layers))
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".lamina-tmp-", dir=parent)
+    progress = Progress(f"extracting {len(layers)} layer(s) of {image.source}", sum(l.descriptor.size for l in layers))
+    try:
+        store = BlobDir(tmp)
+        for layer in layers:
+            dest = store.path(layer.descriptor.digest)
+            if os.path.exists(dest):
+                continue
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            copy_layer_verified(layer, dest, f"{image.source}: layer {layer.index} ({layer.descriptor.digest})", progress)
+        manifest = source_manifest(image)
+        manifest_desc = Descriptor(OCI_MANIFEST, _sha(manifest), len(manifest))
+        store.put_bytes(image.config_descriptor.digest, image.config_bytes)
+        store.put_bytes(manifest_desc.digest, manifest)
+        files = dict(layout_files(manifest_desc, ()))
+        files[SELECTION_FILE] = json.dumps(selection.to_json(image), indent=2, sort_keys=True).encode() + b"\n"
+        for name, data in files.items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        progress.close()
+    return selection
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+

@@ -1,0 +1,186 @@
+"""Writers of a composed image: OCI layout directory, OCI archive, `docker load` archive.
+
+All are atomic (written beside the target under a temporary name, then renamed) and deterministic
+(sorted tar entries, fixed headers), and they copy layer bytes verbatim, checking each digest.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from typing import BinaryIO, Iterator, Optional
+
+from lamina.blobs import CHUNK, VerifiedReader
+from lamina.compose import ComposedImage
+from lamina.formats.oci_layout import layout_files
+from lamina.formats.store import BlobDir, blob_path
+from lamina.image import Layer
+from lamina.model import canonical_json
+from lamina.progress import NoProgress, Progress
+
+FORMATS = ("docker-archive", "oci", "oci-archive")
+
+
+def _unique_layers(image: ComposedImage) -> Iterator[tuple[Layer, bool]]:
+    seen = set()
+    for layer, trusted in zip(image.layers, image.trusted):
+        if layer.descriptor.digest not in seen:
+            seen.add(layer.descriptor.digest)
+            yield layer, trusted
+
+
+def _layer_bytes(image: ComposedImage) -> int:
+    return sum(l.descriptor.size for l, _ in _unique_layers(image))
+
+
+def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Progress] = None) -> None:
+    """An OCI layout directory at `out_dir`, replacing any there; blobs already there are reused."""
+    progress = progress or NoProgress()
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".lamina-tmp-", dir=parent)
+    try:
+        store = BlobDir(tmp)
+        old = BlobDir(out_dir) if os.path.isdir(out_dir) else None
+        for layer, trusted in _unique_layers(image):
+            d = layer.descriptor
+            reuse = old.path(d.digest) if old else None
+            if reuse and os.path.isfile(reuse) and os.path.getsize(reuse) == d.size:
+                store.put(d, None, reuse, f"{out_dir}: layer {d.digest}", trusted=True)
+            else:
+                store.put(d, layer.opener, layer.path, f"layer {d.digest} from {layer_source(layer)}", trusted)
+            progress.add(d.size)
+        store.put_bytes(image.config_descriptor.digest, image.config_bytes)
+        store.put_bytes(image.manifest_descriptor.digest, image.manifest_bytes)
+        for name, data in layout_files(image.manifest_descriptor, image.tags).items():
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(data)
+        _swap_in(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        progress.close()
+
+
+def layer_source(layer: Layer) -> str:
+    return layer.path or "its source"
+
+
+def _swap_in(tmp: str, out: str) -> None:
+    if os.path.lexists(out):
+        old = tmp + ".old"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old)
+        else:
+            os.unlink(old)
+    else:
+        os.rename(tmp, out)
+
+
+def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = 0o755 if directory else 0o644
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    return info
+
+
+class _Counting(io.RawIOBase):
+    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
+        super().__init__()
+        self._raw = raw
+        self._progress = progress
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        self._progress.add(len(data))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Optional[Progress]) -> None:
+    progress = progress or NoProgress()
+    config = image.config_descriptor
+    manifest = image.manifest_descriptor
+    small: dict[str, bytes] = dict(layout_files(manifest, image.tags))
+    small[blob_path(config.digest)] = image.config_bytes
+    small[blob_path(manifest.digest)] = image.manifest_bytes
+    if docker:
+        small["manifest.json"] = canonical_json([{
+            "Config": blob_path(config.digest),
+            "RepoTags": list(image.tags),
+            "Layers": [blob_path(l.descriptor.digest) for l in image.layers],
+        }])
+    layers = {blob_path(l.descriptor.digest): l for l, _ in _unique_layers(image)}
+    names = sorted(set(small) | set(layers))
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.USTAR_FORMAT,
+                                                        bufsize=CHUNK) as tf:
+            tf.addfile(_tarinfo("blobs/", directory=True))
+            tf.addfile(_tarinfo("blobs/sha256/", directory=True))
+            for name in names:
+                if name in small:
+                    tf.addfile(_tarinfo(name, len(small[name])), io.BytesIO(small[name]))
+                    continue
+                layer = layers[name]
+                d = layer.descriptor
+                what = f"layer {d.digest}"
+                opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
+                stream = io.BufferedReader(VerifiedReader(_Counting(opener(), progress), d.digest, d.size, what), CHUNK)
+                with stream:
+                    tf.addfile(_tarinfo(name, d.size), stream)
+                    stream.read(1)  # reach EOF so the digest is checked
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        progress.close()
+
+
+def write_oci_archive(image: ComposedImage, out_path: str, progress: Optional[Progress] = None) -> None:
+    _write_tar(image, out_path, docker=False, progress=progress)
+
+
+def write_docker_archive(image: ComposedImage, out_path: str, progress: Optional[Progress] = None) -> None:
+    """A tar `docker load` reads (manifest.json with RepoTags), which is also an OCI layout."""
+    _write_tar(image, out_path, docker=True, progress=progress)
+
+
+def write(image: ComposedImage, fmt: str, out: str, progress_label: str = "") -> None:
+    progress = Progress(progress_label or f"writing {os.path.basename(out)}", _layer_bytes(image))
+    if fmt == "oci":
+        write_oci_layout(image, out, progress)
+    elif fmt == "oci-archive":
+        write_oci_archive(image, out, progress)
+    elif fmt == "docker-archive":
+        write_docker_archive(image, out, progress)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+

@@ -1,0 +1,171 @@
+"""Value types of OCI/Docker images: media types, digests, descriptors, platforms, canonical JSON."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from lamina.errors import InvalidSource
+
+# Media types.
+OCI_LAYOUT_VERSION = "1.0.0"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
+DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
+DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
+DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
+DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
+DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
+NONDIST_SUFFIX = ".nondistributable"
+
+INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
+MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
+
+# Layer media type -> (compression, OCI equivalent). Same bytes, so the same digest.
+_LAYER_TYPES = {
+    OCI_LAYER: ("none", OCI_LAYER),
+    OCI_LAYER_GZIP: ("gzip", OCI_LAYER_GZIP),
+    OCI_LAYER_ZSTD: ("zstd", OCI_LAYER_ZSTD),
+    DOCKER_LAYER: ("none", OCI_LAYER),
+    DOCKER_LAYER_GZIP: ("gzip", OCI_LAYER_GZIP),
+    DOCKER_LAYER_ZSTD: ("zstd", OCI_LAYER_ZSTD),
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": ("gzip", OCI_LAYER_GZIP),
+}
+COMPRESSION_MEDIA_TYPE = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
+
+# Annotation keys lamina writes.
+ANN_REF_NAME = "org.opencontainers.image.ref.name"
+ANN_SOURCE = "dev.lamina.layer.source"
+ANN_SOURCE_DIGEST = "dev.lamina.layer.source-digest"
+ANN_SELECTOR = "dev.lamina.layer.selector"
+
+EPOCH = "1970-01-01T00:00:00Z"
+
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def layer_compression(media_type: str) -> str:
+    """'none', 'gzip' or 'zstd' for a layer media type; InvalidSource for an unknown one."""
+    base = media_type[: -len(NONDIST_SUFFIX)] if media_type.endswith(NONDIST_SUFFIX) else media_type
+    try:
+        return _LAYER_TYPES[base][0]
+    except KeyError:
+        raise InvalidSource(
+            f"unknown layer media type {media_type!r}; lamina reads OCI and Docker v2 "
+            "tar, tar+gzip and tar+zstd layers"
+        ) from None
+
+
+def oci_layer_media_type(media_type: str) -> str:
+    """The OCI media type naming the same bytes as `media_type`."""
+    layer_compression(media_type)
+    base = media_type[: -len(NONDIST_SUFFIX)] if media_type.endswith(NONDIST_SUFFIX) else media_type
+    return _LAYER_TYPES[base][1]
+
+
+def check_digest(value: Any, where: str) -> str:
+    """`value` if it is a well-formed sha256 digest, else InvalidSource naming `where`."""
+    if not isinstance(value, str) or not _DIGEST_RE.match(value):
+        raise InvalidSource(f"{where}: {value!r} is not a sha256 digest (sha256:<64 hex digits>)")
+    return value
+
+
+def canonical_json(value: Any) -> bytes:
+    """Stable JSON bytes: sorted keys, compact separators, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def parse_json(data: bytes, where: str) -> Any:
+    """Parsed JSON, or InvalidSource naming `where` when it is malformed."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InvalidSource(f"{where}: malformed JSON ({e})") from e
+
+
+def expect_dict(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise InvalidSource(f"{where}: expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class Platform:
+    os: str
+    architecture: str
+    variant: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Platform":
+        """From 'os/arch[/variant]', e.g. 'linux/amd64' or 'linux/arm64/v8'."""
+        parts = text.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise ValueError(f"{text!r} is not a platform; write os/arch[/variant], e.g. linux/amd64")
+        return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+    @classmethod
+    def of_config(cls, config: Mapping[str, Any]) -> "Platform":
+        return cls(
+            str(config.get("os") or ""),
+            str(config.get("architecture") or ""),
+            str(config.get("variant") or ""),
+        )
+
+    def normalized(self) -> "Platform":
+        """arm64's v8 variant is the default one, so 'linux/arm64/v8' equals 'linux/arm64'."""
+        if self.architecture == "arm64" and self.variant == "v8":
+            return Platform(self.os, self.architecture)
+        return self
+
+    def matches(self, other: "Platform") -> bool:
+        a, b = self.normalized(), other.normalized()
+        return (a.os, a.architecture, a.variant) == (b.os, b.architecture, b.variant)
+
+    def __str__(self) -> str:
+        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    media_type: str
+    digest: str
+    size: int
+    annotations: tuple[tuple[str, str], ...] = field(default=())
+
+    def to_json(self) -> dict:
+        out: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            out["annotations"] = dict(self.annotations)
+        return out
+
+    @classmethod
+    def from_json(cls, value: Any, where: str) -> "Descriptor":
+        value = expect_dict(value, where)
+        size = value.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidSource(f"{where}: descriptor size {size!r} is not a non-negative integer")
+        media_type = value.get("mediaType")
+        if not isinstance(media_type, str):
+            raise InvalidSource(f"{where}: descriptor has no mediaType")
+        annotations = value.get("annotations") or {}
+        return cls(
+            media_type=media_type,
+            digest=check_digest(value.get("digest"), where),
+            size=size,
+            annotations=tuple(sorted((str(k), str(v)) for k, v in expect_dict(annotations, where).items())),
+        )
+
+    def with_annotations(self, extra: Mapping[str, str]) -> "Descriptor":
+        merged = dict(self.annotations)
+        merged.update(extra)
+        return Descriptor(self.media_type, self.digest, self.size, tuple(sorted(merged.items())))
+
+    @property
+    def hex(self) -> str:
+        return self.digest.split(":", 1)[1]

@@ -1,0 +1,80 @@
+"""Image source references (skopeo's transport names where they apply) and opening them as Images."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+from lamina.errors import InvalidSource
+from lamina.formats.docker_archive import read_docker_archive
+from lamina.formats.oci_layout import read_oci
+from lamina.formats.store import DirSource, TarSource
+from lamina.image import Image
+from lamina.model import Platform
+
+TRANSPORTS = ("docker-archive", "oci", "oci-archive")
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    transport: str  # one of TRANSPORTS, or "path" for a bare path to sniff
+    path: str
+    ref: Optional[str] = None  # a tag inside the archive or layout
+
+    def __str__(self) -> str:
+        base = self.path if self.transport == "path" else f"{self.transport}:{self.path}"
+        return f"{base}:{self.ref}" if self.ref else base
+
+
+def parse_source(text: str) -> SourceRef:
+    """`docker-archive:PATH[:TAG]`, `oci:DIR[:REF]`, `oci-archive:PATH[:REF]`, or a bare path."""
+    if not text:
+        raise InvalidSource("empty image source")
+    transport, sep, rest = text.partition(":")
+    if sep and transport in TRANSPORTS:
+        if not rest:
+            raise InvalidSource(f"{text!r}: {transport}: needs a path")
+        if os.path.exists(rest) or ":" not in rest:
+            return SourceRef(transport, rest)
+        path, _, ref = rest.partition(":")
+        return SourceRef(transport, path, ref or None)
+    if sep and transport in ("docker-daemon", "docker"):
+        raise InvalidSource(
+            f"{text!r}: the {transport}: transport is resolved by the Pants plugin, not by a file reader"
+        )
+    return SourceRef("path", text)
+
+
+def sniff(path: str) -> str:
+    """The transport a bare path holds: 'oci' for a layout directory, else an archive kind."""
+    if os.path.isdir(path):
+        if os.path.isfile(os.path.join(path, "oci-layout")):
+            return "oci"
+        raise InvalidSource(f"{path}: directory is not an OCI layout (no oci-layout file)")
+    if not os.path.exists(path):
+        raise InvalidSource(f"{path}: no such file or directory")
+    source = TarSource(path)
+    if source.has_file("manifest.json"):
+        return "docker-archive"
+    if source.has_file("oci-layout"):
+        return "oci-archive"
+    raise InvalidSource(f"{path}: tar archive holds neither manifest.json (docker save) nor oci-layout (OCI)")
+
+
+def open_image(text: str, name: Optional[str] = None, platform: Optional[Platform] = None) -> Image:
+    """The image a source reference names. `name` is how it is recorded (defaults to `text`)."""
+    ref = parse_source(text)
+    transport = sniff(ref.path) if ref.transport == "path" else ref.transport
+    label = name or text
+    if transport == "oci":
+        if not os.path.isdir(ref.path):
+            raise InvalidSource(f"{ref.path}: no such OCI layout directory")
+        return read_oci(DirSource(ref.path), label, ref.ref, platform)
+    if not os.path.isfile(ref.path):
+        raise InvalidSource(f"{ref.path}: no such file")
+    source = TarSource(ref.path)
+    if transport == "docker-archive":
+        if not source.has_file("manifest.json"):
+            raise InvalidSource(f"{ref.path}: not a docker save archive (no manifest.json)")
+        return read_docker_archive(source, label, ref.ref)
+    return read_oci(source, label, ref.ref, platform)

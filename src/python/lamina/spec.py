@@ -1,0 +1,137 @@
+"""The compose spec (JSON) the CLI and the Pants plugin hand to `lamina compose`, parsed and checked."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from lamina.compose import ConfigOverrides
+from lamina.errors import SpecError
+from lamina.model import Platform
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    source: str
+    layer: Optional[str]  # selector; None = the layers a bundle was extracted with
+    name: Optional[str]  # how the source is recorded in annotations (default: the source text)
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    src: str
+    dest: str
+
+
+@dataclass(frozen=True)
+class Spec:
+    base: Optional[LayerSpec]  # None = scratch
+    platform: Optional[Platform]
+    layers: tuple[LayerSpec, ...]
+    files: tuple[FileSpec, ...]
+    file_dirs: tuple[FileSpec, ...]
+    config: ConfigOverrides
+    tags: tuple[str, ...]
+    format: str
+    allow_platform_mismatch: bool
+
+
+def _str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise SpecError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def _str_list(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise SpecError(f"{where} must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _str_map(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise SpecError(f"{where} must be an object of strings, not {value!r}")
+    return tuple(value.items())
+
+
+def _layer(value: Any, where: str) -> LayerSpec:
+    if isinstance(value, str):
+        return LayerSpec(value, None, None)
+    if not isinstance(value, dict) or "source" not in value:
+        raise SpecError(f"{where} must be an object with a source")
+    layer = value.get("layer")
+    if layer is not None and not isinstance(layer, (str, int)):
+        raise SpecError(f"{where}.layer must be a selector string or an index")
+    name = value.get("name")
+    return LayerSpec(_str(value["source"], f"{where}.source"), None if layer is None else str(layer),
+                     None if name is None else _str(name, f"{where}.name"))
+
+
+def _files(value: Any, where: str) -> tuple[FileSpec, ...]:
+    if not isinstance(value, list):
+        raise SpecError(f"{where} must be a list")
+    out = []
+    for i, f in enumerate(value):
+        if not isinstance(f, dict):
+            raise SpecError(f"{where}[{i}] must be an object with src and dest")
+        out.append(FileSpec(_str(f.get("src"), f"{where}[{i}].src"), _str(f.get("dest", "/"), f"{where}[{i}].dest")))
+    return tuple(out)
+
+
+_CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
+_KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch"}
+
+
+def parse_spec(data: Any) -> Spec:
+    if not isinstance(data, dict):
+        raise SpecError("a compose spec is a JSON object")
+    unknown = set(data) - _KEYS
+    if unknown:
+        raise SpecError(f"unknown spec keys {sorted(unknown)}; known: {sorted(_KEYS)}")
+    base_value = data.get("base", "scratch")
+    base = None if base_value == "scratch" else _layer(base_value, "base")
+    platform = None
+    if data.get("platform"):
+        try:
+            platform = Platform.parse(_str(data["platform"], "platform"))
+        except ValueError as e:
+            raise SpecError(str(e)) from e
+    if base is None and platform is None:
+        raise SpecError("a scratch base needs a platform, e.g. \"platform\": \"linux/amd64\"")
+    layers_value = data.get("layers", [])
+    if not isinstance(layers_value, list):
+        raise SpecError("layers must be a list")
+    config_value = data.get("config", {})
+    if not isinstance(config_value, dict):
+        raise SpecError("config must be an object")
+    unknown = set(config_value) - _CONFIG_KEYS
+    if unknown:
+        raise SpecError(f"unknown config keys {sorted(unknown)}; known: {sorted(_CONFIG_KEYS)}")
+    c = config_value
+    config = ConfigOverrides(
+        env=_str_map(c.get("env", {}), "config.env"),
+        entrypoint=_str_list(c["entrypoint"], "config.entrypoint") if c.get("entrypoint") is not None else None,
+        cmd=_str_list(c["cmd"], "config.cmd") if c.get("cmd") is not None else None,
+        workdir=_str(c["workdir"], "config.workdir") if c.get("workdir") is not None else None,
+        user=_str(c["user"], "config.user") if c.get("user") is not None else None,
+        labels=_str_map(c.get("labels", {}), "config.labels"),
+        exposed_ports=_str_list(c.get("exposed_ports", []), "config.exposed_ports"),
+        volumes=_str_list(c.get("volumes", []), "config.volumes"),
+        stop_signal=_str(c["stop_signal"], "config.stop_signal") if c.get("stop_signal") is not None else None,
+    )
+    fmt = _str(data.get("format", "docker-archive"), "format")
+    if fmt not in ("docker-archive", "oci", "oci-archive"):
+        raise SpecError(f"format {fmt!r} is not one of docker-archive, oci, oci-archive")
+    allow = data.get("allow_platform_mismatch", False)
+    if not isinstance(allow, bool):
+        raise SpecError("allow_platform_mismatch must be true or false")
+    return Spec(
+        base=base,
+        platform=platform,
+        layers=tuple(_layer(v, f"layers[{i}]") for i, v in enumerate(layers_value)),
+        files=_files(data.get("files", []), "files"),
+        file_dirs=_files(data.get("file_dirs", []), "file_dirs"),
+        config=config,
+        tags=_str_list(data.get("tags", []), "tags"),
+        format=fmt,
+        allow_platform_mismatch=allow,
+    )
