@@ -47,7 +47,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None) -> ComposedImage:
     for layer_spec in spec.layers:
         image, layers, selector, trusted = _open(layer_spec, spec.platform or (base.platform if base else None))
         added.extend(AddedLayer(l, image.source, selector, image.platform, trusted) for l in layers)
-    tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=workdir or os.path.dirname(os.path.abspath(out)))
+    scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
+    os.makedirs(scratch_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
         new_layers = []
         files = [(f.dest, f.src) for f in spec.files]

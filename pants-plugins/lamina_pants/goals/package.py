@@ -1,0 +1,172 @@
+"""`pants package` for `composed_image`: extract (cached per layer), then compose in one lamina process."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, PackageFieldSet
+from pants.core.target_types import FileSourceField, ResourceSourceField
+from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
+from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.fs import AddPrefix, CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.rules import Get, MultiGet, collect_rules, rule
+from pants.engine.target import SourcesField, Targets
+from pants.engine.unions import UnionRule
+
+from lamina_pants.target_types import (
+    FORMAT_ENDINGS,
+    ComposedImageAllowPlatformMismatchField,
+    ComposedImageBaseField,
+    ComposedImageCmdField,
+    ComposedImageEntrypointField,
+    ComposedImageEnvField,
+    ComposedImageExposedPortsField,
+    ComposedImageFilesDestField,
+    ComposedImageFilesField,
+    ComposedImageLabelsField,
+    ComposedImageLayersField,
+    ComposedImageOutputFormatField,
+    ComposedImageOutputPathField,
+    ComposedImagePlatformField,
+    ComposedImageRepositoryField,
+    ComposedImageStopSignalField,
+    ComposedImageTagsField,
+    ComposedImageUserField,
+    ComposedImageVolumesField,
+    ComposedImageWorkdirField,
+)
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
+from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
+
+OUT_DIR = "__out"
+
+
+@dataclass(frozen=True)
+class ComposedImageFieldSet(PackageFieldSet):
+    required_fields = (ComposedImageBaseField,)
+
+    base: ComposedImageBaseField
+    layers: ComposedImageLayersField
+    files: ComposedImageFilesField
+    files_dest: ComposedImageFilesDestField
+    env: ComposedImageEnvField
+    entrypoint: ComposedImageEntrypointField
+    cmd: ComposedImageCmdField
+    workdir: ComposedImageWorkdirField
+    user: ComposedImageUserField
+    labels: ComposedImageLabelsField
+    exposed_ports: ComposedImageExposedPortsField
+    volumes: ComposedImageVolumesField
+    stop_signal: ComposedImageStopSignalField
+    platform: ComposedImagePlatformField
+    allow_platform_mismatch: ComposedImageAllowPlatformMismatchField
+    repository: ComposedImageRepositoryField
+    image_tags: ComposedImageTagsField
+    output_format: ComposedImageOutputFormatField
+    output_path: ComposedImageOutputPathField
+
+    def image_refs(self) -> list[str]:
+        repository = self.repository.value or self.address.target_name
+        return [f"{repository}:{tag}" for tag in (self.image_tags.value or ())]
+
+    def output_relpath(self) -> str:
+        return self.output_path.value_or_default(file_ending=FORMAT_ENDINGS[self.output_format.value or "docker-archive"])
+
+    def config(self) -> dict:
+        config: dict = {}
+        for key, field in (
+            ("env", self.env), ("labels", self.labels),
+        ):
+            if field.value:
+                config[key] = dict(field.value)
+        for key, field in (("entrypoint", self.entrypoint), ("cmd", self.cmd)):
+            if field.value is not None:
+                config[key] = list(field.value)
+        for key, field in (("exposed_ports", self.exposed_ports), ("volumes", self.volumes)):
+            if field.value:
+                config[key] = list(field.value)
+        for key, field in (("workdir", self.workdir), ("user", self.user), ("stop_signal", self.stop_signal)):
+            if field.value is not None:
+                config[key] = field.value
+        return config
+
+
+def _file_destinations(fs: ComposedImageFieldSet, files: Iterable[str]) -> list[dict]:
+    out = []
+    base = fs.address.spec_path
+    for path in sorted(files):
+        rel = os.path.relpath(path, base) if base else path
+        if rel.startswith(".."):
+            raise LaminaBuildError(
+                f"{fs.address}: file {path} from `files` is outside {base or 'the root'}/, the directory of "
+                "the BUILD file; files land at their path relative to it. Move the file, or wrap it in a "
+                "`relocated_files` target"
+            )
+        out.append({"src": path, "dest": os.path.join(fs.files_dest.value or "/", rel)})
+    return out
+
+
+@rule(desc="Package a composed image")
+async def package_composed_image(fs: ComposedImageFieldSet) -> BuiltPackage:
+    layer_addresses, file_targets = await MultiGet(
+        Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
+        Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
+    )
+    base_value = fs.base.value
+    layer_bundles = await MultiGet(Get(Bundle, DockerLayerRequest(a, fs.address)) for a in layer_addresses)
+    files = await Get(
+        SourceFiles,
+        SourceFilesRequest(
+            [t.get(SourcesField) for t in file_targets],
+            for_sources_types=(FileSourceField, ResourceSourceField),
+            enable_codegen=True,
+        ),
+    )
+    inputs = [files.snapshot.digest]
+    spec: dict = {
+        "layers": [{"source": f"__layers/{i}"} for i in range(len(layer_bundles))],
+        "files": _file_destinations(fs, files.snapshot.files),
+        "config": fs.config(),
+        "tags": fs.image_refs(),
+        "format": fs.output_format.value,
+        "allow_platform_mismatch": fs.allow_platform_mismatch.value,
+    }
+    if fs.platform.value:
+        spec["platform"] = fs.platform.value
+    if base_value == "scratch":
+        spec["base"] = "scratch"
+    else:
+        source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
+        base = await Get(Bundle, BundleRequest(source, ":", fs.address, "base image"))
+        inputs.append(await Get(Digest, AddPrefix(base.digest, "__base")))
+        spec["base"] = {"source": "__base"}
+    inputs.extend(
+        await MultiGet(Get(Digest, AddPrefix(b.digest, f"__layers/{i}")) for i, b in enumerate(layer_bundles))
+    )
+    inputs.append(
+        await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
+    )
+    relpath = fs.output_relpath()
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=fs.address,
+            argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}"),
+            input_digest=await Get(Digest, MergeDigests(inputs)),
+            output_directory=OUT_DIR,
+            description=f"lamina: compose {fs.address}",
+        ),
+    )
+    digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
+    summary = json.loads(result.stdout.decode() or "{}")
+    lines = (
+        f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
+    )
+    return BuiltPackage(digest, (BuiltPackageArtifact(relpath, extra_log_lines=lines),))
+
+
+def rules() -> Iterable:
+    return [*collect_rules(), UnionRule(PackageFieldSet, ComposedImageFieldSet)]

@@ -1,0 +1,14 @@
+"""The lamina Pants backend: `docker_layer` and `composed_image`, packaged with `pants package`."""
+from __future__ import annotations
+
+from lamina_pants.goals import package
+from lamina_pants.target_types import target_types as _target_types
+from lamina_pants.util_rules import core, image_source, layers
+
+
+def target_types():  # type: ignore[no-untyped-def]
+    return _target_types()
+
+
+def rules():  # type: ignore[no-untyped-def]
+    return [*core.rules(), *image_source.rules(), *layers.rules(), *package.rules()]

@@ -1,0 +1,351 @@
+"""The `docker_layer` and `composed_image` targets: one Field per BUILD argument, validated on parse."""
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar, Iterable, Optional
+
+from pants.core.goals.package import OutputPathField
+from pants.engine.addresses import Address
+from pants.engine.target import (
+    COMMON_TARGET_FIELDS,
+    BoolField,
+    DictStringToStringField,
+    InvalidFieldException,
+    SpecialCasedDependencies,
+    StringField,
+    StringSequenceField,
+    Target,
+)
+from pants.util.strutil import help_text
+
+from lamina.errors import SelectorError
+from lamina.model import Platform
+from lamina.select import SELECTOR_HELP, parse_selector
+
+IMAGE_FORMS = """
+        - `"image-a.tar"`: a `docker save` archive or an OCI archive, relative to this BUILD file's
+          directory (a bare path is sniffed; a directory must be an OCI layout);
+        - `"docker-archive:images/all.tar:image-a:latest"`: one image of a multi-image archive;
+        - `"oci:layout-dir"` or `"oci-archive:image.tar"`, optionally with `:REF`;
+        - `":target"` or `"//path/to:target"`: another target that packages an image (a `composed_image`).
+"""
+
+_TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker-daemon:", "docker://")
+
+
+def image_value_error(value: str) -> Optional[str]:
+    """Why an image source value is malformed, or None."""
+    if not value.strip():
+        return "is empty"
+    if value.startswith("docker-daemon:") or value.startswith("docker://"):
+        return (
+            "uses a transport this version of lamina does not read yet; `docker save` the image "
+            "and name the archive instead"
+        )
+    if value.startswith("/") and not value.startswith("//"):
+        return "is an absolute path; write it relative to the BUILD file's directory"
+    return None
+
+
+class _ImageSourceField(StringField):
+    required = True
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
+        value = super().compute_value(raw_value, address)
+        assert value is not None
+        problem = image_value_error(value)
+        if problem and not (cls.allows_scratch and value == "scratch"):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} {problem}: {value!r}. "
+                f"Use one of these forms:{IMAGE_FORMS}"
+            )
+        return value
+
+    allows_scratch: ClassVar[bool] = False
+
+
+class DockerLayerImageField(_ImageSourceField):
+    alias = "image"
+    help = help_text(
+        f"""
+        The image to take the layer from. One of:
+        {IMAGE_FORMS}
+        Example: `docker_layer(name="curl", image="image-a.tar", layer=-1)`.
+        """
+    )
+
+
+class DockerLayerSelectorField(StringField):
+    alias = "layer"
+    required = True
+    help = help_text(
+        f"""
+        Which layer(s) of `image` to take: {SELECTOR_HELP}.
+
+        Examples: `layer=-1` (the top layer), `layer="sha256:08e204ff"`,
+        `layer="created_by=apt-get install.*gcc"`, `layer="path=/usr/bin/curl"`, `layer="2:"`.
+        A selector that matches no layer, or more than one, fails the build with a list of the
+        image's layers.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Any, address: Address) -> str:  # type: ignore[override]
+        if isinstance(raw_value, bool) or not isinstance(raw_value, (int, str)):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} must be an int or a string, "
+                f"not {raw_value!r}. Use {SELECTOR_HELP}."
+            )
+        if raw_value is None:
+            raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} is required.")
+        try:
+            return str(parse_selector(raw_value))
+        except SelectorError as e:
+            raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address}: {e}") from None
+
+
+class DockerLayerTarget(Target):
+    alias = "docker_layer"
+    core_fields = (*COMMON_TARGET_FIELDS, DockerLayerImageField, DockerLayerSelectorField)
+    help = help_text(
+        """
+        One or more layers taken from an existing image, byte for byte.
+
+        Each `docker_layer` is extracted once by its own sandboxed process and cached by Pants
+        (locally, and remotely when configured), keyed on the source image's content and the
+        selector. `composed_image` targets stack them.
+
+        Example:
+
+            docker_layer(name="curl", image="image-a.tar", layer=-1)
+            docker_layer(name="gcc", image="image-b.tar", layer="created_by=apt-get install.*gcc")
+        """
+    )
+
+
+class ComposedImageBaseField(_ImageSourceField):
+    alias = "base"
+    allows_scratch = True
+    help = help_text(
+        f"""
+        The image to build on: every layer and the config of this image come first. `"scratch"`
+        starts from nothing (then `platform` is required). Otherwise one of:
+        {IMAGE_FORMS}
+        """
+    )
+
+
+class ComposedImageLayersField(SpecialCasedDependencies):
+    alias = "layers"
+    help = help_text(
+        """
+        Addresses of `docker_layer` targets to stack on the base, in order: later layers win,
+        as in a Dockerfile. Example: `layers=[":curl", ":gcc"]`.
+        """
+    )
+
+
+class ComposedImageFilesField(SpecialCasedDependencies):
+    alias = "files"
+    help = help_text(
+        """
+        Addresses of `files` / `resources` / `relocated_files` targets whose files become one new,
+        deterministic layer on top (sorted entries, uid/gid 0, mtime 0). Each file lands at its
+        path relative to this BUILD file's directory, under `files_dest`.
+        Example: `files=[":app_files"]`.
+        """
+    )
+
+
+class ComposedImageFilesDestField(StringField):
+    alias = "files_dest"
+    default = "/"
+    help = "Directory in the image under which `files` are placed. Example: `files_dest=\"/app\"`."
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
+        value = super().compute_value(raw_value, address)
+        assert value is not None
+        if not value.startswith("/") or ".." in value.split("/"):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} must be an absolute path inside the "
+                f"image without '..', e.g. \"/app\"; got {value!r}."
+            )
+        return value
+
+
+class ComposedImageEnvField(DictStringToStringField):
+    alias = "env"
+    help = "Environment variables set in the image (merged with the base's). Example: `env={\"PATH\": \"/bin\"}`."
+
+
+class ComposedImageEntrypointField(StringSequenceField):
+    alias = "entrypoint"
+    help = "The image's ENTRYPOINT, exec form; setting it clears the base's CMD unless `cmd` is set too."
+
+
+class ComposedImageCmdField(StringSequenceField):
+    alias = "cmd"
+    help = "The image's CMD, exec form. Example: `cmd=[\"/bin/sh\"]`."
+
+
+class ComposedImageWorkdirField(StringField):
+    alias = "workdir"
+    help = "The image's working directory. Example: `workdir=\"/app\"`."
+
+
+class ComposedImageUserField(StringField):
+    alias = "user"
+    help = "The user (and group) the image runs as. Example: `user=\"1000:1000\"`."
+
+
+class ComposedImageLabelsField(DictStringToStringField):
+    alias = "labels"
+    help = "Labels added to the image's config. Example: `labels={\"org.opencontainers.image.source\": \"...\"}`."
+
+
+_PORT = re.compile(r"^\d{1,5}(/(tcp|udp|sctp))?$")
+
+
+class ComposedImageExposedPortsField(StringSequenceField):
+    alias = "exposed_ports"
+    help = "Ports the image exposes, `PORT[/PROTO]`. Example: `exposed_ports=[\"8080/tcp\"]`."
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        for port in value or ():
+            if not _PORT.match(port) or not 0 < int(port.split("/")[0]) < 65536:
+                raise InvalidFieldException(
+                    f"The {repr(cls.alias)} field in target {address} has {port!r}, which is not "
+                    "PORT[/tcp|udp|sctp] with PORT in 1-65535; e.g. \"8080/tcp\"."
+                )
+        return value
+
+
+class ComposedImageVolumesField(StringSequenceField):
+    alias = "volumes"
+    help = "Volumes declared by the image. Example: `volumes=[\"/data\"]`."
+
+
+class ComposedImageStopSignalField(StringField):
+    alias = "stop_signal"
+    help = "The signal that stops the container. Example: `stop_signal=\"SIGTERM\"`."
+
+
+class ComposedImagePlatformField(StringField):
+    alias = "platform"
+    help = help_text(
+        """
+        `os/arch[/variant]` of the image, e.g. `"linux/amd64"`. Required with `base="scratch"`;
+        otherwise it must agree with the base. Every layer's source image must have this platform.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> Optional[str]:
+        value = super().compute_value(raw_value, address)
+        if value is not None:
+            try:
+                Platform.parse(value)
+            except ValueError as e:
+                raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address}: {e}.") from None
+        return value
+
+
+class ComposedImageAllowPlatformMismatchField(BoolField):
+    alias = "allow_platform_mismatch"
+    default = False
+    help = "Stack layers whose source images are for another platform than the base (rarely right)."
+
+
+class ComposedImageRepositoryField(StringField):
+    alias = "repository"
+    help = help_text(
+        """
+        The repository name the image is tagged with when loaded or pushed, e.g. `"team/dev"`.
+        Defaults to the target's name.
+        """
+    )
+
+
+class ComposedImageTagsField(StringSequenceField):
+    alias = "image_tags"
+    default = ("latest",)
+    help = "Tags of `repository` written into the image archive. Example: `image_tags=[\"v1\", \"latest\"]`."
+
+
+OUTPUT_FORMATS = ("docker-archive", "oci", "oci-archive")
+FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar"}
+
+
+class ComposedImageOutputFormatField(StringField):
+    alias = "output_format"
+    default = "docker-archive"
+    valid_choices = OUTPUT_FORMATS
+    help = help_text(
+        """
+        What `pants package` writes to `dist/`: `"docker-archive"` (a `.tar` for `docker load`),
+        `"oci"` (an OCI layout directory, `.oci`), or `"oci-archive"` (a tar of one, `.oci.tar`).
+        """
+    )
+
+
+class ComposedImageOutputPathField(OutputPathField):
+    pass
+
+
+class ComposedImageTarget(Target):
+    alias = "composed_image"
+    core_fields = (
+        *COMMON_TARGET_FIELDS,
+        ComposedImageBaseField,
+        ComposedImageLayersField,
+        ComposedImageFilesField,
+        ComposedImageFilesDestField,
+        ComposedImageEnvField,
+        ComposedImageEntrypointField,
+        ComposedImageCmdField,
+        ComposedImageWorkdirField,
+        ComposedImageUserField,
+        ComposedImageLabelsField,
+        ComposedImageExposedPortsField,
+        ComposedImageVolumesField,
+        ComposedImageStopSignalField,
+        ComposedImagePlatformField,
+        ComposedImageAllowPlatformMismatchField,
+        ComposedImageRepositoryField,
+        ComposedImageTagsField,
+        ComposedImageOutputFormatField,
+        ComposedImageOutputPathField,
+    )
+    help = help_text(
+        """
+        A container image composed from a base and `docker_layer`s at the manifest level: every
+        reused layer keeps its exact bytes and digest, so registries and daemons that have it
+        skip it. `pants package` writes it to `dist/`.
+
+        Example:
+
+            composed_image(
+                name="dev",
+                base="ubuntu.tar",
+                layers=[":curl", ":gcc"],
+                workdir="/app",
+                repository="team/dev",
+                image_tags=["v1"],
+            )
+        """
+    )
+
+    def validate(self) -> None:
+        if self[ComposedImageBaseField].value == "scratch" and not self[ComposedImagePlatformField].value:
+            raise InvalidFieldException(
+                f"The 'platform' field in target {self.address} is required when base=\"scratch\": "
+                "add e.g. platform=\"linux/amd64\"."
+            )
+
+
+def target_types() -> list[type[Target]]:
+    return [DockerLayerTarget, ComposedImageTarget]

@@ -1,0 +1,106 @@
+"""The lamina core as a PEX, and running it as a sandboxed, cacheable process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.backend.python.target_types import EntryPoint
+from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
+from pants.backend.python.util_rules.pex import PexRequest, VenvPex, VenvPexProcess
+from pants.backend.python.util_rules.pex_requirements import PexRequirements
+from pants.engine.addresses import Address
+from pants.engine.fs import CreateDigest, Digest, FileContent
+from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope
+from pants.engine.rules import Get, collect_rules, rule
+from pants.util.logging import LogLevel
+
+import lamina
+from lamina_pants.subsystem import LaminaSubsystem
+
+
+class LaminaBuildError(Exception):
+    """A lamina process failed on user input; the message names the target and the problem."""
+
+
+@dataclass(frozen=True)
+class LaminaCore:
+    pex: VenvPex
+
+
+def _core_files() -> list[FileContent]:
+    """The core's modules (tests and test helpers left out), as files relative to the source root."""
+    root = os.path.dirname(lamina.__file__)
+    out = []
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "testing"))
+        for name in sorted(names):
+            if name.endswith(".py") and not name.endswith("_test.py"):
+                path = os.path.join(dirpath, name)
+                with open(path, "rb") as f:
+                    rel = os.path.relpath(path, os.path.dirname(root))
+                    out.append(FileContent(rel.replace(os.sep, "/"), f.read()))
+    return out
+
+
+@rule(desc="Build the lamina core", level=LogLevel.DEBUG)
+async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
+    sources = await Get(Digest, CreateDigest(_core_files()))
+    pex = await Get(
+        VenvPex,
+        PexRequest(
+            output_filename="lamina.pex",
+            internal_only=True,
+            requirements=PexRequirements(subsystem.requirements, description_of_origin="[lamina].requirements"),
+            interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
+            main=EntryPoint("lamina.cli", "main"),
+            sources=sources,
+            description="Building the lamina core",
+        ),
+    )
+    return LaminaCore(pex)
+
+
+@dataclass(frozen=True)
+class LaminaRun:
+    """One run of the lamina CLI for a target."""
+
+    address: Address
+    argv: tuple[str, ...]
+    input_digest: Digest
+    output_directory: str
+    description: str
+
+
+@dataclass(frozen=True)
+class LaminaRunResult:
+    output_digest: Digest
+    stdout: bytes
+
+
+@rule
+async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
+    process = await Get(
+        Process,
+        VenvPexProcess(
+            core.pex,
+            argv=request.argv,
+            input_digest=request.input_digest,
+            output_directories=(request.output_directory,),
+            description=request.description,
+            level=LogLevel.INFO,
+            cache_scope=ProcessCacheScope.SUCCESSFUL,
+        ),
+    )
+    result = await Get(FallibleProcessResult, Process, process)
+    if result.exit_code != 0:
+        message = result.stderr.decode(errors="replace").strip()
+        lines = [l for l in message.splitlines() if l.strip()]
+        detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
+        detail = detail.replace("lamina: error: ", "")
+        raise LaminaBuildError(f"{request.address}: {detail}")
+    return LaminaRunResult(result.output_digest, result.stdout)
+
+
+def rules() -> Iterable:
+    return collect_rules()

@@ -1,0 +1,80 @@
+"""An `image`/`base` field value -> the files a lamina process needs and the core's source argument."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.core.goals.package import BuiltPackage, EnvironmentAwarePackageRequest, PackageFieldSet
+from pants.engine.addresses import Address, UnparsedAddressInputs
+from pants.engine.fs import Digest, GlobExpansionConjunction, GlobMatchErrorBehavior, PathGlobs
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, Targets
+
+from lamina_pants.util_rules.core import LaminaBuildError
+
+_PATH_TRANSPORTS = ("docker-archive", "oci", "oci-archive")
+
+
+@dataclass(frozen=True)
+class ImageSourceRequest:
+    value: str
+    address: Address
+    field_alias: str
+
+
+@dataclass(frozen=True)
+class ResolvedImageSource:
+    digest: Digest  # the image's files, at their paths relative to the build root
+    reference: str  # what the lamina CLI is given
+    label: str  # how the source is recorded in the image (stable across machines)
+
+
+def is_address(value: str) -> bool:
+    return value.startswith(":") or value.startswith("//")
+
+
+@rule
+async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSource:
+    value, address = request.value, request.address
+    origin = f"the `{request.field_alias}` field of {address}"
+    if is_address(value):
+        targets = await Get(
+            Targets, UnparsedAddressInputs([value], owning_address=address, description_of_origin=origin)
+        )
+        field_sets = await Get(FieldSetsPerTarget, FieldSetsPerTargetRequest(PackageFieldSet, targets))
+        if not field_sets.collection or not field_sets.collection[0]:
+            raise LaminaBuildError(
+                f"{address}: {request.field_alias}={value!r} names {targets[0].address}, which does not "
+                "package an image; name a composed_image target or an image archive"
+            )
+        package = await Get(BuiltPackage, EnvironmentAwarePackageRequest(field_sets.collection[0][0]))
+        relpath = next((a.relpath for a in package.artifacts if a.relpath), None)
+        if relpath is None:
+            raise LaminaBuildError(f"{address}: {targets[0].address} produced no image")
+        return ResolvedImageSource(package.digest, relpath, targets[0].address.spec)
+
+    transport, sep, rest = value.partition(":")
+    if sep and transport in _PATH_TRANSPORTS:
+        path, _, ref = rest.partition(":")
+        prefix = f"{transport}:"
+    else:
+        path, ref, prefix = value, "", ""
+    full = os.path.normpath(os.path.join(address.spec_path, path))
+    if full.startswith(".."):
+        raise LaminaBuildError(f"{address}: {request.field_alias}={value!r} points outside the repository")
+    digest = await Get(
+        Digest,
+        PathGlobs(
+            [full, f"{full}/**"],
+            glob_match_error_behavior=GlobMatchErrorBehavior.error,
+            conjunction=GlobExpansionConjunction.any_match,
+            description_of_origin=origin,
+        ),
+    )
+    reference = f"{prefix}{full}" + (f":{ref}" if ref else "")
+    return ResolvedImageSource(digest, reference, reference)
+
+
+def rules() -> Iterable:
+    return collect_rules()

@@ -1,0 +1,85 @@
+"""Extraction: a source image + selector -> a bundle (sparse OCI layout) by one cached lamina process."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.engine.addresses import Address
+from pants.engine.fs import Digest, RemovePrefix
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import WrappedTarget, WrappedTargetRequest
+
+from lamina_pants.target_types import DockerLayerImageField, DockerLayerSelectorField
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
+
+BUNDLE_DIR = "__bundle"
+
+
+@dataclass(frozen=True)
+class BundleRequest:
+    """Take the layers `selector` picks out of `source`; `address` is the target it is for."""
+
+    source: ResolvedImageSource
+    selector: str
+    address: Address
+    what: str
+
+
+@dataclass(frozen=True)
+class Bundle:
+    digest: Digest  # a sparse OCI layout at the digest's root
+
+
+@rule
+async def extract_bundle(request: BundleRequest) -> Bundle:
+    # Only the source's files and the selector go in, so the process is cached on their content.
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=(
+                "extract",
+                request.source.reference,
+                f"--layer={request.selector}",
+                f"--out={BUNDLE_DIR}",
+                f"--name={request.source.label}",
+            ),
+            input_digest=request.source.digest,
+            output_directory=BUNDLE_DIR,
+            description=f"lamina: extract {request.what} of {request.address} from {request.source.label}",
+        ),
+    )
+    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)))
+
+
+@dataclass(frozen=True)
+class DockerLayerRequest:
+    address: Address
+    wanted_by: Address
+
+
+@rule
+async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
+    wrapped = await Get(
+        WrappedTarget,
+        WrappedTargetRequest(request.address, description_of_origin=f"the `layers` field of {request.wanted_by}"),
+    )
+    target = wrapped.target
+    if not target.has_field(DockerLayerSelectorField):
+        raise LaminaBuildError(
+            f"{request.wanted_by}: `layers` names {request.address}, which is a `{target.alias}`, "
+            "not a `docker_layer`"
+        )
+    source = await Get(
+        ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
+    )
+    return await Get(
+        Bundle, BundleRequest(source, target[DockerLayerSelectorField].value, target.address, "layer")
+    )
+
+
+
+
+def rules() -> Iterable:
+    return collect_rules()
