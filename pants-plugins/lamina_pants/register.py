@@ -1,6 +1,8 @@
 """The lamina Pants backend: `docker_layer` and `composed_image`, packaged with `pants package`."""
 from __future__ import annotations
 
+from pants.backend.python.util_rules import pex
+
 from lamina_pants.goals import package
 from lamina_pants.target_types import target_types as _target_types
 from lamina_pants.util_rules import core, image_source, layers
@@ -11,4 +13,5 @@ def target_types():  # type: ignore[no-untyped-def]
 
 
 def rules():  # type: ignore[no-untyped-def]
-    return [*core.rules(), *image_source.rules(), *layers.rules(), *package.rules()]
+    # pex's rules are listed so the backend also works in repos that do not enable the Python one.
+    return [*pex.rules(), *core.rules(), *image_source.rules(), *layers.rules(), *package.rules()]

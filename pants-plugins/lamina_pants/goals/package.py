@@ -127,7 +127,7 @@ async def package_composed_image(fs: ComposedImageFieldSet) -> BuiltPackage:
     )
     inputs = [files.snapshot.digest]
     spec: dict = {
-        "layers": [{"source": f"__layers/{i}"} for i in range(len(layer_bundles))],
+        "layers": [{"source": f"__layers/{i}", "target": str(a)} for i, a in enumerate(layer_addresses)],
         "files": _file_destinations(fs, files.snapshot.files),
         "config": fs.config(),
         "tags": fs.image_refs(),

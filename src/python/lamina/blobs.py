@@ -79,9 +79,16 @@ class VerifiedReader(io.RawIOBase):
             super().close()
 
 
-def verified(opener: Opener, digest: str, size: Optional[int], what: str) -> BinaryIO:
-    """A buffered reader of `opener()` that checks digest and size when read to the end."""
-    return io.BufferedReader(VerifiedReader(opener(), digest, size, what), CHUNK)  # type: ignore[return-value]
+def verified(opener: Opener, digest: str, size: Optional[int], what: str,
+             diff_id: Optional[tuple[str, str]] = None) -> BinaryIO:
+    """A buffered reader of `opener()` that checks digest and size when read to the end.
+
+    With `diff_id` as (compression, diff_id), it also checks what the bytes decompress to.
+    """
+    stream = io.BufferedReader(VerifiedReader(opener(), digest, size, what), CHUNK)
+    if diff_id is None:
+        return stream  # type: ignore[return-value]
+    return io.BufferedReader(DiffIdCheckingReader(stream, diff_id[0], diff_id[1], what), CHUNK)  # type: ignore
 
 
 def chunks(stream: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
@@ -218,3 +225,39 @@ class DiffIdHasher:
         if self._d is not None and not self._d.eof:
             raise InvalidSource(f"{self._what}: truncated {self._compression} layer")
         return "sha256:" + self._hash.hexdigest()
+
+
+class DiffIdCheckingReader(io.RawIOBase):
+    """Passes a layer blob's bytes through; at their end, checks that they decompress to `diff_id`."""
+
+    def __init__(self, raw: BinaryIO, compression: str, diff_id: str, what: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._hasher = DiffIdHasher(compression, what)
+        self._diff_id = diff_id
+        self._what = what
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        if not data:
+            if not self._done:
+                self._done = True
+                actual = self._hasher.digest()
+                if actual != self._diff_id:
+                    raise DigestMismatch(
+                        f"{self._what}: uncompressed content is {actual}, the config says {self._diff_id}"
+                    )
+            return 0
+        self._hasher.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()

@@ -46,7 +46,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None) -> ComposedImage:
     added = []
     for layer_spec in spec.layers:
         image, layers, selector, trusted = _open(layer_spec, spec.platform or (base.platform if base else None))
-        added.extend(AddedLayer(l, image.source, selector, image.platform, trusted) for l in layers)
+        added.extend(
+            AddedLayer(l, image.source, selector, image.platform, trusted, layer_spec.target or "") for l in layers
+        )
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)

@@ -74,7 +74,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
     with open(args.spec, "rb") as f:
         data = parse_json(f.read(), args.spec)
-    if args.format:
+    if args.format and isinstance(data, dict):  # parse_spec reports a spec that is not an object
         data["format"] = args.format
     image = build(parse_spec(data), args.out)
     d = image.manifest_descriptor

@@ -31,6 +31,7 @@ class AddedLayer:
     selector: str
     platform: Platform
     trusted: bool = False  # True when its blob was already verified (a lamina bundle)
+    target: str = ""  # the build target that asked for it, if any (named in errors)
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,20 @@ def scratch_config(platform: Platform) -> dict:
     return config
 
 
+def _dict(value: Any) -> dict:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list:
+    return list(value) if isinstance(value, list) else []
+
+
 def _apply(config: dict, o: ConfigOverrides) -> None:
-    c = config.setdefault("config", {})
+    c = config.get("config")
+    if not isinstance(c, dict):  # absent, or null / not an object in a hostile config
+        c = config["config"] = {}
     if o.env:
-        env = [e for e in (c.get("Env") or []) if isinstance(e, str)]
+        env = [e for e in _list(c.get("Env")) if isinstance(e, str)]
         names = [e.split("=", 1)[0] for e in env]
         for key, value in o.env:
             item = f"{key}={value}"
@@ -106,16 +117,16 @@ def _apply(config: dict, o: ConfigOverrides) -> None:
     if o.user is not None:
         c["User"] = o.user
     if o.labels:
-        labels = dict(c.get("Labels") or {})
+        labels = _dict(c.get("Labels"))
         labels.update(dict(o.labels))
         c["Labels"] = labels
     if o.exposed_ports:
-        ports = dict(c.get("ExposedPorts") or {})
+        ports = _dict(c.get("ExposedPorts"))
         for p in o.exposed_ports:
             ports[p if "/" in p else p + "/tcp"] = {}
         c["ExposedPorts"] = ports
     if o.volumes:
-        volumes = dict(c.get("Volumes") or {})
+        volumes = _dict(c.get("Volumes"))
         for v in o.volumes:
             volumes[v] = {}
         c["Volumes"] = volumes
@@ -152,8 +163,9 @@ def compose(
     if not allow_platform_mismatch:
         for a in added:
             if not a.platform.matches(platform):
+                asked = f" (asked for by {a.target})" if a.target else ""
                 raise PlatformMismatch(
-                    f"layer {describe(a.layer)} from {a.source} is for {a.platform}, "
+                    f"layer {describe(a.layer)} from {a.source}{asked} is for {a.platform}, "
                     f"but the image is for {platform}; pick a layer built for {platform} or allow the mismatch"
                 )
     history = [h for h in (config.get("history") or []) if isinstance(h, dict)]

@@ -14,6 +14,7 @@ class LayerSpec:
     source: str
     layer: Optional[str]  # selector; None = the layers a bundle was extracted with
     name: Optional[str]  # how the source is recorded in annotations (default: the source text)
+    target: Optional[str] = None  # the build target that asked for it, named in errors
 
 
 @dataclass(frozen=True)
@@ -62,8 +63,10 @@ def _layer(value: Any, where: str) -> LayerSpec:
     if layer is not None and not isinstance(layer, (str, int)):
         raise SpecError(f"{where}.layer must be a selector string or an index")
     name = value.get("name")
+    target = value.get("target")
     return LayerSpec(_str(value["source"], f"{where}.source"), None if layer is None else str(layer),
-                     None if name is None else _str(name, f"{where}.name"))
+                     None if name is None else _str(name, f"{where}.name"),
+                     None if target is None else _str(target, f"{where}.target"))
 
 
 def _files(value: Any, where: str) -> tuple[FileSpec, ...]:

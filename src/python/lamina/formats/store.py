@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from typing import Optional, Protocol
 
-from lamina.blobs import Opener, copy_stream, link_or_copy, sha256_file, verified
+from lamina.blobs import Opener, chunks, copy_stream, link_or_copy, verified
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.tarindex import TarIndex, safe_member_path
 from lamina.model import Descriptor
@@ -141,8 +141,11 @@ class BlobDir:
         os.replace(tmp, dest)
 
     def put(self, desc: Descriptor, opener: Optional[Opener], file: Optional[str], what: str,
-            trusted: bool = False) -> None:
-        """Store a blob. `file`, when given, is linked; untrusted linked files are hashed once."""
+            trusted: bool = False, diff_id: Optional[tuple[str, str]] = None) -> None:
+        """Store a blob. `file`, when given, is linked; untrusted linked files are hashed once.
+
+        `diff_id`, as (compression, diff_id), is checked in the same pass for untrusted blobs.
+        """
         dest = self.path(desc.digest)
         if os.path.isfile(dest) and os.path.getsize(dest) == desc.size:
             return
@@ -153,15 +156,18 @@ class BlobDir:
                 raise DigestMismatch(f"{what}: blob has {os.path.getsize(file)} bytes, expected {desc.size}")
             link_or_copy(file, tmp)
             if not trusted:
-                digest, _ = sha256_file(tmp)
-                if digest != desc.digest:
+                try:
+                    with verified(lambda: open(tmp, "rb"), desc.digest, desc.size, what, diff_id) as f:
+                        for _ in chunks(f):
+                            pass
+                except BaseException:
                     os.unlink(tmp)
-                    raise DigestMismatch(f"{what}: blob content is {digest}, expected {desc.digest}")
+                    raise
         else:
             if opener is None:
                 raise InvalidSource(f"{what}: blob {desc.digest} has no bytes in its source")
             try:
-                with verified(opener, desc.digest, desc.size, what) as src, open(tmp, "wb") as out:
+                with verified(opener, desc.digest, desc.size, what, diff_id) as src, open(tmp, "wb") as out:
                     copy_stream(src, out)
             except BaseException:
                 if os.path.exists(tmp):

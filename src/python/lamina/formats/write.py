@@ -12,8 +12,9 @@ import tarfile
 import tempfile
 from typing import BinaryIO, Iterator, Optional
 
-from lamina.blobs import CHUNK, VerifiedReader
+from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader
 from lamina.compose import ComposedImage
+from lamina.errors import InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, blob_path
 from lamina.image import Layer
@@ -50,7 +51,8 @@ def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Prog
             if reuse and os.path.isfile(reuse) and os.path.getsize(reuse) == d.size:
                 store.put(d, None, reuse, f"{out_dir}: layer {d.digest}", trusted=True)
             else:
-                store.put(d, layer.opener, layer.path, f"layer {d.digest} from {layer_source(layer)}", trusted)
+                store.put(d, layer.opener, layer.path, f"layer {d.digest} from {layer_source(layer)}", trusted,
+                          None if trusted else (layer.compression, layer.diff_id))
             progress.add(d.size)
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)
         store.put_bytes(image.manifest_descriptor.digest, image.manifest_bytes)
@@ -128,7 +130,7 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
             "RepoTags": list(image.tags),
             "Layers": [blob_path(l.descriptor.digest) for l in image.layers],
         }])
-    layers = {blob_path(l.descriptor.digest): l for l, _ in _unique_layers(image)}
+    layers = {blob_path(l.descriptor.digest): (l, t) for l, t in _unique_layers(image)}
     names = sorted(set(small) | set(layers))
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
@@ -142,11 +144,15 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
                 if name in small:
                     tf.addfile(_tarinfo(name, len(small[name])), io.BytesIO(small[name]))
                     continue
-                layer = layers[name]
+                layer, trusted = layers[name]
                 d = layer.descriptor
                 what = f"layer {d.digest}"
+                if layer.opener is None and layer.path is None:
+                    raise InvalidSource(f"{what}: blob {d.digest} has no bytes in its source")
                 opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
                 stream = io.BufferedReader(VerifiedReader(_Counting(opener(), progress), d.digest, d.size, what), CHUNK)
+                if not trusted:  # also check what it decompresses to, as extract does
+                    stream = io.BufferedReader(DiffIdCheckingReader(stream, layer.compression, layer.diff_id, what), CHUNK)
                 with stream:
                     tf.addfile(_tarinfo(name, d.size), stream)
                     stream.read(1)  # reach EOF so the digest is checked

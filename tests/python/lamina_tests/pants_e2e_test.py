@@ -1,0 +1,165 @@
+"""End to end: `pants package` of a sample repo whose source images the test builds in a real engine."""
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save
+from lamina_tests.support.sample_repo import SampleRepo, completed_processes
+from lamina_tests.support.services import docker, require_docker
+
+PREFIX = f"lamina-e2e-{uuid.uuid4().hex[:8]}"
+
+
+def _diff_ids(ref: str) -> list:
+    return json.loads(docker("image", "inspect", ref, "--format", "{{json .RootFS.Layers}}").stdout)
+
+
+def _build_sources(version: str = "1") -> dict:
+    """Images A, B, C on the busybox base; returns their tags."""
+    tags = {k: f"{PREFIX}/{k}:latest" for k in ("a", "b", "c")}
+    build_image(tags["a"], f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/a && echo curl-{version} > /opt/a/curl\n")
+    build_image(
+        tags["b"],
+        f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/b && echo docs > /opt/b/docs\n"
+        "RUN echo gcc-compiler > /opt/b/gcc  # apt-get install gcc\n",
+    )
+    build_image(tags["c"], f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/c && echo lib-{version} > /opt/c/lib.so\n")
+    return tags
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> SampleRepo:
+    require_docker()
+    build_base_image()
+    tags = _build_sources()
+    repo = SampleRepo(tmp_path_factory.mktemp("sample"))
+    images = repo.root / "images"
+    images.mkdir()
+    docker_save(BASE_IMAGE, images / "base.tar")
+    for key, tag in tags.items():
+        docker_save(tag, images / f"{key}.tar")
+    c_top = _diff_ids(tags["c"])[-1]
+    repo.write(
+        "images/BUILD",
+        f"""
+docker_layer(name="a_top", image="a.tar", layer=-1)
+docker_layer(name="b_gcc", image="b.tar", layer="created_by=apt-get install gcc")
+docker_layer(name="c_lib", image="docker-archive:c.tar", layer="path=/opt/c/lib.so")
+docker_layer(name="c_digest", image="c.tar", layer="{c_top[:15]}")
+docker_layer(name="b_slice", image="b.tar", layer="1:")
+
+composed_image(
+    name="dev",
+    base="base.tar",
+    layers=[":a_top", ":b_gcc", ":c_lib"],
+    workdir="/opt",
+    env={{"LAMINA": "yes"}},
+    repository="{PREFIX}/dev",
+    image_tags=["v1"],
+)
+
+composed_image(
+    name="sliced",
+    base="base.tar",
+    layers=[":b_slice", ":c_digest"],
+    repository="{PREFIX}/sliced",
+    output_format="oci-archive",
+)
+""",
+    )
+    yield repo
+    for ref in [*tags.values(), f"{PREFIX}/dev:v1"]:
+        docker("image", "rm", "-f", ref, check=False)
+
+
+def test_package_builds_a_loadable_image_with_the_source_layers(repo: SampleRepo) -> None:
+    repo.pants("package", "images:dev")
+    archive = repo.root / "dist" / "images" / "dev.tar"
+    assert archive.is_file(), list((repo.root / "dist").rglob("*"))
+    docker("load", "-i", str(archive))
+    ref = f"{PREFIX}/dev:v1"
+    out = docker(
+        "run", "--rm", "--network", "none", ref, "sh", "-c",
+        "cat /opt/a/curl /opt/b/gcc /opt/c/lib.so; pwd; echo $LAMINA; test -e /opt/b/docs || echo no-docs",
+    ).stdout.split()
+    assert out == ["curl-1", "gcc-compiler", "lib-1", "/opt", "yes", "no-docs"]
+    base = _diff_ids(BASE_IMAGE)
+    a, b, c = (_diff_ids(f"{PREFIX}/{k}:latest") for k in ("a", "b", "c"))
+    assert _diff_ids(ref) == base + [a[-1], b[-1], c[-1]]
+
+
+def test_slice_and_digest_selectors(repo: SampleRepo) -> None:
+    repo.pants("package", "images:sliced")
+    archive = repo.root / "dist" / "images" / "sliced.oci.tar"
+    from lamina.sources import open_image
+
+    image = open_image(f"oci-archive:{archive}")
+    base = _diff_ids(BASE_IMAGE)
+    b, c = _diff_ids(f"{PREFIX}/b:latest"), _diff_ids(f"{PREFIX}/c:latest")
+    assert list(image.diff_ids) == base + b[1:] + [c[-1]]
+
+
+def test_only_layers_of_a_changed_source_are_extracted_again(repo: SampleRepo) -> None:
+    repo.pants("package", "images:dev")  # warm
+    again = repo.pants("package", "images:dev")
+    assert completed_processes(again.stderr) == [], again.stderr
+    c2 = f"{PREFIX}/c:latest"
+    build_image(c2, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/c && echo lib-2 > /opt/c/lib.so\n")
+    docker_save(c2, repo.root / "images" / "c.tar")
+    changed = repo.pants("package", "images:dev")
+    ran = completed_processes(changed.stderr)
+    extracted = sorted(p for p in ran if p.startswith("lamina: extract"))
+    assert extracted == ["lamina: extract layer of images:c_lib from docker-archive:images/c.tar"], ran
+    assert "lamina: compose images:dev" in ran
+    docker("load", "-i", str(repo.root / "dist" / "images" / "dev.tar"))
+    out = docker("run", "--rm", "--network", "none", f"{PREFIX}/dev:v1", "cat", "/opt/c/lib.so").stdout
+    assert out.strip() == "lib-2"
+
+
+BAD_CASES = {
+    "unknown_selector": (
+        'docker_layer(name="l", image="../../images/a.tar", layer="newest")\n',
+        ["bad/unknown_selector:l", "'layer'", "newest", "created_by=<regex>"],
+    ),
+    "no_match": (
+        'docker_layer(name="l", image="../../images/a.tar", layer="created_by=no-such-step")\n'
+        'composed_image(name="img", base="../../images/base.tar", layers=[":l"])\n',
+        ["bad/no_match:l", "matches no layer", "candidates"],
+    ),
+    "missing_archive": (
+        'docker_layer(name="l", image="missing.tar", layer=-1)\n'
+        'composed_image(name="img", base="../../images/base.tar", layers=[":l"])\n',
+        ["bad/missing_archive:l", "`image` field", "missing.tar"],
+    ),
+    "scratch_without_platform": (
+        'composed_image(name="img", base="scratch")\n',
+        ["bad/scratch_without_platform:img", "'platform'", "scratch"],
+    ),
+    "other_architecture": (
+        'docker_layer(name="l", image="arm.tar", layer=-1)\n'
+        'composed_image(name="img", base="../../images/base.tar", layers=[":l"])\n',
+        ["bad/other_architecture:l", "linux/arm64", "linux/amd64"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_CASES), ids=sorted(BAD_CASES))
+def test_bad_build_input_fails_with_one_clear_error(repo: SampleRepo, case: str) -> None:
+    build, expected = BAD_CASES[case]
+    if case == "other_architecture":
+        arm = FakeImage([FakeLayer({"opt/arm": b"arm"})], architecture="arm64")
+        (repo.root / "bad" / case).mkdir(parents=True, exist_ok=True)
+        write_docker_classic({"arm:latest": arm}, str(repo.root / "bad" / case / "arm.tar"))
+    repo.write(f"bad/{case}/BUILD", build)
+    result = repo.pants("package", f"bad/{case}:", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for text in expected:
+        assert text in output, f"{text!r} not in:\n{output}"
+    assert "Traceback" not in output, output
+    assert not list((repo.root / "dist").glob(f"bad.{case}/*")), "partial output left in dist/"

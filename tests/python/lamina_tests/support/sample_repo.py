@@ -1,0 +1,94 @@
+"""A throwaway Pants repo that uses the lamina plugin from this checkout, and running Pants in it."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Dict, List, Optional
+
+# The plugin and core sources reach the test sandbox as `files` targets at their repo paths.
+PLUGIN_DIRS = ("pants-plugins", "src/python")
+
+
+def _checkout_dir(name: str) -> Path:
+    for base in (Path.cwd(), *Path.cwd().parents):
+        if (base / name).is_dir():
+            return (base / name).resolve()
+    raise RuntimeError(f"{name}/ is not in the test sandbox; the test needs a dependency on its files")
+
+
+def pants_pex_section() -> str:
+    pex = os.environ.get("LAMINA_PEX_PATH")
+    if not pex or not os.path.isfile(pex):
+        raise RuntimeError("LAMINA_PEX_PATH is not set to the pex tool; run the tests through ./pants")
+    import hashlib
+
+    with open(pex, "rb") as f:
+        data = f.read()
+    sha, size = hashlib.sha256(data).hexdigest(), len(data)
+    versions = ",\n".join(
+        f'  "v2.1.137|{plat}|{sha}|{size}"' for plat in ("macos_arm64", "macos_x86_64", "linux_x86_64", "linux_arm64")
+    )
+    return f'[pex-cli]\nversion = "v2.1.137"\nurl_template = "file://{pex}"\nknown_versions = [\n{versions}\n]\n'
+
+
+class SampleRepo:
+    def __init__(self, root: Path, extra_toml: str = "") -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        pythonpath = ", ".join(f'"{_checkout_dir(d)}"' for d in PLUGIN_DIRS)
+        (root / "pants.toml").write_text(
+            f"""
+[GLOBAL]
+pants_version = "2.17.1"
+backend_packages = ["lamina_pants"]
+pythonpath = [{pythonpath}]
+ca_certs_path = "/etc/ssl/certs/ca-certificates.crt"
+pantsd = false
+dynamic_ui = false
+colors = false
+
+[anonymous-telemetry]
+enabled = false
+
+[subprocess-environment]
+env_vars = ["PIP_CONFIG_FILE=/dev/null"]
+
+{pants_pex_section()}
+{extra_toml}
+"""
+        )
+        (root / "BUILD_ROOT").write_text("")
+
+    def write(self, relpath: str, text: str) -> Path:
+        path = self.root / relpath
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+    def pants(self, *args: str, check: bool = True, env: Optional[Dict[str, str]] = None,
+              timeout: float = 600) -> "subprocess.CompletedProcess[str]":
+        venv = os.environ.get("LAMINA_PANTS_VENV")
+        if not venv:
+            raise RuntimeError("LAMINA_PANTS_VENV is not set; run the tests through ./pants")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PANTS_")}
+        full_env.update({"NO_SCIE_WARNING": "1", "PANTS_BUILDROOT_OVERRIDE": str(self.root)})
+        full_env.update(env or {})
+        proc = subprocess.run(
+            [os.path.join(venv, "bin", "pants"), *args],
+            cwd=self.root,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pants {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+
+def completed_processes(output: str, prefix: str = "lamina: ") -> List[str]:
+    """Descriptions of the processes Pants ran (not cache hits): its 'Completed: ...' log lines."""
+    return re.findall(rf"Completed: ({re.escape(prefix)}.*)$", output, flags=re.MULTILINE)
