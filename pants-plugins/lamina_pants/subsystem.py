@@ -21,7 +21,7 @@ class LaminaSubsystem(Subsystem):
         advanced=True,
     )
     requirements = StrListOption(
-        default=["zstandard==0.22.0"],
+        default=["zstandard==0.23.0"],
         help="Requirements of the lamina core, resolved from PyPI into its PEX.",
         advanced=True,
     )

@@ -54,6 +54,7 @@ class ComposedImage:
     layers: tuple[Layer, ...]
     trusted: tuple[bool, ...]
     tags: tuple[str, ...] = field(default=())
+    sources: tuple[str, ...] = field(default=())  # per layer: the image it came from, for error messages
 
     @property
     def config_descriptor(self) -> Descriptor:
@@ -206,4 +207,9 @@ def compose(
     }
     layers = tuple(base_layers) + tuple(a.layer for a in added) + tuple(new_layers)
     trusted = (base_trusted,) * len(base_layers) + tuple(a.trusted for a in added) + (True,) * len(new_layers)
-    return ComposedImage(config_bytes, canonical_json(manifest), layers, trusted, tuple(tags))
+    sources = (
+        (base.source if base else "",) * len(base_layers)
+        + tuple(a.source for a in added)
+        + ("the new files layer",) * len(new_layers)
+    )
+    return ComposedImage(config_bytes, canonical_json(manifest), layers, trusted, tuple(tags), sources)

@@ -32,6 +32,17 @@ def _unique_layers(image: ComposedImage) -> Iterator[tuple[Layer, bool]]:
             yield layer, trusted
 
 
+def _what(image: ComposedImage, layer: Layer) -> str:
+    """How a layer is named in errors: its source image, its index there and its digest."""
+    source = ""
+    for i, l in enumerate(image.layers):
+        if l is layer and i < len(image.sources):
+            source = image.sources[i]
+            break
+    where = f"{source}: " if source else ""
+    return f"{where}layer {layer.index} ({layer.descriptor.digest})"
+
+
 def _layer_bytes(image: ComposedImage) -> int:
     return sum(l.descriptor.size for l, _ in _unique_layers(image))
 
@@ -51,7 +62,7 @@ def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Prog
             if reuse and os.path.isfile(reuse) and os.path.getsize(reuse) == d.size:
                 store.put(d, None, reuse, f"{out_dir}: layer {d.digest}", trusted=True)
             else:
-                store.put(d, layer.opener, layer.path, f"layer {d.digest} from {layer_source(layer)}", trusted,
+                store.put(d, layer.opener, layer.path, _what(image, layer), trusted,
                           None if trusted else (layer.compression, layer.diff_id))
             progress.add(d.size)
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)
@@ -65,10 +76,6 @@ def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Prog
         raise
     finally:
         progress.close()
-
-
-def layer_source(layer: Layer) -> str:
-    return layer.path or "its source"
 
 
 def _swap_in(tmp: str, out: str) -> None:
@@ -146,7 +153,7 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
                     continue
                 layer, trusted = layers[name]
                 d = layer.descriptor
-                what = f"layer {d.digest}"
+                what = _what(image, layer)
                 if layer.opener is None and layer.path is None:
                     raise InvalidSource(f"{what}: blob {d.digest} has no bytes in its source")
                 opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
