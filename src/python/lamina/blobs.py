@@ -11,6 +11,7 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from lamina.errors import DigestMismatch, InvalidSource
 
 CHUNK = 1 << 20  # 1 MiB: every copy and hash works in pieces of this size.
+_ZSTD_FEED = 1 << 10  # zstd input per decompress call: at most ~32 MiB out, even from a bomb
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -207,19 +208,40 @@ class DiffIdHasher:
             self._hash.update(data)
             return
         try:
-            while data:
-                self._hash.update(self._d.decompress(data))
-                data = b""
-                if self._d.eof and self._d.unused_data:
-                    # concatenated members/frames decompress as one stream
-                    data = self._d.unused_data
-                    self._d = self._new()
+            if self._compression == "gzip":
+                self._feed_gzip(data)
+            else:
+                for i in range(0, len(data), _ZSTD_FEED):
+                    self._feed_zstd(data[i:i + _ZSTD_FEED])
         except zlib.error as e:
             raise InvalidSource(f"{self._what}: corrupt gzip layer ({e})") from e
         except Exception as e:
             if type(e).__name__ == "ZstdError":
                 raise InvalidSource(f"{self._what}: corrupt zstd layer ({e})") from e
             raise
+
+    # Both feeders bound the output of one step, so a small blob that inflates to gigabytes
+    # (a decompression bomb) is hashed piece by piece, never held in memory whole. Concatenated
+    # gzip members and zstd frames decompress as one stream, wherever the chunks split them.
+
+    def _feed_gzip(self, data: bytes) -> None:
+        while True:
+            if self._d.eof:
+                if not data:
+                    return
+                self._d = self._new()  # the next member
+            out = self._d.decompress(data, CHUNK)  # at most CHUNK bytes out per call
+            self._hash.update(out)
+            data = self._d.unused_data if self._d.eof else self._d.unconsumed_tail
+            if not data and len(out) < CHUNK:  # a full CHUNK out: more may be waiting
+                return
+
+    def _feed_zstd(self, data: bytes) -> None:  # zstandard has no output limit: _ZSTD_FEED bytes in per call
+        while data:
+            if self._d.eof:
+                self._d = self._new()
+            self._hash.update(self._d.decompress(data))
+            data = self._d.unused_data if self._d.eof else b""
 
     def digest(self) -> str:
         if self._d is not None and not self._d.eof:

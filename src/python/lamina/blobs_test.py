@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
+import tracemalloc
+import zlib
 
 import pytest
 import zstandard
@@ -106,3 +109,42 @@ def test_diff_id_hasher_reports_corrupt_gzip() -> None:
 
 def test_sha256_stream_counts_bytes() -> None:
     assert sha256_stream(io.BytesIO(DATA)) == (sha(DATA), len(DATA))
+
+
+def test_zstd_frames_and_gzip_members_may_end_exactly_at_a_chunk_edge() -> None:
+    frames = [zstandard.ZstdCompressor().compress(DATA[:100]), zstandard.ZstdCompressor().compress(DATA[100:])]
+    members = [gzip.compress(DATA[:100], mtime=0), gzip.compress(DATA[100:], mtime=0)]
+    for compression, pieces in [("zstd", frames), ("gzip", members)]:
+        h = DiffIdHasher(compression, "l")
+        for piece in pieces + [b""]:
+            h.update(piece)
+        assert h.digest() == sha(DATA), compression
+
+
+def _bomb(compression: str, size: int) -> bytes:
+    zeros = b"\0" * (1 << 22)
+    if compression == "gzip":
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)
+        return b"".join(c.compress(zeros) for _ in range(size // len(zeros))) + c.flush()
+    z = zstandard.ZstdCompressor(level=3).compressobj(size=size)
+    return b"".join(z.compress(zeros) for _ in range(size // len(zeros))) + z.flush()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+def test_diff_id_hasher_memory_stays_bounded_on_a_decompression_bomb(compression: str) -> None:
+    size = 256 << 20
+    blob = _bomb(compression, size)
+    assert len(blob) < size // 500  # it is a bomb
+    h = DiffIdHasher(compression, "l")
+    tracemalloc.start()
+    try:
+        for i in range(0, len(blob), 1 << 20):
+            h.update(blob[i:i + (1 << 20)])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    zeros = hashlib.sha256()
+    for _ in range(size >> 20):
+        zeros.update(bytes(1 << 20))
+    assert h.digest() == "sha256:" + zeros.hexdigest()
+    assert peak < 48 << 20, f"peak {peak >> 20} MiB"

@@ -55,6 +55,8 @@ def _pick(entries: list[dict], where: str, tag: Optional[str], platform: Optiona
         ]
         if by_platform:
             candidates = by_platform
+    if len(candidates) > 1 and len({e.get("digest") for e in candidates}) == 1:
+        return candidates[0]  # one image under several tags (as lamina writes image_tags)
     if len(candidates) > 1:
         names = sorted({n for e in candidates for n in _ref_names(e)})
         platforms = sorted({str(Platform.of_config(e["platform"])) for e in candidates if isinstance(e.get("platform"), dict)})
@@ -122,7 +124,8 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InvalidSource(f"{where}: index.json has no manifests list")
     chosen = _pick(entries, where, tag, platform)
-    tags = tuple(_ref_names(chosen))
+    tags = tuple(_ref_names(chosen)) if tag else tuple(
+        n for e in entries if e.get("digest") == chosen.get("digest") for n in _ref_names(e))
     desc = Descriptor.from_json(chosen, f"{where}: index.json")
     for _ in range(4):  # nested indexes (multi-platform images)
         if desc.media_type in MANIFEST_TYPES:

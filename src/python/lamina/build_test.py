@@ -1,0 +1,131 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import tarfile
+
+import pytest
+
+from lamina.build import build
+from lamina.errors import InvalidSource, SpecError
+from lamina.extract import extract
+from lamina.model import ANN_SELECTOR, ANN_SOURCE
+from lamina.select import parse_selector, select
+from lamina.sources import open_image
+from lamina.spec import parse_spec
+from lamina.testing import hostile
+from lamina.testing.images import FakeImage, FakeLayer, leftovers, write_docker_classic, write_docker_oci, write_oci_dir
+from lamina.validate import validate
+
+BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"), FakeLayer({"bin/sh": b"sh"}, "RUN sh", "gzip")])
+TOOLS = FakeImage([FakeLayer({"usr/": None}, "ADD tools /"), FakeLayer({"usr/bin/jq": b"jq" * 99}, "RUN apk add jq", "gzip"),
+                   FakeLayer({"usr/bin/yq": b"yq"}, "RUN apk add yq", "zstd")])
+
+
+def _bundle(tmp_path, name: str, source: str, selector: str, recorded: str) -> str:  # type: ignore[no-untyped-def]
+    image = open_image(source, name=recorded)
+    out = str(tmp_path / "bundles" / name)
+    extract(image, select(image, parse_selector(selector)), out, selector)
+    return out
+
+
+@pytest.fixture
+def bundles(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    write_oci_dir(BASE, str(tmp_path / "base"))
+    write_docker_classic({"tools:1": TOOLS}, str(tmp_path / "tools.tar"))
+    return {
+        "base": _bundle(tmp_path, "base", "oci:" + str(tmp_path / "base"), ":", "//images:base"),
+        "jq": _bundle(tmp_path, "jq", str(tmp_path / "tools.tar"), "created_by=jq", "//images:tools"),
+        "yq": _bundle(tmp_path, "yq", str(tmp_path / "tools.tar"), "-1", "//images:tools"),
+    }
+
+
+def test_compose_from_bundles(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_spec({"base": bundles["base"], "layers": [bundles["yq"], {"source": "oci:" + bundles["jq"]}],
+                       "format": "oci", "tags": ["app:1"]})
+    out = str(tmp_path / "out")
+    composed = build(spec, out)
+    image = open_image("oci:" + out)
+    tools = open_image(str(tmp_path / "tools.tar"))
+    base = open_image(bundles["base"])
+    assert image.diff_ids == base.diff_ids + (tools.layers[2].diff_id, tools.layers[1].diff_id)
+    assert [l.descriptor.digest for l in image.layers[2:]] == [tools.layers[2].descriptor.digest, tools.layers[1].descriptor.digest]
+    annotations = [dict(l.descriptor.annotations) for l in image.layers]
+    assert annotations[:2] == [{}, {}]
+    assert [(a[ANN_SOURCE], a[ANN_SELECTOR]) for a in annotations[2:]] == [("//images:tools", "-1"), ("//images:tools", "created_by=jq")]
+    assert composed.trusted == (True,) * 4  # every blob came verified from a bundle ...
+    jq_blob = os.path.join("blobs", "sha256", tools.layers[1].descriptor.hex)
+    assert os.stat(os.path.join(out, jq_blob)).st_ino == os.stat(os.path.join(bundles["jq"], jq_blob)).st_ino  # ... so is linked
+    assert validate(image).layers == 4
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_layer_selectors_on_plain_sources_and_names(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    write_docker_oci(TOOLS, "tools:2", str(tmp_path / "tools25.tar"))
+    spec = parse_spec({"base": "oci:" + str(tmp_path / "base"),
+                       "layers": [{"source": str(tmp_path / "tools25.tar"), "layer": "1:", "name": "tools25"}],
+                       "config": {"workdir": "/srv"}, "format": "docker-archive"})
+    out = str(tmp_path / "nested" / "dir" / "out.tar")
+    composed = build(spec, out)
+    assert composed.trusted == (False,) * 4
+    image = open_image("oci-archive:" + out)  # the docker reader sees no annotations: manifest.json has none
+    assert [dict(l.descriptor.annotations).get(ANN_SOURCE) for l in image.layers] == [None, None, "tools25", "tools25"]
+    assert image.config["config"]["WorkingDir"] == "/srv"
+    assert validate(image).layers == 4
+
+
+def test_files_become_one_new_top_layer(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_bytes(b"<html>")
+    (tmp_path / "conf").write_bytes(b"c=1")
+    spec = parse_spec({"base": bundles["base"], "files": [{"src": str(tmp_path / "conf"), "dest": "/etc/app.conf"}],
+                       "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv/www"}], "format": "oci-archive"})
+    out = str(tmp_path / "out.tar")
+    build(spec, out)
+    image = open_image(out)
+    assert len(image.layers) == 3
+    assert image.layers[2].created_by == "lamina: files"
+    with image.layers[2].open_uncompressed() as f, tarfile.open(fileobj=f, mode="r|") as tf:
+        names = [m.name for m in tf]
+    assert names == ["etc", "etc/app.conf", "srv", "srv/www", "srv/www/index.html"]
+    assert validate(image).layers == 3
+    assert leftovers(str(tmp_path)) == []
+
+
+@pytest.mark.parametrize(
+    "spec, error, message",
+    [
+        ({"base": "BUNDLE:yq"}, SpecError, "a base must be a whole image, not some of its layers"),
+        ({"base": "BUNDLE:base", "layers": ["SRC:base"]}, SpecError, r"name the layers to take with \"layer\""),
+        ({"base": "BUNDLE:base", "layers": [{"source": "BUNDLE:yq", "layer": "0"}], "format": "oci-archive"},
+         InvalidSource, "has no bytes in its source"),
+        ({"base": "BUNDLE:base", "file_dirs": [{"src": "SRC:nope"}]}, SpecError, "is not a directory"),
+    ],
+    ids=["partial-base", "plain-source-without-layer", "layer-not-in-bundle", "file-dir-missing"],
+)
+def test_build_errors_leave_nothing(tmp_path, bundles: dict[str, str], spec: dict, error: type, message: str) -> None:  # type: ignore[no-untyped-def]
+    text = json.dumps(spec)
+    for name, path in bundles.items():
+        text = text.replace(f"BUNDLE:{name}", path)
+    text = text.replace("SRC:", str(tmp_path) + "/")
+    out = tmp_path / "dest" / "out.tar"
+    with pytest.raises(error, match=message):
+        build(parse_spec(json.loads(text)), str(out))
+    assert not out.exists()
+    assert not (tmp_path / "dest").exists() or leftovers(str(tmp_path / "dest")) == []
+
+
+@pytest.mark.parametrize("as_base", [True, False], ids=["base", "layer"])
+@pytest.mark.parametrize("case", hostile.CASES, ids=[c.id for c in hostile.CASES])
+def test_hostile_source_fails_compose_and_leaves_nothing(tmp_path, case: hostile.Case, as_base: bool) -> None:  # type: ignore[no-untyped-def]
+    src = case.build(str(tmp_path))
+    platform = case.platform or "linux/amd64"
+    data = ({"base": {"source": src, "layer": ":"}, "platform": platform} if as_base
+            else {"platform": platform, "layers": [{"source": src, "layer": ":"}]})
+    out = tmp_path / "dest" / "out.tar"
+    with pytest.raises(case.error) as e:
+        build(parse_spec(data), str(out))
+    assert re.search(case.message, str(e.value)), str(e.value)
+    assert not out.exists()
+    assert not (tmp_path / "dest").exists() or leftovers(str(tmp_path / "dest")) == []

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+from lamina.errors import InvalidSource
+from lamina.extract import SELECTION_FILE, Selection, extract, read_selection
+from lamina.image import Image
+from lamina.model import Platform
+from lamina.select import parse_selector, select
+from lamina.sources import open_image
+from lamina.testing import hostile
+from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina.validate import validate
+
+FAKE = FakeImage([
+    FakeLayer({"etc/os-release": b"ID=fake\n"}, "ADD rootfs /"),
+    FakeLayer({"usr/bin/tool": b"tool" * 100}, "RUN make tool", "gzip"),
+    FakeLayer({"app/x": b"x"}, "COPY x /app", "zstd"),
+])
+
+
+@pytest.fixture
+def source(tmp_path) -> Image:  # type: ignore[no-untyped-def]
+    write_docker_classic({"app:1": FAKE}, str(tmp_path / "saved.tar"))
+    return open_image("docker-archive:" + str(tmp_path / "saved.tar"), name="//third_party:app")
+
+
+def _extract(image: Image, selector: str, out: str) -> Selection:
+    sel = parse_selector(selector)
+    return extract(image, select(image, sel), out, str(sel))
+
+
+def test_bundle_holds_only_the_selected_layers(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "bundle")
+    selection = _extract(source, "1:", out)
+    assert selection == Selection("//third_party:app", "1:", (1, 2))
+    blobs = set(os.listdir(os.path.join(out, "blobs", "sha256")))
+    manifest_hex = json.load(open(os.path.join(out, "index.json")))["manifests"][0]["digest"][7:]
+    assert blobs == {source.layers[1].descriptor.hex, source.layers[2].descriptor.hex,
+                     source.config_descriptor.hex, manifest_hex}
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_bundle_reads_as_an_oci_layout_describing_the_whole_source(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "bundle")
+    _extract(source, "-1", out)
+    bundle = open_image("oci:" + out)
+    assert bundle.config_bytes == source.config_bytes
+    assert bundle.diff_ids == source.diff_ids
+    assert [l.descriptor.digest for l in bundle.layers] == [l.descriptor.digest for l in source.layers]
+    assert [l.opener is not None for l in bundle.layers] == [False, False, True]
+    with bundle.layers[2].open_blob() as f:
+        assert f.read() == FAKE.layers[2].blob
+
+
+def test_selection_file_records_source_selector_and_layers(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "bundle")
+    _extract(source, "created_by=make", out)
+    data = json.load(open(os.path.join(out, SELECTION_FILE)))
+    assert data == {
+        "source": "//third_party:app",
+        "selector": "created_by=make",
+        "platform": "linux/amd64",
+        "layers": [{
+            "index": 1,
+            "descriptor": {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                           "digest": sha(FAKE.layers[1].blob), "size": len(FAKE.layers[1].blob)},
+            "diff_id": sha(FAKE.layers[1].tar),
+            "created_by": "RUN make tool",
+        }],
+    }
+    assert read_selection(out) == Selection("//third_party:app", "created_by=make", (1,))
+    assert read_selection(str(tmp_path)) is None
+
+
+def test_extracting_everything_gives_a_complete_image(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "bundle")
+    _extract(source, ":", out)
+    assert validate(open_image(out)).layers == 3
+
+
+def test_extract_is_deterministic_and_replaces_old_output(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _extract(source, ":", a)
+    _extract(source, ":", b)
+    assert tree(a) == tree(b)
+    _extract(source, "0", a)  # over an existing bundle
+    assert read_selection(a) == Selection("//third_party:app", "0", (0,))
+    assert len(os.listdir(os.path.join(a, "blobs", "sha256"))) == 3
+    assert leftovers(str(tmp_path)) == []
+
+
+def test_malformed_selection_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / SELECTION_FILE).write_text('{"source": "x", "layers": [{}]}')
+    with pytest.raises(InvalidSource, match="malformed selection file"):
+        read_selection(str(tmp_path))
+    (tmp_path / SELECTION_FILE).write_text("{")
+    with pytest.raises(InvalidSource, match="malformed JSON"):
+        read_selection(str(tmp_path))
+
+
+@pytest.mark.parametrize("case", hostile.CASES, ids=[c.id for c in hostile.CASES])
+def test_hostile_source_fails_extract_and_leaves_nothing(tmp_path, case: hostile.Case) -> None:  # type: ignore[no-untyped-def]
+    src = case.build(str(tmp_path))
+    out = tmp_path / "out" / "bundle"
+    with pytest.raises(case.error) as e:
+        image = open_image(src, platform=Platform.parse(case.platform) if case.platform else None)
+        _extract(image, ":", str(out))
+    assert re.search(case.message, str(e.value)), str(e.value)
+    assert "\n" not in str(e.value)
+    assert not os.path.lexists(out)
+    assert not (tmp_path / "out").exists() or leftovers(str(tmp_path / "out")) == []
