@@ -233,10 +233,42 @@ lamina_registry_down() {
   rm -rf "${LAMINA_SERVICES_DIR:?}/registry/storage"
 }
 
+# BuildGrid (a REAPI server, PyPI's `buildgrid`) for the remote-cache tests. It needs
+# CPython >= 3.13 (pyenv ships it here). Installed once into a venv keyed on its pin; the tests
+# start their own server instances from LAMINA_BGD.
+LAMINA_BUILDGRID_PIN="buildgrid==0.9.1"
+
+_lamina_find_python313() {
+  local p
+  for p in "${LAMINA_PYTHON313:-}" "$(command -v pyenv >/dev/null && pyenv prefix 3.13 2>/dev/null)/bin/python3.13" \
+    "$HOME"/.pyenv/versions/3.13*/bin/python3.13 "$(command -v python3.13 || true)"; do
+    [[ -n "$p" && -x "$p" ]] && { echo "$p"; return 0; }
+  done
+  return 1
+}
+
+lamina_buildgrid_install() {
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/lamina/buildgrid/${LAMINA_BUILDGRID_PIN//[^a-zA-Z0-9.]/_}"
+  # A venv's scripts name its own path, so it cannot be built aside and renamed: a marker file
+  # written last says the install finished; without it the venv is made again.
+  if [[ ! -f "$venv/.lamina-complete" ]]; then
+    local py
+    py=$(_lamina_find_python313) || { _lamina_log "no CPython 3.13 for BuildGrid (pyenv install 3.13)"; return 1; }
+    _lamina_log "installing $LAMINA_BUILDGRID_PIN into $venv"
+    rm -rf "$venv"
+    "$py" -m venv "$venv" &&
+      env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null \
+        "$venv/bin/pip" install -q "$LAMINA_BUILDGRID_PIN" &&
+      touch "$venv/.lamina-complete" || { rm -rf "$venv"; return 1; }
+  fi
+  export LAMINA_BGD="$venv/bin/bgd"
+}
+
 lamina_services_up() {
   lamina_install_packages || return 1
   lamina_dockerd_up || return 1
   lamina_registry_up || return 1
+  lamina_buildgrid_install || return 1
 }
 
 # Safe to call more than once, and when nothing (or only part) was started.

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import tempfile
+import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -36,6 +38,7 @@ def pants_pex_section() -> str:
 class SampleRepo:
     def __init__(self, root: Path, extra_toml: str = "") -> None:
         self.root = root
+        self.last_max_rss_kib = 0
         root.mkdir(parents=True, exist_ok=True)
         pythonpath = ", ".join(f'"{_checkout_dir(d)}"' for d in PLUGIN_DIRS)
         (root / "pants.toml").write_text(
@@ -75,18 +78,39 @@ env_vars = ["PIP_CONFIG_FILE=/dev/null"]
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("PANTS_")}
         full_env.update({"NO_SCIE_WARNING": "1", "PANTS_BUILDROOT_OVERRIDE": str(self.root)})
         full_env.update(env or {})
-        proc = subprocess.run(
-            [os.path.join(venv, "bin", "pants"), *args],
-            cwd=self.root,
-            env=full_env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            child = subprocess.Popen(
+                [os.path.join(venv, "bin", "pants"), *args],
+                cwd=self.root, env=full_env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            )
+            try:
+                _, status, usage = _wait4(child.pid, timeout)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+                raise
+            child.returncode = os.waitstatus_to_exitcode(status)
+            self.last_max_rss_kib = usage.ru_maxrss  # the Pants process (its engine runs in it)
+            out.seek(0)
+            err.seek(0)
+            proc = subprocess.CompletedProcess(
+                list(args), child.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace")
+            )
         if check and proc.returncode != 0:
             raise AssertionError(f"pants {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
+
+
+def _wait4(pid: int, timeout: float):  # type: ignore[no-untyped-def]
+    """os.wait4 with a deadline: (pid, status, rusage) of that one child."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got, status, usage = os.wait4(pid, os.WNOHANG)
+        if got == pid:
+            return got, status, usage
+        if time.monotonic() > deadline:
+            raise subprocess.TimeoutExpired(str(pid), timeout)
+        time.sleep(0.05)
 
 
 def completed_processes(output: str, prefix: str = "lamina: ") -> List[str]:

@@ -1,0 +1,94 @@
+"""Team scale: two checkouts share extracted layers and composed images through a real REAPI server."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from lamina.testing.big import write_big_docker_archive
+from lamina_tests.support.buildgrid import BuildGrid, require_bgd
+from lamina_tests.support.sample_repo import SampleRepo, completed_processes
+
+BUILD = """
+docker_layer(name="big", image="big.tar", layer=-1)
+docker_layer(name="small", image="big.tar", layer=0)
+composed_image(name="img", base="scratch", platform="linux/amd64", layers=[":small", ":big"],
+               repository="lamina-remote/img")
+"""
+
+
+def _stats(output: str) -> dict:
+    return {k: int(v) for k, v in re.findall(r"^\s+(remote_cache_\w+|local_\w+): (\d+)$", output, re.MULTILINE)}
+
+
+def _repo(root: Path, archive: Path) -> SampleRepo:
+    repo = SampleRepo(root)
+    repo.write("images/BUILD", BUILD)
+    os.link(archive, root / "images" / "big.tar")
+    return repo
+
+
+def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, stats: bool = True) -> list:
+    return [
+        f"--remote-store-address={address}",
+        "--remote-instance-name=",
+        f"--remote-cache-read={read}",
+        f"--remote-cache-write={write}",
+        "--remote-cache-warnings=first_only",
+        f"--local-store-dir={cache_dir / 'store'}",
+        f"--named-caches-dir={cache_dir / 'named'}",
+        *(["--stats-log", "--plugins=[]"] if stats else []),
+    ]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("src") / "big.tar"
+    write_big_docker_archive(str(path), [1 << 20, 200 << 20])
+    return path
+
+
+def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
+    tmp_path: Path, archive: Path
+) -> None:
+    require_bgd()
+    with BuildGrid(tmp_path / "bgd") as server:
+        a = _repo(tmp_path / "checkout-a", archive)
+        first = a.pants("package", "images:img",
+                        *_remote_flags(server.address, read=False, write=True, cache_dir=tmp_path / "cache-a"))
+        ran_a = completed_processes(first.stderr)
+        assert len(ran_a) == 3, ran_a  # two extractions, one compose
+        stats_a = _stats(first.stderr)
+        assert stats_a["remote_cache_write_errors"] == 0 and stats_a["remote_cache_write_successes"] > 0, stats_a
+
+        b = _repo(tmp_path / "checkout-b", archive)
+        second = b.pants("package", "images:img",
+                         *_remote_flags(server.address, read=True, write=False, cache_dir=tmp_path / "cache-b"))
+        stats_b = _stats(second.stderr)
+        print(f"peak RSS of pants (engine in-process): A {a.last_max_rss_kib >> 10} MiB, "
+              f"B {b.last_max_rss_kib >> 10} MiB")
+        assert completed_processes(second.stderr) == [], second.stderr
+        assert stats_b["remote_cache_requests_cached"] == stats_b["remote_cache_requests"] > 0, stats_b
+        assert stats_b["remote_cache_read_errors"] == 0, stats_b
+        assert "Failed to read from remote cache" not in second.stderr, second.stderr
+        out_a = (a.root / "dist" / "images" / "img.tar").read_bytes()
+        out_b = (b.root / "dist" / "images" / "img.tar").read_bytes()
+        assert len(out_a) > 200 << 20
+        assert out_a == out_b
+        # A 200 MB layer passes through the remote cache without the engine holding it in memory.
+        assert b.last_max_rss_kib < 1_000_000, b.last_max_rss_kib
+
+
+def test_server_down_builds_locally_with_one_warning(tmp_path: Path, archive: Path) -> None:
+    require_bgd()
+    with BuildGrid(tmp_path / "bgd") as server:
+        address = server.address
+    repo = _repo(tmp_path / "checkout", archive)
+    result = repo.pants("package", "images:img",
+                        *_remote_flags(address, read=True, write=False, cache_dir=tmp_path / "cache", stats=False))
+    warnings = [l for l in result.stderr.splitlines() if "[WARN]" in l]
+    assert len(warnings) == 1 and "remote cache" in warnings[0], warnings
+    assert "Traceback" not in result.stderr
+    assert (repo.root / "dist" / "images" / "img.tar").is_file()

@@ -1,0 +1,92 @@
+"""A BuildGrid REAPI server (CAS + action cache on disk) on 127.0.0.1, for remote-cache tests."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import pytest
+
+from lamina_tests.support.services import free_port
+
+CONFIG = """
+server:
+  - !channel
+    address: "127.0.0.1:{port}"
+    insecure-mode: true
+storages:
+  - !disk-storage &cas
+    path: {cas}
+caches:
+  - !lru-action-cache &ac
+    storage: *cas
+    max-cached-refs: 100000
+    allow-updates: true
+    cache-failed-actions: false
+instances:
+  - name: ""
+    services:
+      - !action-cache
+        cache: *ac
+      - !cas
+        storage: *cas
+      - !bytestream
+        storage: *cas
+"""
+
+
+def require_bgd() -> str:
+    bgd = os.environ.get("LAMINA_BGD", "")
+    if bgd and os.access(bgd, os.X_OK):
+        return bgd
+    message = "LAMINA_BGD is not set to BuildGrid's bgd; run `source .ci/services.sh && lamina_services_up`"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+    raise AssertionError("unreachable")
+
+
+class BuildGrid:
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.address = f"grpc://127.0.0.1:{self.port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        config = workdir / "bgd.yml"
+        config.write_text(CONFIG.format(port=self.port, cas=workdir / "cas"))
+        self.log = workdir / "bgd.log"
+        self._proc: Optional[subprocess.Popen] = subprocess.Popen(
+            [require_bgd(), "server", "start", str(config)],
+            stdout=self.log.open("wb"),
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"bgd exited early:\n{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"bgd did not listen within 60 s:\n{self.log.read_text()[-2000:]}")
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+    def __enter__(self) -> "BuildGrid":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
