@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 from lamina.blobs import DiffIdHasher, chunks
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.oci_layout import layout_files
-from lamina.formats.store import BlobDir
+from lamina.formats.store import BlobDir, replace_path
 from lamina.image import Image, Layer
 from lamina.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type, parse_json
 from lamina.progress import Progress
@@ -126,9 +126,7 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) 
         for name, data in files.items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.rename(tmp, out_dir)
+        replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

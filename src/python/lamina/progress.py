@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Optional, TextIO
 
 
 class Progress:
-    def __init__(self, label: str, total: int, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, label: str, total: int, stream: Optional[TextIO] = None) -> None:
         self._label = label
         self._total = max(total, 1)
         self._done = 0
+        stream = stream or sys.stderr
         self._stream = stream
         self._enabled = stream.isatty()
         self._last = 0.0

@@ -69,14 +69,17 @@ def _layer(value: Any, where: str) -> LayerSpec:
                      None if target is None else _str(target, f"{where}.target"))
 
 
-def _files(value: Any, where: str) -> tuple[FileSpec, ...]:
+def _files(value: Any, where: str, default_dest: Optional[str]) -> tuple[FileSpec, ...]:
     if not isinstance(value, list):
         raise SpecError(f"{where} must be a list")
     out = []
     for i, f in enumerate(value):
         if not isinstance(f, dict):
             raise SpecError(f"{where}[{i}] must be an object with src and dest")
-        out.append(FileSpec(_str(f.get("src"), f"{where}[{i}].src"), _str(f.get("dest", "/"), f"{where}[{i}].dest")))
+        dest = f.get("dest", default_dest)
+        if dest is None:
+            raise SpecError(f"{where}[{i}] needs a dest: the file's path in the image, e.g. \"/app/main.py\"")
+        out.append(FileSpec(_str(f.get("src"), f"{where}[{i}].src"), _str(dest, f"{where}[{i}].dest")))
     return tuple(out)
 
 
@@ -131,8 +134,8 @@ def parse_spec(data: Any) -> Spec:
         base=base,
         platform=platform,
         layers=tuple(_layer(v, f"layers[{i}]") for i, v in enumerate(layers_value)),
-        files=_files(data.get("files", []), "files"),
-        file_dirs=_files(data.get("file_dirs", []), "file_dirs"),
+        files=_files(data.get("files", []), "files", None),
+        file_dirs=_files(data.get("file_dirs", []), "file_dirs", "/"),
         config=config,
         tags=_str_list(data.get("tags", []), "tags"),
         format=fmt,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Optional, Protocol
 
 from lamina.blobs import Opener, chunks, copy_stream, link_or_copy, verified
@@ -175,3 +176,16 @@ class BlobDir:
                 raise
         os.replace(tmp, dest)
 
+
+def replace_path(tmp: str, out: str) -> None:
+    """Put the finished `tmp` (file or directory) at `out`, replacing what was there by renames."""
+    if os.path.lexists(out):
+        old = tmp + ".old"
+        os.rename(out, old)
+        os.rename(tmp, out)
+        if os.path.isdir(old) and not os.path.islink(old):
+            shutil.rmtree(old)
+        else:
+            os.unlink(old)
+    else:
+        os.rename(tmp, out)

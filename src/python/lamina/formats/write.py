@@ -16,7 +16,7 @@ from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader
 from lamina.compose import ComposedImage
 from lamina.errors import InvalidSource
 from lamina.formats.oci_layout import layout_files
-from lamina.formats.store import BlobDir, blob_path
+from lamina.formats.store import BlobDir, blob_path, replace_path
 from lamina.image import Layer
 from lamina.model import canonical_json
 from lamina.progress import NoProgress, Progress
@@ -70,25 +70,12 @@ def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Prog
         for name, data in layout_files(image.manifest_descriptor, image.tags).items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
-        _swap_in(tmp, out_dir)
+        replace_path(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
         progress.close()
-
-
-def _swap_in(tmp: str, out: str) -> None:
-    if os.path.lexists(out):
-        old = tmp + ".old"
-        os.rename(out, old)
-        os.rename(tmp, out)
-        if os.path.isdir(old) and not os.path.islink(old):
-            shutil.rmtree(old)
-        else:
-            os.unlink(old)
-    else:
-        os.rename(tmp, out)
 
 
 def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
