@@ -28,3 +28,11 @@ class PlatformMismatch(LaminaError):
 
 class SpecError(LaminaError):
     """A compose spec that is malformed."""
+
+
+class InvalidIndex(LaminaError):
+    """A layer index file (from `lamina scan`) that cannot be read."""
+
+
+class CheckFailed(LaminaError):
+    """A composition check whose findings the policy treats as errors."""

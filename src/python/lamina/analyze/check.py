@@ -1,0 +1,123 @@
+"""The composition checks on a stack of layer indexes: conflicts, foreign whiteouts, broken hard links."""
+from __future__ import annotations
+
+import fnmatch
+from typing import Optional, Sequence
+
+from lamina.analyze.fs import Applied, Node, Override, apply
+from lamina.analyze.index import LayerIndex
+from lamina.analyze.report import Finding, Policy, Report, layer_name
+
+# (tool, globs) of files that record which packages are installed.
+PACKAGE_DATABASES = (
+    ("dpkg", ("var/lib/dpkg/status", "var/lib/dpkg/status.d/*")),
+    ("apk", ("lib/apk/db/installed",)),
+    ("rpm", ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")),
+)
+SHOWN_PATHS = 5  # a whiteout finding lists this many paths, then counts the rest
+
+
+def package_database(path: str) -> Optional[str]:
+    """The package manager whose database `path` is, if it is one."""
+    p = path.strip("/")
+    for tool, globs in PACKAGE_DATABASES:
+        if any(fnmatch.fnmatchcase(p, g) for g in globs):
+            return tool
+    return None
+
+
+def _kind_name(node: Node) -> str:
+    return {"file": "a file", "dir": "a directory", "symlink": "a symlink", "hardlink": "a hard link"}.get(
+        node.kind, "a special file")
+
+
+def _difference(lower: Node, upper: Node) -> str:
+    a, b = lower.facts, upper.facts
+    if lower.kind != upper.kind:
+        return f"{_kind_name(lower)} vs {_kind_name(upper)}"
+    what = []
+    if a.sha256 != b.sha256 or a.linkname != b.linkname:
+        what.append("symlink target" if a.kind == "symlink" else "content")
+    if a.mode != b.mode and a.kind != "symlink":
+        what.append(f"mode {a.mode:04o} vs {b.mode:04o}")
+    if (a.uid, a.gid) != (b.uid, b.gid):
+        what.append(f"owner {a.uid}:{a.gid} vs {b.uid}:{b.gid}")
+    return ", ".join(what) or "content"
+
+
+def conflicts(applied: Applied, policy: Policy) -> list[Finding]:
+    """Paths layers provide with different content, where the upper layer was not built on the lower one."""
+    if policy.on_conflict == "ignore":
+        return []
+    stack = applied.fs.stack
+    by_path: dict[str, list[Override]] = {}
+    for o in applied.overrides:
+        if not stack[o.upper.layer].knows(stack[o.lower.layer]):
+            by_path.setdefault(o.path, []).append(o)
+    severity = "error" if policy.on_conflict == "error" else "warning"
+    out = []
+    for path in sorted(by_path):
+        final = applied.fs.nodes.get(path)
+        if final is None or policy.allows(path):
+            continue  # removed again higher up, or allowed
+        found = by_path[path]
+        layers = sorted({o.lower.layer for o in found} | {o.upper.layer for o in found} | {final.layer})
+        names = [layer_name(stack, i) for i in layers]
+        listed = ", ".join(names[:-1]) + " and " + names[-1]
+        clash = any((o.lower.kind == "dir") != (o.upper.kind == "dir") for o in found)
+        kind = "type clash: " if clash else ""
+        message = (f"/{path} differs ({kind}{_difference(found[-1].lower, found[-1].upper)}) between {listed}; "
+                   f"the top one, [{final.layer}], wins")
+        hint = ""
+        tool = package_database(path)
+        if tool is not None:
+            hint = (f"{path} is a package database ({tool}): the top layer's copy hides the packages the "
+                    "others installed; rebuild the layers on a common base or merge the databases")
+            message += f"; {hint}"
+        out.append(Finding("conflict", severity, message, (path,), tuple(layers), final.layer, hint=hint))
+    return out
+
+
+def whiteouts(applied: Applied) -> list[Finding]:
+    """Markers that remove what a layer provided which was not below the marker's layer in its source."""
+    stack = applied.fs.stack
+    groups: dict[tuple[int, int], list[str]] = {}
+    for r in applied.removals:
+        if r.node.kind != "dir" and not stack[r.layer].knows(stack[r.node.layer]):
+            groups.setdefault((r.layer, r.node.layer), []).append(r.node.path)
+    out = []
+    for (marker, victim), paths in sorted(groups.items()):
+        paths = sorted(set(paths))
+        shown = ", ".join("/" + p for p in paths[:SHOWN_PATHS])
+        if len(paths) > SHOWN_PATHS:
+            shown += f" and {len(paths) - SHOWN_PATHS} more"
+        hint = ("its source image removed these from a different lower layer; compose on the base it was "
+                "built on, or check that removing them is intended")
+        message = (f"{layer_name(stack, marker)} removes {shown}, provided by {layer_name(stack, victim)}, "
+                   f"which was not below it in its source image; {hint}")
+        out.append(Finding("whiteout", "warning", message, tuple(paths), (victim, marker), hint=hint))
+    return out
+
+
+def hardlinks(applied: Applied) -> list[Finding]:
+    """Hard links whose target is neither in their own layer nor in a layer below them in this stack."""
+    stack = applied.fs.stack
+    out = []
+    for b in applied.broken_links:
+        problem = ("which is a directory" if b.reason == "directory"
+                   else "which is neither in that layer nor in a layer below it in this stack")
+        hint = f"add the layer that provides /{b.target} below it (usually the one below it in its source image)"
+        message = f"hard link /{b.path} in {layer_name(stack, b.layer)} points to /{b.target}, {problem}; {hint}"
+        out.append(Finding("hardlink", "error", message, (b.path, b.target), (b.layer,), hint=hint))
+    return out
+
+
+def check(stack: Sequence[LayerIndex], policy: Policy = Policy()) -> Report:
+    """Every check on a stack of layers (base first), graded by `policy`."""
+    from lamina.analyze.deps import missing_libraries
+
+    applied = apply(stack)
+    findings = conflicts(applied, policy) + whiteouts(applied) + hardlinks(applied)
+    if policy.check_dependencies:
+        findings += missing_libraries(applied.fs)
+    return Report(applied.fs.stack, tuple(findings), policy)

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lamina.analyze.index import read_index
+from lamina.cli import main
+from lamina.testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
+
+BASE = FakeLayer({"bin/": None, "bin/sh": b"sh"}, "ADD rootfs /")
+DPKG = {"var/": None, "var/lib/": None, "var/lib/dpkg/": None}
+A = FakeImage([BASE, FakeLayer({**DPKG, "var/lib/dpkg/status": b"Package: a\n"}, "RUN apt-get install a")])
+B = FakeImage([BASE, FakeLayer({**DPKG, "var/lib/dpkg/status": b"Package: b\n", "link": "=>gone"},
+                               "RUN apt-get install b")])
+
+
+def _run(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.fixture
+def indexes(tmp_path: Path, capsys: pytest.CaptureFixture) -> dict[str, str]:
+    write_oci_dir(A, str(tmp_path / "a"))
+    write_docker_oci(B, "b:1", str(tmp_path / "b.tar"))
+    out = {}
+    for name, argv in (("base", [str(tmp_path / "a"), "--layer", "0"]), ("a", [str(tmp_path / "a"), "--layer", "-1"]),
+                       ("b", [f"docker-archive:{tmp_path / 'b.tar'}", "--layer", "1", "--name", "b.tar"])):
+        path = str(tmp_path / f"{name}.json")
+        rc, stdout, _ = _run(capsys, "scan", *argv, "--out", path)
+        assert rc == 0
+        summary = json.loads(stdout)
+        assert summary["out"] == path and summary["skipped"] == [] and len(summary["layers"]) == 1
+        out[name] = path
+    return out
+
+
+def test_scan_writes_one_index_per_call(indexes: dict[str, str]) -> None:
+    (b,) = read_index(indexes["b"])
+    assert (b.source, b.index) == ("b.tar", 1)
+    assert {e.path for e in b.entries} >= {"var/lib/dpkg/status", "link"}
+
+
+def test_check_reports_and_exits_2_on_a_broken_hard_link(indexes: dict[str, str], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "report.json"
+    rc, out, err = _run(capsys, "check", "--index", indexes["base"], "--index", indexes["a"], "--index", indexes["b"],
+                        "--json", str(report))
+    assert rc == 2
+    assert err == ("lamina: error: composition check failed: 1 broken hard link (first: hardlink at /link -> /gone); "
+                   "see the report\n")
+    lines = out.splitlines()
+    assert lines[lines.index("conflicts (1):") + 1].startswith("  warning: /var/lib/dpkg/status differs (content)")
+    assert "hard links (1):" in lines and "whiteouts: none" in lines and "missing libraries: none" in lines
+    doc = json.loads(report.read_text())
+    assert doc["counts"]["conflict"] == 1 and doc["errors"] == 1
+
+
+def test_check_policy_options(indexes: dict[str, str], capsys: pytest.CaptureFixture) -> None:
+    stack = ["--index", indexes["base"], "--index", indexes["a"]]
+    ok = _run(capsys, "check", *stack)
+    assert ok[0] == 0 and "conflicts: none" in ok[1]
+    b = ["--index", indexes["base"], "--index", indexes["a"], "--index", indexes["b"]]
+    rc, _, err = _run(capsys, "check", *b, "--on-conflict", "error", "--allow", "/link")
+    assert rc == 2 and "1 conflict, 1 broken hard link" in err
+    rc, out, _ = _run(capsys, "check", *b, "--on-conflict", "ignore", "--no-check-dependencies")
+    assert rc == 2 and "conflicts: none" in out
+    rc, out, _ = _run(capsys, "check", *b, "--allow", "var/lib/dpkg/*", "--allow", "x")
+    assert "conflicts: none" in out
+
+
+def test_check_refuses_a_file_that_is_not_an_index(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "x.json").write_text("{}")
+    rc, _, err = _run(capsys, "check", "--index", str(tmp_path / "x.json"))
+    assert rc == 2 and err.startswith("lamina: error: ") and "lamina scan" in err
+
+
+def test_layers_conflicts_on_a_composed_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    history = [{"created_by": "ADD rootfs /"}]
+    for name, layer in (("a.tar", A.layers[1]), ("b.tar", B.layers[1])):
+        history.append({"created_by": layer.created_by, "comment": f"lamina: layer sha256:00 from {name} (-1)"})
+    composed = FakeImage([BASE, A.layers[1], FakeLayer({**DPKG, "var/lib/dpkg/status": b"Package: b\n"}, "b")],
+                         config_extra={"history": history})
+    write_oci_dir(composed, str(tmp_path / "c"))
+    rc, out, _ = _run(capsys, "layers", str(tmp_path / "c"), "--conflicts")
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[4] == "conflicts (1):" and "/var/lib/dpkg/status differs (content) between [1]" in lines[5]
+    rc, out, _ = _run(capsys, "layers", str(tmp_path / "c"), "--conflicts", "--json")
+    (finding,) = json.loads(out)["conflicts"]
+    assert finding["paths"] == ["var/lib/dpkg/status"] and finding["layers"] == [1, 2] and finding["winner"] == 2

@@ -1,0 +1,132 @@
+"""Findings, the policy that grades them, and the report: one line per finding, grouped, as text or JSON."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from lamina.analyze.index import LayerIndex
+from lamina.errors import SpecError
+
+REPORT_FORMAT = "lamina.check-report/1"
+ON_CONFLICT = ("warn", "error", "ignore")
+# (kind, heading) in report order.
+GROUPS = (
+    ("conflict", "conflicts"),
+    ("whiteout", "whiteouts"),
+    ("hardlink", "hard links"),
+    ("missing-library", "missing libraries"),
+)
+KINDS = tuple(kind for kind, _ in GROUPS)
+# kind -> how the error summary counts it (one, many).
+_COUNTED = {
+    "conflict": ("conflict", "conflicts"),
+    "whiteout": ("foreign whiteout", "foreign whiteouts"),
+    "hardlink": ("broken hard link", "broken hard links"),
+    "missing-library": ("binary with missing libraries", "binaries with missing libraries"),
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    on_conflict: str = "warn"  # warn | error | ignore
+    allowed_conflicts: tuple[str, ...] = ()  # fnmatch globs on paths, with or without a leading '/'
+    check_dependencies: bool = True
+
+    def __post_init__(self) -> None:
+        if self.on_conflict not in ON_CONFLICT:
+            raise SpecError(f"on_conflict {self.on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
+
+    def allows(self, path: str) -> bool:
+        import fnmatch
+
+        p = path.strip("/")
+        return any(fnmatch.fnmatchcase(p, g.lstrip("/")) for g in self.allowed_conflicts)
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # conflict | whiteout | hardlink | missing-library
+    severity: str  # warning | error
+    message: str  # one line, complete on its own
+    paths: tuple[str, ...]  # the paths concerned, no leading '/'
+    layers: tuple[int, ...]  # stack positions concerned, base first
+    winner: Optional[int] = None  # conflict: the stack position whose copy is in the image
+    missing: tuple[str, ...] = ()  # missing-library: what could not be found
+    hint: str = ""  # how to fix it, when there is something specific to say
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "severity": self.severity, "message": self.message,
+                               "paths": list(self.paths), "layers": list(self.layers)}
+        if self.winner is not None:
+            out["winner"] = self.winner
+        if self.missing:
+            out["missing"] = list(self.missing)
+        if self.hint:
+            out["hint"] = self.hint
+        return out
+
+
+@dataclass(frozen=True)
+class Report:
+    stack: tuple[LayerIndex, ...]
+    findings: tuple[Finding, ...]
+    policy: Policy
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.severity == "error")
+
+    def of_kind(self, kind: str) -> tuple[Finding, ...]:
+        return tuple(f for f in self.findings if f.kind == kind)
+
+    def error_summary(self) -> str:
+        """One line naming what the policy treats as errors (empty when nothing is)."""
+        errors = self.errors
+        if not errors:
+            return ""
+        counts = []
+        for kind, _ in GROUPS:
+            n = sum(1 for f in errors if f.kind == kind)
+            if n:
+                counts.append(f"{n} {_COUNTED[kind][0 if n == 1 else 1]}")
+        first = errors[0]
+        where = " -> ".join("/" + p for p in first.paths) if first.kind == "hardlink" else "/" + first.paths[0]
+        return f"composition check failed: {', '.join(counts)} (first: {first.kind} at {where}); see the report"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": REPORT_FORMAT,
+            "policy": {"on_conflict": self.policy.on_conflict,
+                       "allowed_conflicts": list(self.policy.allowed_conflicts),
+                       "check_dependencies": self.policy.check_dependencies},
+            "stack": [
+                {"position": i, "source": l.source, "index": l.index, "digest": l.digest, "diff_id": l.diff_id,
+                 "created_by": l.created_by}
+                for i, l in enumerate(self.stack)
+            ],
+            "findings": [f.to_json() for f in self.findings],
+            "counts": {kind: len(self.of_kind(kind)) for kind, _ in GROUPS},
+            "errors": len(self.errors),
+        }
+
+    def text(self, kinds: Sequence[str] = KINDS, legend: bool = True) -> str:
+        """The report for people: the stack (with `legend`), then one line per finding under its group."""
+        n = len(self.stack)
+        lines = [f"stack ({n} layer{'' if n == 1 else 's'}, base first):"] if legend else []
+        for i, l in enumerate(self.stack if legend else ()):
+            created = " ".join(l.created_by.split())
+            created = created[:57] + "..." if len(created) > 60 else created
+            lines.append(f"  [{i}] {l.source} layer {l.index} {l.digest[:19]} {created}".rstrip())
+        for kind, heading in GROUPS:
+            if kind not in kinds:
+                continue
+            found = self.of_kind(kind)
+            lines.append(f"{heading} ({len(found)}):" if found else f"{heading}: none")
+            lines.extend(f"  {f.severity}: {f.message}" for f in found)
+        text = "\n".join(lines) + "\n"
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")  # names that are not UTF-8, escaped
+
+
+def layer_name(stack: Sequence[LayerIndex], pos: int) -> str:
+    """How findings name a layer: its stack position, source, index there and digest."""
+    return f"[{pos}] {stack[pos].describe()}"

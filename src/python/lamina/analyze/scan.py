@@ -1,0 +1,176 @@
+"""Scanning layers into indexes: one streaming pass per layer, hashing file content and reading ELF heads."""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+import tarfile
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Optional, Sequence
+
+from lamina.analyze.index import IndexEntry, LayerIndex
+from lamina.blobs import CHUNK, chunks
+from lamina.elf import MAGIC, ElfInfo, ElfScanner
+from lamina.errors import InvalidSource
+from lamina.extract import read_selection
+from lamina.image import Image, Layer
+from lamina.layerfs import normalize
+from lamina.model import ANN_SOURCE, Platform
+
+if TYPE_CHECKING:
+    from lamina.registry.transport import RegistryOptions  # pants: no-infer-dep
+
+# Small loader configuration files whose text goes into the index (glob, on normalized paths).
+TEXT_FILES = ("etc/ld.so.conf", "etc/ld.so.conf.d/*.conf", "etc/ld-musl-*.path")
+TEXT_LIMIT = 64 << 10
+_LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)$")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    layers: tuple[LayerIndex, ...]
+    skipped: tuple[int, ...]  # source indices of selected layers whose blob the source does not hold
+
+
+def _kind(info: tarfile.TarInfo) -> str:
+    if info.isreg():
+        return "file"
+    if info.isdir():
+        return "dir"
+    if info.issym():
+        return "symlink"
+    if info.islnk():
+        return "hardlink"
+    return "other"
+
+
+def _wants_text(path: str, size: int) -> bool:
+    return size <= TEXT_LIMIT and any(fnmatch.fnmatchcase(path, g) for g in TEXT_FILES)
+
+
+def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Optional[str]]:
+    """(sha256 hex, ELF facts, text) of one file's content, read in chunks."""
+    h = hashlib.sha256()
+    scanner: Optional[ElfScanner] = None
+    text = bytearray() if want_text else None
+    first = True
+    while True:
+        data = f.read(CHUNK)
+        if not data:
+            break
+        h.update(data)
+        if first:
+            first = False
+            if data[:4] == MAGIC:
+                scanner = ElfScanner()
+        if scanner is not None:
+            scanner.feed(data)
+        if text is not None:
+            text += data
+    elf = scanner.result() if scanner is not None else None
+    return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None
+
+
+def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str) -> LayerIndex:
+    """The index of one layer; reads its blob once, to the end (so its digest is checked)."""
+    what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
+    entries: list[IndexEntry] = []
+    texts: dict[str, str] = {}
+    with layer.open_uncompressed() as stream:
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for info in tf:
+                    path = normalize(info.name, what)
+                    if not path:
+                        continue  # the root directory itself
+                    kind = _kind(info)
+                    linkname = normalize(info.linkname, what) if kind == "hardlink" else info.linkname
+                    sha, elf, text = "", None, None
+                    if kind == "file":
+                        f = tf.extractfile(info)
+                        if f is None:
+                            raise InvalidSource(f"{what}: cannot read {path}")
+                        sha, elf, text = _content(f, _wants_text(path, info.size))
+                    if text is not None:
+                        texts[path] = text
+                    else:
+                        texts.pop(path, None)  # a later entry of the same path replaces the earlier one
+                    entries.append(IndexEntry(path, kind, info.mode & 0o7777, info.uid, info.gid,
+                                              info.size if kind == "file" else 0, linkname, sha, elf))
+        except tarfile.TarError as e:
+            raise InvalidSource(f"{what}: not a readable tar layer ({e})") from e
+        except EOFError as e:
+            raise InvalidSource(f"{what}: truncated layer") from e
+        for _ in chunks(stream):  # the tar's trailing padding, so the digest check sees every byte
+            pass
+    return LayerIndex(
+        source=source,
+        index=layer.index,
+        digest=layer.descriptor.digest,
+        diff_id=layer.diff_id,
+        media_type=layer.descriptor.media_type,
+        size=layer.descriptor.size,
+        created_by=layer.created_by,
+        platform=platform,
+        below=tuple(l.descriptor.digest for l in below),
+        below_diff_ids=tuple(l.diff_id for l in below),
+        entries=tuple(entries),
+        texts=tuple(sorted(texts.items())),
+    )
+
+
+def scan_source(text: str, selector: Optional[str] = None, name: Optional[str] = None,
+                platform: Optional[Platform] = None, registry: Optional[RegistryOptions] = None) -> ScanResult:
+    """Indexes of a source's layers: `selector`'s, else a bundle's selected ones, else all of them.
+
+    Layers whose blob the source does not hold (the unselected layers of a bundle) are skipped.
+    The recorded source name is `name`, else a bundle's recorded source, else `text`.
+    """
+    from lamina.select import parse_selector, select
+    from lamina.sources import open_image, parse_source
+
+    path = parse_source(text).path
+    selection = read_selection(path) if os.path.isdir(path) else None
+    label = name or (selection.source if selection else text)
+    image = open_image(text, name=label, platform=platform, registry=registry)
+    if selector is not None:
+        layers = select(image, parse_selector(selector))
+    elif selection is not None:
+        layers = tuple(image.layers[i] for i in selection.indices)
+    else:
+        layers = image.layers
+    present = tuple(l for l in layers if l.opener is not None)
+    skipped = tuple(l.index for l in layers if l.opener is None)
+    found = str(image.platform)
+    return ScanResult(tuple(scan_layer(l, label, image.layers[: l.index], found) for l in present), skipped)
+
+
+def _added_from(layer: Layer) -> Optional[str]:
+    """The source lamina recorded for a layer it added to a composed image (None for other layers)."""
+    annotations = dict(layer.descriptor.annotations)
+    if ANN_SOURCE in annotations:
+        return annotations[ANN_SOURCE]
+    for entry in reversed(layer.history):
+        if not entry.get("empty_layer"):
+            m = _LAMINA_COMMENT.match(str(entry.get("comment") or ""))
+            return m.group(1) if m else None
+    return None
+
+
+def scan_image(image: Image) -> tuple[LayerIndex, ...]:
+    """Indexes of every layer of an image, for checking the image's own stack.
+
+    A layer's known-below layers are all those under it, except for a layer lamina added to a
+    composed image: its source's stack is not recorded, so only the layers under it that lamina
+    added from the same source count as known (anything else it overrides or removes is reported).
+    """
+    platform = str(image.platform)
+    origins = [_added_from(l) for l in image.layers]
+    out = []
+    for i, layer in enumerate(image.layers):
+        below = image.layers[:i]
+        if origins[i] is not None:
+            below = tuple(l for j, l in enumerate(below) if origins[j] == origins[i])
+        out.append(scan_layer(layer, image.source, below, platform))
+    return tuple(out)

@@ -1,0 +1,244 @@
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from lamina.analyze.index import FORMAT, IndexEntry, dumps, loads, read_index, write_index
+from lamina.analyze.scan import scan_image, scan_layer, scan_source
+from lamina.elf import ElfInfo
+from lamina.errors import DigestMismatch, InvalidIndex
+from lamina.extract import extract
+from lamina.image import Layer
+from lamina.model import Descriptor
+from lamina.select import parse_selector, select
+from lamina.sources import open_image
+from lamina.testing.elffiles import make_elf
+from lamina.testing.images import (MEDIA, FakeImage, FakeLayer, blob_file, flip_byte, oci_manifest, sha,
+                                   write_oci_dir)
+from lamina.testing.stacks import indexes
+
+LIB = make_elf(needed=["libc.so.6"], soname="libfoo.so.1")
+FILES = {
+    "./": None,
+    "etc/": None,
+    "etc/ld.so.conf": b"include /etc/ld.so.conf.d/*.conf\n",
+    "etc/ld.so.conf.d/": None,
+    "etc/ld.so.conf.d/app.conf": b"/opt/app/lib\n",
+    "etc/other.conf": b"not captured\n",
+    "usr/lib/": None,
+    "usr/lib/libfoo.so.1": LIB,
+    "usr/lib/libfoo.so": "->libfoo.so.1",
+    "usr/lib/hard": "=>./usr/lib/libfoo.so.1",
+    "usr/.wh.gone": b"",
+    "opt/": None,
+    "opt/.wh..wh..opq": b"",
+}
+IMAGE = FakeImage([
+    FakeLayer({"bin/": None, "bin/sh": b"shell"}, "ADD rootfs /"),
+    FakeLayer(FILES, "RUN install", "gzip"),
+    FakeLayer({"srv/": None, "srv/x": b"x"}, "COPY x /srv/", "zstd"),
+])
+
+
+def _entries(layer_files: dict) -> dict[str, IndexEntry]:
+    (index,) = indexes(FakeImage([FakeLayer(layer_files)]), "src")
+    return {e.path: e for e in index.entries}
+
+
+def test_entries_carry_kind_mode_owner_size_hash_and_links() -> None:
+    entries = _entries(FILES)
+    assert "" not in entries  # the root directory itself is not an entry
+    lib = entries["usr/lib/libfoo.so.1"]
+    assert (lib.kind, lib.mode, lib.uid, lib.gid, lib.size) == ("file", 0o755, 0, 0, len(LIB))
+    assert lib.sha256 == hashlib.sha256(LIB).hexdigest()
+    assert lib.elf == ElfInfo(64, "little", "dyn", 62, needed=("libc.so.6",), soname="libfoo.so.1")
+    assert entries["usr/lib/libfoo.so"].kind == "symlink" and entries["usr/lib/libfoo.so"].linkname == "libfoo.so.1"
+    hard = entries["usr/lib/hard"]
+    assert (hard.kind, hard.linkname, hard.sha256) == ("hardlink", "usr/lib/libfoo.so.1", "")
+    assert entries["etc"].kind == "dir" and entries["etc/other.conf"].elf is None
+
+
+def test_mode_is_the_permission_bits_even_when_the_tar_carries_the_file_type() -> None:
+    tar = bytearray(FakeLayer({"x": b"x"}).tar)
+    tar[100:108] = b"0100644\0"  # as Go's archive/tar (docker) writes a regular file's mode
+    tar[148:156] = b"        "
+    tar[148:156] = b"%06o\0 " % sum(tar[:512])
+    layer = Layer(Descriptor(MEDIA["none"], sha(bytes(tar)), len(tar)), sha(bytes(tar)), 0, (),
+                  opener=lambda: io.BytesIO(bytes(tar)))
+    (entry,) = scan_layer(layer, "s", (), "linux/amd64").entries
+    assert entry.mode == 0o644
+
+
+def test_whiteout_and_opaque_markers_are_marked_in_the_json() -> None:
+    entries = _entries(FILES)
+    assert entries["usr/.wh.gone"].to_json()["whiteout"] == "usr/gone"
+    assert entries["opt/.wh..wh..opq"].to_json()["opaque"] is True
+    assert "whiteout" not in entries["usr/lib/libfoo.so.1"].to_json()
+
+
+def test_loader_config_text_is_captured_and_nothing_else() -> None:
+    (index,) = indexes(FakeImage([FakeLayer(FILES)]), "src")
+    assert dict(index.texts) == {"etc/ld.so.conf": "include /etc/ld.so.conf.d/*.conf\n",
+                                 "etc/ld.so.conf.d/app.conf": "/opt/app/lib\n"}
+
+
+def test_layer_identity_and_the_layers_below_it_are_recorded() -> None:
+    stack = indexes(IMAGE, "img")
+    assert [i.index for i in stack] == [0, 1, 2]
+    top = stack[2]
+    assert top.below == (stack[0].digest, stack[1].digest)
+    assert top.below_diff_ids == (stack[0].diff_id, stack[1].diff_id)
+    assert top.diff_id == sha(IMAGE.layers[2].tar) and top.digest == sha(IMAGE.layers[2].blob)
+    assert top.created_by == "COPY x /srv/" and top.platform == "linux/amd64"
+    assert top.knows(stack[0]) and not stack[0].knows(top)
+
+
+def test_compression_does_not_change_the_entries() -> None:
+    plain = FakeImage([FakeLayer(FILES, compression="none")])
+    for compression in ("gzip", "zstd"):
+        other = FakeImage([FakeLayer(FILES, compression=compression)])
+        assert indexes(plain, "s")[0].entries == indexes(other, "s")[0].entries
+
+
+def test_index_json_is_canonical_and_round_trips(tmp_path: Path) -> None:
+    stack = indexes(IMAGE, "img")
+    data = dumps(stack)
+    assert data == dumps(indexes(IMAGE, "img"))
+    doc = json.loads(data)
+    assert doc["format"] == FORMAT and data == json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+    assert loads(data, "x") == stack
+    write_index(stack, str(tmp_path / "i.json"))
+    assert read_index(str(tmp_path / "i.json")) == stack
+
+
+def test_a_name_that_is_not_utf8_survives_the_json_round_trip() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT, encoding="latin-1") as tf:
+        tf.addfile(tarfile.TarInfo("caf\xe9"), io.BytesIO(b""))
+    blob = buf.getvalue()
+    layer = Layer(Descriptor(MEDIA["none"], sha(blob), len(blob)), sha(blob), 0, (), opener=lambda: io.BytesIO(blob))
+    index = scan_layer(layer, "s", (), "linux/amd64")
+    assert index.entries[0].path == "caf\udce9"
+    assert loads(dumps([index]), "x") == (index,)
+
+
+@pytest.mark.parametrize("data", [b"{", b"[]", b'{"format": "other"}', b'{"format": "' + FORMAT.encode() + b'"}'],
+                         ids=["not-json", "list", "wrong-format", "no-layers"])
+def test_a_bad_index_file_is_one_clear_error(data: bytes) -> None:
+    with pytest.raises(InvalidIndex, match="lamina scan|malformed"):
+        loads(data, "bad.json")
+
+
+def test_scan_source_defaults_to_every_layer_or_a_selector(tmp_path: Path) -> None:
+    write_oci_dir(IMAGE, str(tmp_path / "img"))
+    assert [l.index for l in scan_source(str(tmp_path / "img")).layers] == [0, 1, 2]
+    assert [l.index for l in scan_source(str(tmp_path / "img"), "1:").layers] == [1, 2]
+    assert scan_source(str(tmp_path / "img"), name="named").layers[0].source == "named"
+
+
+def test_a_bundle_scans_its_selected_layers_and_names_its_recorded_source(tmp_path: Path) -> None:
+    write_oci_dir(IMAGE, str(tmp_path / "img"))
+    image = open_image(str(tmp_path / "img"), name="docker-archive:app.tar")
+    extract(image, select(image, parse_selector("1")), str(tmp_path / "bundle"), "1")
+    result = scan_source(str(tmp_path / "bundle"))
+    (layer,) = result.layers
+    assert (layer.index, layer.source) == (1, "docker-archive:app.tar")
+    assert layer.below == (image.layers[0].descriptor.digest,)  # from the manifest; its blob is not there
+    # A selector in a sparse bundle: layers without bytes are skipped and reported.
+    sparse = scan_source(f"oci:{tmp_path / 'bundle'}", ":")
+    assert [l.index for l in sparse.layers] == [1] and sparse.skipped == (0, 2)
+    # The index depends on the bundle's content only, not on where it is.
+    shutil.copytree(tmp_path / "bundle", tmp_path / "elsewhere")
+    assert dumps(scan_source(str(tmp_path / "elsewhere")).layers) == dumps(result.layers)
+
+
+def test_a_corrupt_layer_is_refused(tmp_path: Path) -> None:
+    write_oci_dir(IMAGE, str(tmp_path / "img"))
+    digest = oci_manifest(str(tmp_path / "img"))["layers"][0]["digest"]
+    flip_byte(blob_file(str(tmp_path / "img"), digest), 600)
+    with pytest.raises(DigestMismatch):
+        scan_source(str(tmp_path / "img"), "0")
+
+
+def test_scan_image_counts_only_same_source_layers_below_a_layer_lamina_added(tmp_path: Path) -> None:
+    composed = FakeImage(IMAGE.layers, config_extra={"history": [
+        {"created_by": "ADD rootfs /"},
+        {"created_by": "RUN a", "comment": "lamina: layer sha256:aa from docker-archive:a.tar (1:)"},
+        {"created_by": "RUN b", "comment": "lamina: layer sha256:bb from docker-archive:a.tar (1:)"},
+    ]})
+    write_oci_dir(composed, str(tmp_path / "img"))
+    base, first, second = scan_image(open_image(str(tmp_path / "img")))
+    assert base.below == () and first.below == () and second.below == (first.digest,)
+
+
+class _Zeros(io.RawIOBase):
+    """`size` bytes: an ELF head, then zeros, produced as they are read."""
+
+    def __init__(self, head: bytes, size: int) -> None:
+        super().__init__()
+        self._head, self._size, self._pos = head, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        n = min(len(buffer), self._size - self._pos)
+        k = max(0, min(n, len(self._head) - self._pos))
+        buffer[:k] = self._head[self._pos: self._pos + k]
+        buffer[k:n] = bytes(n - k)
+        self._pos += n
+        return n
+
+
+def _big_layout(root: Path, size: int, elf: bytes) -> None:
+    """An OCI layout whose one uncompressed layer holds a `size`-byte ELF file, written as a stream."""
+    blobs = root / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    tmp = root / "layer.tar"
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("opt/big")
+        info.size = size
+        tf.addfile(info, _Zeros(elf, size))  # type: ignore[arg-type]
+    h = hashlib.sha256()
+    with open(tmp, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    layer = "sha256:" + h.hexdigest()
+    os.rename(tmp, blobs / layer[7:])
+
+    def put(doc: dict) -> dict:
+        data = json.dumps(doc).encode()
+        (blobs / sha(data)[7:]).write_bytes(data)
+        return {"digest": sha(data), "size": len(data)}
+
+    config = put({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer]}})
+    manifest = put({"schemaVersion": 2, "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer,
+                                "size": os.path.getsize(blobs / layer[7:])}]})
+    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest}]}))
+    (root / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+
+
+@pytest.mark.parametrize("gap", [0, 12 << 20], ids=["dynamic-first", "dynamic-beyond-the-head-limit"])
+def test_a_large_layer_is_scanned_in_bounded_memory(tmp_path: Path, gap: int) -> None:
+    size = 96 << 20
+    _big_layout(tmp_path / "img", size, make_elf(needed=["libbig.so"], gap=gap))
+    tracemalloc.start()
+    try:
+        (layer,) = scan_source(str(tmp_path / "img")).layers
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (entry,) = layer.entries
+    assert entry.size == size and entry.elf is not None and entry.elf.needed == ("libbig.so",)
+    # 1 MiB chunks in a few buffers, plus at most elf.HEAD_LIMIT (8 MiB) of one ELF file's start
+    assert peak < (6 << 20 if gap == 0 else 16 << 20), f"peak {peak >> 20} MiB scanning a {size >> 20} MiB layer"

@@ -1,0 +1,313 @@
+"""End to end for composition analysis: `lamina scan`, `lamina check` and `lamina layers` on real `docker save` images.
+
+Images are built FROM the busybox base in the Docker engine:
+
+  apt-a, apt-b  each a RUN step writing its own var/lib/dpkg/status (as apt-get would)
+  echo-other    replaces /bin/echo with its own file (a base where /bin/echo comes from another layer)
+  rm-echo       RUN rm /bin/echo (a whiteout made against the plain busybox base)
+  dyn           the host's libc and loader (layer 1), a libfoo.so built here (layer 2), a binary
+                linked against it (layer 3)
+  history       RUN steps with ENV, CMD and LABEL (empty history entries) between them
+
+Every index is made per layer, as the Pants plugin does for each extracted layer, and checked in
+stack order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Tuple
+
+import pytest
+
+import lamina.cli
+from lamina.elf import parse_elf
+from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save
+from lamina_tests.support.services import docker, require_docker
+
+PREFIX = f"lamina-analysis-{uuid.uuid4().hex[:8]}"
+
+DOCKERFILES = {
+    "apt-a": f"""\
+FROM {BASE_IMAGE}
+RUN mkdir -p /var/lib/dpkg && printf 'Package: alpha\\nStatus: install ok installed\\n\\n' > /var/lib/dpkg/status  # apt-alpha
+""",
+    "apt-b": f"""\
+FROM {BASE_IMAGE}
+RUN mkdir -p /var/lib/dpkg && printf 'Package: beta\\nStatus: install ok installed\\n\\n' > /var/lib/dpkg/status  # apt-beta
+""",
+    "echo-other": f"""\
+FROM {BASE_IMAGE}
+RUN rm /bin/echo && printf '#!/bin/sh\\nprintf "%s\\\\n" "$*"\\n' > /bin/echo && chmod 755 /bin/echo  # other-echo
+""",
+    "rm-echo": f"""\
+FROM {BASE_IMAGE}
+RUN rm /bin/echo  # x-rm-echo
+""",
+    "history": f"""\
+FROM {BASE_IMAGE}
+ENV FIRST=1
+RUN echo one > /one  # h-one
+CMD ["sh"]
+ENV SECOND=2
+RUN echo two > /two  # h-two
+LABEL purpose=history
+""",
+}
+
+# The classic builder's COPY keeps the context's 0644, so the files are made executable in an image
+# of their own ("dyn-files") first, then copied, modes and all, one layer each into "dyn".
+DYN_FILES_DOCKERFILE = f"""\
+FROM {BASE_IMAGE}
+COPY . /files/
+RUN chmod -R 755 /files
+"""
+DYN_DOCKERFILE = """\
+FROM {base}
+COPY --from={files} /files/libc/ /
+COPY --from={files} /files/libfoo.so /usr/lib/libfoo.so
+COPY --from={files} /files/hello /usr/bin/hello
+"""
+
+LIBFOO_C = "int foo(void) { return 42; }\n"
+HELLO_C = "int foo(void);\nint main(void) { return foo() == 42 ? 0 : 1; }\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def run_lamina(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
+    """`lamina ARGV` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    rc = lamina.cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def lamina_ok(capsys: pytest.CaptureFixture, *argv: str) -> str:
+    rc, out, err = run_lamina(capsys, *argv)
+    assert rc == 0, f"lamina {' '.join(argv)} exited {rc}:\n{err}{out}"
+    return out
+
+
+def section(report: str, heading: str) -> List[str]:
+    """The finding lines under `heading` in a `lamina check` report ([] when it says none)."""
+    lines = report.splitlines()
+    for i, line in enumerate(lines):
+        if line == f"{heading}: none":
+            return []
+        if line.startswith(f"{heading} ("):
+            out = []
+            for finding in lines[i + 1:]:
+                if not finding.startswith("  "):
+                    break
+                out.append(finding.strip())
+            return out
+    raise AssertionError(f"no {heading!r} section in:\n{report}")
+
+
+def _compile_dyn_context(workdir: Path) -> Dict[str, bytes]:
+    """hello (needs libfoo.so and libc) and libfoo.so built by gcc here, plus the host's libc and loader."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc to build a dynamically linked test binary")
+    (workdir / "libfoo.c").write_text(LIBFOO_C)
+    (workdir / "main.c").write_text(HELLO_C)
+
+    def gcc(*args: str) -> str:
+        proc = subprocess.run(["gcc", *args], cwd=workdir, capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 0, f"gcc {' '.join(args)}:\n{proc.stderr}"
+        return proc.stdout.strip()
+
+    gcc("-shared", "-fPIC", "-o", "libfoo.so", "-Wl,-soname,libfoo.so", "libfoo.c")
+    gcc("-o", "hello", "main.c", "-L.", "-lfoo")
+    hello = (workdir / "hello").read_bytes()
+    info = parse_elf(hello)
+    assert info is not None and info.interp and "libfoo.so" in info.needed, info
+    multiarch = gcc("-print-multiarch")
+    libc = os.path.realpath(gcc("-print-file-name=libc.so.6"))
+    libdir = f"lib/{multiarch}" if multiarch else "lib"
+    return {
+        "hello": hello,
+        "libfoo.so": (workdir / "libfoo.so").read_bytes(),
+        f"libc/{libdir}/libc.so.6": Path(libc).read_bytes(),
+        "libc/" + info.interp.lstrip("/"): Path(os.path.realpath(info.interp)).read_bytes(),
+    }
+
+
+@dataclass
+class Images:
+    dir: Path
+    tars: Dict[str, Path]  # name -> docker save archive ("base", every DOCKERFILES key, "dyn")
+    tags: Dict[str, str]
+
+    def index(self, capsys: pytest.CaptureFixture, name: str, layer: str) -> str:
+        """`lamina scan` of one layer of an image into its own index file (cached per name and layer)."""
+        out = self.dir / f"{name}.{layer.replace(':', '_')}.json"
+        if not out.exists():
+            summary = json.loads(lamina_ok(capsys, "scan", f"docker-archive:{self.tars[name]}", "--layer", layer,
+                                           "--name", f"{name}.tar", "--out", str(out)))
+            assert summary["out"] == str(out) and summary["skipped"] == []
+        return str(out)
+
+    def check(self, capsys: pytest.CaptureFixture, layers: List[Tuple[str, str]], *flags: str) -> Tuple[int, str, str]:
+        argv = ["check"]
+        for name, layer in layers:
+            argv += ["--index", self.index(capsys, name, layer)]
+        return run_lamina(capsys, *argv, *flags)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Images]:
+    require_docker()
+    build_base_image()
+    root = tmp_path_factory.mktemp("analysis")
+    tags = {name: f"{PREFIX}/{name}:latest" for name in [*DOCKERFILES, "dyn-files", "dyn"]}
+    try:
+        for name, text in DOCKERFILES.items():
+            build_image(tags[name], text)
+        build_image(tags["dyn-files"], DYN_FILES_DOCKERFILE, _compile_dyn_context(root))
+        build_image(tags["dyn"], DYN_DOCKERFILE.format(base=BASE_IMAGE, files=tags["dyn-files"]))
+        tars = {name: docker_save(tags[name], root / f"{name}.tar") for name in [*DOCKERFILES, "dyn"]}
+        tars["base"] = docker_save(BASE_IMAGE, root / "base.tar")
+        yield Images(root, tars, tags)
+    finally:
+        for tag in tags.values():
+            docker("image", "rm", "-f", tag, check=False, timeout=120)
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Two apt-like layers writing var/lib/dpkg/status
+# ----------------------------------------------------------------------------------------------
+
+
+def test_two_package_databases_conflict_by_name_with_both_layers(images: Images, capsys: pytest.CaptureFixture,
+                                                                  tmp_path: Path) -> None:
+    stack = [("base", "0"), ("apt-a", "-1"), ("apt-b", "-1")]
+    report_json = tmp_path / "report.json"
+    rc, out, err = images.check(capsys, stack, "--json", str(report_json))
+    assert rc == 0, err
+    (conflict,) = section(out, "conflicts")
+    assert conflict.startswith("warning: /var/lib/dpkg/status differs (content) between [1] apt-a.tar layer 1 (sha256:")
+    assert "[2] apt-b.tar layer 1 (sha256:" in conflict and "the top one, [2], wins" in conflict
+    assert "var/lib/dpkg/status is a package database (dpkg): the top layer's copy hides the packages" in conflict
+    assert section(out, "whiteouts") == [] and section(out, "hard links") == []
+    doc = json.loads(report_json.read_text())
+    (finding,) = doc["findings"]
+    assert (finding["paths"], finding["layers"], finding["winner"]) == (["var/lib/dpkg/status"], [1, 2], 2)
+    assert [s["source"] for s in doc["stack"]] == ["base.tar", "apt-a.tar", "apt-b.tar"]
+
+    # Policy: the same stack fails with on_conflict=error, passes when the path is allowed.
+    rc, out, err = images.check(capsys, stack, "--on-conflict", "error")
+    assert rc == 2 and err.startswith(
+        "lamina: error: composition check failed: 1 conflict (first: conflict at /var/lib/dpkg/status); see the report")
+    assert len(err.splitlines()) == 1
+    rc, out, _ = images.check(capsys, stack, "--on-conflict", "error", "--allow", "/var/lib/dpkg/*")
+    assert rc == 0 and section(out, "conflicts") == []
+    # One image on its own: its layer was built on the base, so it overrides nothing it did not know.
+    rc, out, _ = images.check(capsys, [("base", "0"), ("apt-a", "-1")])
+    assert rc == 0 and section(out, "conflicts") == []
+
+
+def test_scanning_an_extracted_bundle_gives_the_same_entries(images: Images, capsys: pytest.CaptureFixture,
+                                                             tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    lamina_ok(capsys, "extract", f"docker-archive:{images.tars['apt-a']}", "--layer", "-1", "--out", str(bundle),
+              "--name", "apt-a.tar")
+    out = tmp_path / "bundle.json"
+    summary = json.loads(lamina_ok(capsys, "scan", str(bundle), "--out", str(out)))
+    assert [l["index"] for l in summary["layers"]] == [1] and summary["skipped"] == []
+    from lamina.analyze.index import read_index
+
+    (from_bundle,) = read_index(str(out))
+    (from_tar,) = read_index(images.index(capsys, "apt-a", "-1"))
+    assert from_bundle.entries == from_tar.entries and from_bundle.below == from_tar.below
+    assert (from_bundle.source, from_bundle.digest) == ("apt-a.tar", from_tar.digest)
+
+
+def test_layers_conflicts_on_the_composed_image(images: Images, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({
+        "base": f"docker-archive:{images.tars['base']}",
+        "layers": [{"source": f"docker-archive:{images.tars['apt-a']}", "layer": "-1"},
+                   {"source": f"docker-archive:{images.tars['apt-b']}", "layer": "-1"}],
+    }))
+    composed = tmp_path / "composed.tar"
+    lamina_ok(capsys, "compose", str(spec), "--out", str(composed))
+    out = lamina_ok(capsys, "layers", str(composed), "--conflicts")
+    (conflict,) = section(out, "conflicts")
+    assert conflict.startswith("warning: /var/lib/dpkg/status differs (content) between [1] ")
+    assert "and [2] " in conflict and "the top one, [2], wins" in conflict and "package database (dpkg)" in conflict
+    doc = json.loads(lamina_ok(capsys, "layers", str(composed), "--conflicts", "--json"))
+    (finding,) = doc["conflicts"]
+    assert finding["paths"] == ["var/lib/dpkg/status"] and finding["layers"] == [1, 2]
+    # The source images on their own have no conflicts.
+    for name in ("apt-a", "apt-b"):
+        assert section(lamina_ok(capsys, "layers", str(images.tars[name]), "--conflicts"), "conflicts") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. A whiteout made against another base
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_removal_of_content_from_a_layer_not_below_it_is_reported(images: Images,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    # base = echo-other (busybox + a layer providing its own /bin/echo), then rm-echo's top layer.
+    rc, out, _ = images.check(capsys, [("echo-other", "0"), ("echo-other", "1"), ("rm-echo", "-1")])
+    assert rc == 0
+    (whiteout,) = section(out, "whiteouts")
+    assert whiteout.startswith("warning: [2] rm-echo.tar layer 1 (sha256:")
+    assert "removes /bin/echo, provided by [1] echo-other.tar layer 1 (sha256:" in whiteout
+    assert "which was not below it in its source image" in whiteout
+    # On the base it was built on, the same removal is what its author meant.
+    rc, out, _ = images.check(capsys, [("base", "0"), ("rm-echo", "-1")])
+    assert rc == 0 and section(out, "whiteouts") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. A library in a layer left out
+# ----------------------------------------------------------------------------------------------
+
+
+def test_a_binary_whose_library_layer_is_left_out_is_reported(images: Images, capsys: pytest.CaptureFixture) -> None:
+    # The fixture is real: the whole image runs the binary.
+    run = docker("run", "--rm", "--network", "none", images.tags["dyn"], "/usr/bin/hello", check=False)
+    assert run.returncode == 0, run.stderr
+
+    without = [("dyn", "0"), ("dyn", "1"), ("dyn", "3")]
+    rc, out, _ = images.check(capsys, without)
+    assert rc == 0
+    (missing,) = section(out, "missing libraries")
+    assert missing.startswith("warning: /usr/bin/hello from [2] dyn.tar layer 3 (sha256:")
+    assert "libfoo.so not found on its library path" in missing
+
+    rc, out, _ = images.check(capsys, [("dyn", "0"), ("dyn", "1"), ("dyn", "2"), ("dyn", "3")])
+    assert rc == 0 and section(out, "missing libraries") == []
+    rc, out, _ = images.check(capsys, without, "--no-check-dependencies")
+    assert rc == 0 and section(out, "missing libraries") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. History with empty entries
+# ----------------------------------------------------------------------------------------------
+
+
+def test_layers_maps_created_by_to_layers_past_empty_history_entries(images: Images,
+                                                                    capsys: pytest.CaptureFixture) -> None:
+    doc = json.loads(lamina_ok(capsys, "layers", str(images.tars["history"]), "--json"))
+    created = [l["created_by"] for l in doc["layers"]]
+    assert len(created) == 3
+    assert "h-one" in created[1] and "h-two" in created[2]
+    assert not any(word in c for c in created for word in ("ENV", "CMD", "LABEL"))
+    diff_ids = json.loads(docker("image", "inspect", "--format", "{{json .RootFS.Layers}}", images.tags["history"]).stdout)
+    assert [l["diff_id"] for l in doc["layers"]] == diff_ids
+    text = lamina_ok(capsys, "layers", str(images.tars["history"]))
+    assert "h-one" in text.splitlines()[2] and "h-two" in text.splitlines()[3]
