@@ -21,7 +21,7 @@ class LaminaSubsystem(Subsystem):
         advanced=True,
     )
     requirements = StrListOption(
-        default=["zstandard==0.23.0"],
+        default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0"],
         help="Requirements of the lamina core, resolved from PyPI into its PEX.",
         advanced=True,
     )

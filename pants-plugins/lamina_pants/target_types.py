@@ -260,6 +260,38 @@ class ComposedImageAllowPlatformMismatchField(BoolField):
     help = "Stack layers whose source images are for another platform than the base (rarely right)."
 
 
+class ComposedImageOnConflictField(StringField):
+    alias = "on_conflict"
+    default = "warn"
+    valid_choices = ("warn", "error", "ignore")
+    help = help_text(
+        """
+        What to do when two layers of the final stack provide a path with different content
+        (e.g. both rewrite `var/lib/dpkg/status`) and the upper one was not built on the lower:
+        `"warn"` (report and build), `"error"` (fail; nothing is written to `dist/`), `"ignore"`.
+        Broken hard links always fail; whiteouts that would delete other images' files and ELF
+        files missing libraries are always warnings.
+        """
+    )
+
+
+class ComposedImageAllowedConflictsField(StringSequenceField):
+    alias = "allowed_conflicts"
+    help = "Path globs whose conflicts are expected, e.g. `allowed_conflicts=[\"etc/ld.so.cache\"]`."
+
+
+class ComposedImageCheckDependenciesField(BoolField):
+    alias = "check_dependencies"
+    default = True
+    help = help_text(
+        """
+        Check that every ELF executable and library in the composed filesystem finds its
+        interpreter and the shared libraries it needs (DT_NEEDED, on the standard paths, RUNPATH
+        and the image's ld.so.conf). Missing ones are reported as warnings.
+        """
+    )
+
+
 class ComposedImageRepositoryField(StringField):
     alias = "repository"
     help = help_text(
@@ -315,6 +347,9 @@ class ComposedImageTarget(Target):
         ComposedImageStopSignalField,
         ComposedImagePlatformField,
         ComposedImageAllowPlatformMismatchField,
+        ComposedImageOnConflictField,
+        ComposedImageAllowedConflictsField,
+        ComposedImageCheckDependenciesField,
         ComposedImageRepositoryField,
         ComposedImageTagsField,
         ComposedImageOutputFormatField,

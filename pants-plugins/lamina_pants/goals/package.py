@@ -17,7 +17,10 @@ from pants.engine.unions import UnionRule
 
 from lamina_pants.target_types import (
     FORMAT_ENDINGS,
+    ComposedImageAllowedConflictsField,
     ComposedImageAllowPlatformMismatchField,
+    ComposedImageCheckDependenciesField,
+    ComposedImageOnConflictField,
     ComposedImageBaseField,
     ComposedImageCmdField,
     ComposedImageEntrypointField,
@@ -37,6 +40,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, LayerIndex, ScanRequest, log_findings
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
@@ -63,6 +67,9 @@ class ComposedImageFieldSet(PackageFieldSet):
     stop_signal: ComposedImageStopSignalField
     platform: ComposedImagePlatformField
     allow_platform_mismatch: ComposedImageAllowPlatformMismatchField
+    on_conflict: ComposedImageOnConflictField
+    allowed_conflicts: ComposedImageAllowedConflictsField
+    check_dependencies: ComposedImageCheckDependenciesField
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
     output_format: ComposedImageOutputFormatField
@@ -74,6 +81,13 @@ class ComposedImageFieldSet(PackageFieldSet):
 
     def output_relpath(self) -> str:
         return self.output_path.value_or_default(file_ending=FORMAT_ENDINGS[self.output_format.value or "docker-archive"])
+
+    def audit_relpath(self) -> str:
+        """`<name>.layers.json` beside the image: where each of its layers came from."""
+        relpath = self.output_relpath()
+        ending = "." + FORMAT_ENDINGS[self.output_format.value or "docker-archive"]
+        stem = relpath[: -len(ending)] if relpath.endswith(ending) else relpath
+        return f"{stem}.layers.json"
 
     def config(self) -> dict:
         config: dict = {}
@@ -136,6 +150,7 @@ async def package_composed_image(fs: ComposedImageFieldSet) -> BuiltPackage:
     }
     if fs.platform.value:
         spec["platform"] = fs.platform.value
+    stack = list(layer_bundles)
     if base_value == "scratch":
         spec["base"] = "scratch"
     else:
@@ -143,6 +158,7 @@ async def package_composed_image(fs: ComposedImageFieldSet) -> BuiltPackage:
         base = await Get(Bundle, BundleRequest(source, ":", fs.address, "base image"))
         inputs.append(await Get(Digest, AddPrefix(base.digest, "__base")))
         spec["base"] = {"source": "__base"}
+        stack.insert(0, base)
     inputs.extend(
         await MultiGet(Get(Digest, AddPrefix(b.digest, f"__layers/{i}")) for i, b in enumerate(layer_bundles))
     )
@@ -150,22 +166,44 @@ async def package_composed_image(fs: ComposedImageFieldSet) -> BuiltPackage:
         await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
     )
     relpath = fs.output_relpath()
-    result = await Get(
+    names = ([f"base image of {fs.address}"] if base_value != "scratch" else []) + [
+        f"layer {a}" for a in layer_addresses
+    ]
+    indexes = await MultiGet(
+        Get(LayerIndex, ScanRequest(b, fs.address, name)) for b, name in zip(stack, names)
+    )
+    # The check and the compose run side by side; a failing check fails the package before
+    # anything reaches dist/.
+    check_request = CheckRequest(
+        fs.address,
+        tuple(indexes),
+        fs.on_conflict.value or "warn",
+        tuple(fs.allowed_conflicts.value or ()),
+        fs.check_dependencies.value,
+    )
+    report, result = await MultiGet(
+        Get(CheckReport, CheckRequest, check_request),
+        Get(
         LaminaRunResult,
         LaminaRun(
             address=fs.address,
-            argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}"),
+            argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
             input_digest=await Get(Digest, MergeDigests(inputs)),
             output_directory=OUT_DIR,
             description=f"lamina: compose {fs.address}",
         ),
+        ),
     )
+    log_findings(fs.address, report)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     summary = json.loads(result.stdout.decode() or "{}")
     lines = (
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
     )
-    return BuiltPackage(digest, (BuiltPackageArtifact(relpath, extra_log_lines=lines),))
+    return BuiltPackage(
+        digest,
+        (BuiltPackageArtifact(relpath, extra_log_lines=lines), BuiltPackageArtifact(fs.audit_relpath())),
+    )
 
 
 def rules() -> Iterable:

@@ -1,10 +1,11 @@
 """From a Spec to an image on disk: open sources, select layers, make the files layer, compose, write."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 from lamina.compose import AddedLayer, ComposedImage, compose
 from lamina.errors import InvalidSource, SpecError
@@ -32,7 +33,30 @@ def _open(spec: LayerSpec, platform) -> tuple[Image, tuple[Layer, ...], str, boo
     return image, select(image, selector), str(selector), selection is not None
 
 
-def build(spec: Spec, out: str, workdir: Optional[str] = None) -> ComposedImage:
+def audit_trail(image: ComposedImage, base: Optional[Image], added: Sequence[AddedLayer],
+                new_layers: Sequence[Layer]) -> dict:
+    """Where every layer of the composed image came from: the `<name>.layers.json` record."""
+    rows = []
+    for layer in base.layers if base else ():
+        rows.append({"source": base.source if base else "", "selector": "base", "target": "",
+                     "source_index": layer.index})
+    for a in added:
+        rows.append({"source": a.source, "selector": a.selector, "target": a.target, "source_index": a.layer.index})
+    for layer in new_layers:
+        rows.append({"source": "files", "selector": "", "target": "", "source_index": None})
+    for i, (row, layer) in enumerate(zip(rows, image.layers)):
+        row.update({
+            "index": i,
+            "digest": layer.descriptor.digest,
+            "diff_id": layer.diff_id,
+            "size": layer.descriptor.size,
+            "created_by": layer.created_by,
+        })
+    return {"manifest": image.manifest_descriptor.digest, "config": image.config_descriptor.digest,
+            "tags": list(image.tags), "layers": rows}
+
+
+def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> ComposedImage:
     base: Optional[Image] = None
     base_trusted = False
     if spec.base is not None:
@@ -71,7 +95,14 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None) -> ComposedImage:
             tags=spec.tags,
             base_trusted=base_trusted,
         )
+        if audit:
+            data = json.dumps(audit_trail(image, base, added, new_layers), indent=2, sort_keys=True) + "\n"
+            tmp_audit = os.path.join(tmp, "audit.json")
+            with open(tmp_audit, "w") as f:
+                f.write(data)
         write(image, spec.format, out)
+        if audit:
+            os.replace(tmp_audit, audit)
         return image
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -3,11 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from lamina.errors import LaminaError
 from lamina.model import Platform, parse_json
+
+if TYPE_CHECKING:
+    from lamina.registry.transport import RegistryOptions
 
 
 def _platform(text: Optional[str]) -> Optional[Platform]:
@@ -19,11 +23,29 @@ def _platform(text: Optional[str]) -> Optional[Platform]:
         raise argparse.ArgumentTypeError(str(e)) from e
 
 
+def _warn(message: str) -> None:
+    print(f"lamina: warning: {message}", file=sys.stderr)
+
+
+def _registry(args: argparse.Namespace) -> "RegistryOptions":
+    from lamina.registry.transport import RegistryOptions
+
+    extra = {"read_timeout": args.timeout} if getattr(args, "timeout", None) else {}
+    return RegistryOptions.from_environ(
+        os.environ,
+        insecure=tuple(getattr(args, "insecure", None) or ()),
+        ca_bundle=getattr(args, "ca_bundle", None),
+        require_pinned=bool(getattr(args, "require_pinned", False)),
+        warn=_warn,
+        **extra,
+    )
+
+
 def cmd_layers(args: argparse.Namespace) -> int:
     from lamina.layerfs import entries
     from lamina.sources import open_image
 
-    image = open_image(args.source, platform=_platform(args.platform))
+    image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
     rows = []
     for layer in image.layers:
         row = {
@@ -40,8 +62,18 @@ def cmd_layers(args: argparse.Namespace) -> int:
                 for e in entries(layer)
             ]
         rows.append(row)
+    report = None
+    if args.conflicts:
+        from lamina.analyze.check import check
+        from lamina.analyze.report import Policy
+        from lamina.analyze.scan import scan_image
+
+        report = check(scan_image(image), Policy(check_dependencies=False))
     if args.json:
-        json.dump({"source": args.source, "platform": str(image.platform), "layers": rows}, sys.stdout, indent=2)
+        doc = {"source": args.source, "platform": str(image.platform), "layers": rows}
+        if report is not None:
+            doc["conflicts"] = [f.to_json() for f in report.of_kind("conflict")]
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     print(f"{args.source}  platform {image.platform}  {len(rows)} layers")
@@ -51,6 +83,38 @@ def cmd_layers(args: argparse.Namespace) -> int:
               f"{row['size']:>12}  {created[:80]}")
         for f in row.get("files", []):
             print(f"       {f}")
+    if report is not None:
+        sys.stdout.write(report.text(("conflict",), legend=False))
+    return 0
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from lamina.analyze.index import write_index
+    from lamina.analyze.scan import scan_source
+
+    result = scan_source(args.source, args.layer, args.name, _platform(args.platform), _registry(args))
+    write_index(result.layers, args.out)
+    print(json.dumps({"out": args.out, "skipped": list(result.skipped), "layers": [
+        {"index": l.index, "digest": l.digest, "entries": len(l.entries)} for l in result.layers]}, sort_keys=True))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from lamina.analyze.check import check
+    from lamina.analyze.index import read_index
+    from lamina.analyze.report import Policy
+    from lamina.errors import CheckFailed
+
+    stack = [layer for path in args.index for layer in read_index(path)]
+    report = check(stack, Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies))
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report.to_json(), f, indent=2, sort_keys=True)
+            f.write("\n")
+    sys.stdout.write(report.text())
+    if report.errors:
+        raise CheckFailed(report.error_summary())
     return 0
 
 
@@ -59,7 +123,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lamina.select import parse_selector, select
     from lamina.sources import open_image
 
-    image = open_image(args.source, name=args.name, platform=_platform(args.platform))
+    image = open_image(args.source, name=args.name, platform=_platform(args.platform), registry=_registry(args))
     selector = parse_selector(args.layer)
     layers = select(image, selector)
     selection = extract(image, layers, args.out, str(selector))
@@ -76,7 +140,7 @@ def cmd_compose(args: argparse.Namespace) -> int:
         data = parse_json(f.read(), args.spec)
     if args.format and isinstance(data, dict):  # parse_spec reports a spec that is not an object
         data["format"] = args.format
-    image = build(parse_spec(data), args.out)
+    image = build(parse_spec(data), args.out, audit=args.audit)
     d = image.manifest_descriptor
     print(json.dumps({"manifest": d.digest, "config": image.config_descriptor.digest,
                       "layers": len(image.layers), "out": args.out}, sort_keys=True))
@@ -87,9 +151,48 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from lamina.sources import open_image
     from lamina.validate import validate
 
-    report = validate(open_image(args.source, platform=_platform(args.platform)))
+    report = validate(open_image(args.source, platform=_platform(args.platform), registry=_registry(args)))
     print(f"{args.source}: ok, {report.layers} layers, {report.bytes} bytes verified")
     return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from lamina.registry.push import parse_targets, push
+    from lamina.sources import open_image
+
+    targets = parse_targets(args.to)
+    options = _registry(args)
+    image = open_image(args.source, platform=_platform(args.platform), registry=options)
+    for result in push(image, targets, options):
+        print(result.summary(), flush=True)
+    return 0
+
+
+def cmd_daemon_export(args: argparse.Namespace) -> int:
+    from lamina.daemon import connect, export
+
+    exported = export(connect(os.environ), args.name, args.out)
+    print(exported.image_id)
+    return 0
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    from lamina.daemon import connect, load
+    from lamina.sources import open_image
+
+    engine = connect(os.environ)
+    image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
+    print(load(engine, image, tuple(args.tag or ())).summary())
+    return 0
+
+
+def _registry_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insecure", action="append", metavar="HOST[:PORT]",
+                   help="allow plain HTTP to this registry (loopback hosts always may); repeatable")
+    p.add_argument("--ca-bundle", metavar="PATH", help="PEM file of CAs to trust for registry TLS")
+    p.add_argument("--require-pinned", action="store_true",
+                   help="refuse docker:// sources named by tag rather than @sha256 digest")
+    p.add_argument("--timeout", type=float, metavar="SECONDS", help="registry read timeout (default 60)")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -99,14 +202,36 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     src_help = ("image source: docker-archive:PATH[:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], "
-                "or a bare path (sniffed)")
+                "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), or a bare path (sniffed)")
 
     layers = sub.add_parser("layers", help="list an image's layers (index, digest, diff_id, size, created_by)")
     layers.add_argument("source", help=src_help)
     layers.add_argument("--files", action="store_true", help="also list each layer's entries (like tar -tf)")
     layers.add_argument("--json", action="store_true", help="print JSON")
     layers.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    layers.add_argument("--conflicts", action="store_true",
+                        help="also report paths the image's layers provide with different content")
+    _registry_flags(layers)
     layers.set_defaults(func=cmd_layers)
+
+    sc = sub.add_parser("scan", help="index layers (entries, content hashes, ELF facts) as JSON for `check`")
+    sc.add_argument("source", help=src_help + "; a bundle from `lamina extract` scans its selected layers")
+    sc.add_argument("--layer", help="selector of the layers to scan (default: a bundle's, else all)")
+    sc.add_argument("--out", required=True, help="the index file to write")
+    sc.add_argument("--name", help="how the source is recorded in the index (default: a bundle's, else SOURCE)")
+    sc.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    sc.set_defaults(func=cmd_scan)
+
+    ck = sub.add_parser("check", help="check a stack of layer indexes (base first) for composition problems")
+    ck.add_argument("--index", action="append", required=True, help="an index from `lamina scan`; repeat, base first")
+    ck.add_argument("--on-conflict", choices=("warn", "error", "ignore"), default="warn",
+                    help="how to treat paths layers provide with different content (default: warn)")
+    ck.add_argument("--allow", action="append", default=[], metavar="GLOB",
+                    help="a path glob whose conflicts are allowed, e.g. 'etc/*' (repeatable)")
+    ck.add_argument("--no-check-dependencies", action="store_true",
+                    help="skip the check that ELF files find their interpreter and libraries")
+    ck.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
+    ck.set_defaults(func=cmd_check)
 
     ex = sub.add_parser("extract", help="write selected layers of an image, verified, as a sparse OCI layout")
     ex.add_argument("source", help=src_help)
@@ -114,18 +239,42 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--name", help="how the source is recorded in the output (default: SOURCE)")
     ex.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    _registry_flags(ex)
     ex.set_defaults(func=cmd_extract)
 
     co = sub.add_parser("compose", help="compose an image from a JSON spec")
     co.add_argument("spec", help="path of the JSON spec (see README)")
     co.add_argument("--out", required=True, help="output path (a file, or a directory for --format oci)")
     co.add_argument("--format", choices=("docker-archive", "oci", "oci-archive"), help="overrides the spec's format")
+    co.add_argument("--audit", help="also write where each layer came from (source, selector, digest) as JSON here")
     co.set_defaults(func=cmd_compose)
 
     va = sub.add_parser("validate", help="check every blob of an image against its digest, size and diff_id")
     va.add_argument("source", help=src_help)
     va.add_argument("--platform", help="os/arch[/variant]")
+    _registry_flags(va)
     va.set_defaults(func=cmd_validate)
+
+    pu = sub.add_parser("push", help="push an image to registry tags (HEAD, cross-repo mount, upload; manifest last)")
+    pu.add_argument("source", help=src_help)
+    pu.add_argument("--to", action="append", required=True, metavar="HOST[:PORT]/REPO:TAG",
+                    help="a tag to push to; repeatable")
+    pu.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
+    _registry_flags(pu)
+    pu.set_defaults(func=cmd_push)
+
+    de = sub.add_parser("daemon-export", help="save an image from the Docker engine (DOCKER_HOST) to a tar; "
+                                              "prints its image ID")
+    de.add_argument("name", help="image name or ID in the engine")
+    de.add_argument("--out", required=True, help="path of the docker-save tar to write")
+    de.set_defaults(func=cmd_daemon_export)
+
+    lo = sub.add_parser("load", help="load an image into the Docker engine, sending only layers it lacks")
+    lo.add_argument("source", help=src_help)
+    lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
+    lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
+    _registry_flags(lo)
+    lo.set_defaults(func=cmd_load)
     return p
 
 

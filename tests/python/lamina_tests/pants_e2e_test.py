@@ -29,6 +29,13 @@ def _build_sources(version: str = "1") -> dict:
         "RUN echo gcc-compiler > /opt/b/gcc  # apt-get install gcc\n",
     )
     build_image(tags["c"], f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/c && echo lib-{version} > /opt/c/lib.so\n")
+    for name in ("apt_a", "apt_b"):  # each "installs a package" and rewrites the dpkg database
+        tags[name] = f"{PREFIX}/{name}:latest"
+        build_image(
+            tags[name],
+            f"FROM {BASE_IMAGE}\nRUN mkdir -p /var/lib/dpkg /opt/{name} && echo 'Package: {name}' > "
+            f"/var/lib/dpkg/status && echo {name} > /opt/{name}/bin\n",
+        )
     return tags
 
 
@@ -43,6 +50,15 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> SampleRepo:
     docker_save(BASE_IMAGE, images / "base.tar")
     for key, tag in tags.items():
         docker_save(tag, images / f"{key}.tar")
+    repo.write(
+        "apt/BUILD",
+        """
+docker_layer(name="a", image="../images/apt_a.tar", layer=-1)
+docker_layer(name="b", image="../images/apt_b.tar", layer=-1)
+composed_image(name="warn", base="../images/base.tar", layers=[":a", ":b"])
+composed_image(name="strict", base="../images/base.tar", layers=[":a", ":b"], on_conflict="error")
+""",
+    )
     c_top = _diff_ids(tags["c"])[-1]
     repo.write(
         "images/BUILD",
@@ -163,3 +179,18 @@ def test_bad_build_input_fails_with_one_clear_error(repo: SampleRepo, case: str)
         assert text in output, f"{text!r} not in:\n{output}"
     assert "Traceback" not in output, output
     assert not list((repo.root / "dist").glob(f"bad.{case}/*")), "partial output left in dist/"
+
+
+def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo: SampleRepo) -> None:
+    warned = repo.pants("package", "apt:warn")
+    assert "var/lib/dpkg/status" in warned.stderr and "package database" in warned.stderr, warned.stderr
+    assert "apt_a.tar" in warned.stderr and "apt_b.tar" in warned.stderr, warned.stderr
+    assert (repo.root / "dist" / "apt" / "warn.tar").is_file()
+
+    strict = repo.pants("package", "apt:strict", check=False)
+    output = strict.stdout + strict.stderr
+    assert strict.returncode != 0, output
+    assert "apt:strict" in output and "var/lib/dpkg/status" in output, output
+    assert "Traceback" not in output
+    assert not (repo.root / "dist" / "apt" / "strict.tar").exists()
+    assert not (repo.root / "dist" / "apt" / "strict.layers.json").exists()

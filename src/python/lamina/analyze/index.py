@@ -142,6 +142,7 @@ def write_index(layers: Sequence[LayerIndex], path: str) -> None:
     import os
 
     tmp = path + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(tmp, "wb") as f:
         f.write(dumps(layers))
     os.replace(tmp, path)

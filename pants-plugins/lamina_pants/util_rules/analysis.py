@@ -1,0 +1,103 @@
+"""Composition checks: one cached `lamina scan` per layer bundle, then `lamina check` over the stack."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.engine.addresses import Address
+from pants.engine.fs import AddPrefix, Digest, DigestContents, MergeDigests, RemovePrefix
+from pants.engine.rules import Get, MultiGet, collect_rules, rule
+
+from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.layers import Bundle
+
+logger = logging.getLogger(__name__)
+
+INDEX_DIR = "__index"
+REPORT_DIR = "__report"
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    bundle: Bundle
+    address: Address
+    what: str
+
+
+@dataclass(frozen=True)
+class LayerIndex:
+    digest: Digest  # index.json at the digest's root
+
+
+@rule
+async def scan_bundle(request: ScanRequest) -> LayerIndex:
+    # Keyed only on the bundle's content, so a layer is scanned once, like it is extracted once.
+    inputs = await Get(Digest, AddPrefix(request.bundle.digest, "__bundle"))
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=("scan", "__bundle", f"--out={INDEX_DIR}/index.json"),
+            input_digest=inputs,
+            output_directory=INDEX_DIR,
+            description=f"lamina: scan {request.what}",
+        ),
+    )
+    return LayerIndex(await Get(Digest, RemovePrefix(result.output_digest, INDEX_DIR)))
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    address: Address
+    indexes: tuple[LayerIndex, ...]  # base first
+    on_conflict: str
+    allowed: tuple[str, ...]
+    check_dependencies: bool
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    text: str
+    counts: tuple[tuple[str, int], ...]
+
+
+@rule
+async def check_composition(request: CheckRequest) -> CheckReport:
+    if not request.indexes:
+        return CheckReport("", ())
+    prefixed = await MultiGet(
+        Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(request.indexes)
+    )
+    argv = ["check", *(f"--index=__indexes/{i}/index.json" for i in range(len(prefixed)))]
+    argv += [f"--on-conflict={request.on_conflict}", *(f"--allow={g}" for g in request.allowed)]
+    if not request.check_dependencies:
+        argv.append("--no-check-dependencies")
+    argv.append(f"--json={REPORT_DIR}/report.json")
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=tuple(argv),
+            input_digest=await Get(Digest, MergeDigests(prefixed)),
+            output_directory=REPORT_DIR,
+            description=f"lamina: check {request.address}",
+        ),
+    )
+    # The report is small JSON (never layer bytes), so reading it whole is fine.
+    report = await Get(DigestContents, Digest, result.output_digest)
+    data = json.loads(report[0].content) if report else {}
+    counts = tuple(sorted((str(k), int(v)) for k, v in (data.get("counts") or {}).items()))
+    return CheckReport(result.stdout.decode(errors="replace"), counts)
+
+
+def log_findings(address: Address, report: CheckReport) -> None:
+    """Warn once per finding line, so `pants package` shows what the check found."""
+    findings = [l.strip() for l in report.text.splitlines() if l.strip().startswith(("warning:", "error:"))]
+    if findings:
+        logger.warning(f"{address}: composition check found {len(findings)} issue(s):\n  " + "\n  ".join(findings))
+
+
+def rules() -> Iterable:
+    return collect_rules()
