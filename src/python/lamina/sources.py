@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from lamina.errors import InvalidSource
 from lamina.formats.docker_archive import read_docker_archive
@@ -12,24 +12,31 @@ from lamina.formats.store import DirSource, TarSource
 from lamina.image import Image
 from lamina.model import Platform
 
+if TYPE_CHECKING:
+    from lamina.registry.transport import RegistryOptions
+
 TRANSPORTS = ("docker-archive", "oci", "oci-archive")
 
 
 @dataclass(frozen=True)
 class SourceRef:
-    transport: str  # one of TRANSPORTS, or "path" for a bare path to sniff
-    path: str
+    transport: str  # one of TRANSPORTS, "docker" for a registry, or "path" for a bare path to sniff
+    path: str  # for "docker": HOST[:PORT]/REPO[:TAG][@DIGEST]
     ref: Optional[str] = None  # a tag inside the archive or layout
 
     def __str__(self) -> str:
+        if self.transport == "docker":
+            return "docker://" + self.path
         base = self.path if self.transport == "path" else f"{self.transport}:{self.path}"
         return f"{base}:{self.ref}" if self.ref else base
 
 
 def parse_source(text: str) -> SourceRef:
-    """`docker-archive:PATH[:TAG]`, `oci:DIR[:REF]`, `oci-archive:PATH[:REF]`, or a bare path."""
+    """`docker-archive:PATH[:TAG]`, `oci:DIR[:REF]`, `oci-archive:PATH[:REF]`, `docker://REF`, or a bare path."""
     if not text:
         raise InvalidSource("empty image source")
+    if text.startswith("docker://"):
+        return SourceRef("docker", text[len("docker://"):])
     transport, sep, rest = text.partition(":")
     if sep and transport in TRANSPORTS:
         if not rest:
@@ -61,9 +68,19 @@ def sniff(path: str) -> str:
     raise InvalidSource(f"{path}: tar archive holds neither manifest.json (docker save) nor oci-layout (OCI)")
 
 
-def open_image(text: str, name: Optional[str] = None, platform: Optional[Platform] = None) -> Image:
-    """The image a source reference names. `name` is how it is recorded (defaults to `text`)."""
+def open_image(text: str, name: Optional[str] = None, platform: Optional[Platform] = None,
+               registry: Optional["RegistryOptions"] = None) -> Image:
+    """The image a source reference names. `name` is how it is recorded (defaults to `text`).
+
+    `registry` configures `docker://` sources; without it they use the Docker config the environment names.
+    """
     ref = parse_source(text)
+    if ref.transport == "docker":
+        from lamina.registry.source import open_registry_image
+        from lamina.registry.transport import RegistryOptions
+
+        options = registry or RegistryOptions.from_environ(os.environ)
+        return open_registry_image(text, options, name, platform)
     transport = sniff(ref.path) if ref.transport == "path" else ref.transport
     label = name or text
     if transport == "oci":

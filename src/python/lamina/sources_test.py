@@ -28,8 +28,10 @@ from lamina.testing.images import (
         ("oci-archive:a.tar:latest", SourceRef("oci-archive", "a.tar", "latest")),
         ("some/path.tar", SourceRef("path", "some/path.tar")),
         ("C:thing", SourceRef("path", "C:thing")),
+        ("docker://127.0.0.1:5000/a/b:1", SourceRef("docker", "127.0.0.1:5000/a/b:1")),
     ],
-    ids=["docker", "docker-tag", "docker-tag-no-version", "oci", "oci-ref", "oci-archive-ref", "bare", "unknown-prefix"],
+    ids=["docker", "docker-tag", "docker-tag-no-version", "oci", "oci-ref", "oci-archive-ref", "bare", "unknown-prefix",
+         "registry"],
 )
 def test_parse_source(text: str, expected: SourceRef) -> None:
     ref = parse_source(text)
@@ -46,9 +48,8 @@ def test_parse_source_keeps_an_existing_path_with_a_colon_whole(tmp_path) -> Non
 @pytest.mark.parametrize(
     "text, message",
     [("", "empty image source"), ("oci:", "'oci:': oci: needs a path"),
-     ("docker-daemon:busybox", "transport is resolved by the Pants plugin"),
-     ("docker://busybox", "the docker: transport is resolved by the Pants plugin")],
-    ids=["empty", "no-path", "daemon", "registry"],
+     ("docker-daemon:busybox", "transport is resolved by the Pants plugin")],
+    ids=["empty", "no-path", "daemon"],
 )
 def test_parse_source_rejects(text: str, message: str) -> None:
     with pytest.raises(InvalidSource, match=message):

@@ -1,0 +1,304 @@
+"""The Docker engine through the docker SDK: resolve a name to an image ID, export it, load incrementally."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Optional, Sequence
+
+from lamina.blobs import CHUNK, Opener, chunks, verified
+from lamina.errors import DigestMismatch, InvalidSource, LaminaError
+from lamina.formats.docker_archive import read_docker_archive
+from lamina.formats.store import TarSource
+from lamina.image import Image
+from lamina.model import canonical_json
+
+# Incremental load: `docker load` (tarexport's Load; checked on Docker 20.10) looks each layer up in the
+# engine's layer store by its chain ID *before* it opens that layer's file in the archive. So an archive
+# whose manifest.json lists layer paths the tar does not contain loads fine when the engine already has
+# those layers on the same parents. `load` asks the engine for the RootFS of every local image, computes
+# the chain IDs it has, and leaves out each layer whose chain ID is among them. If the engine loses a
+# layer in between (an image removed), the load fails naming the missing file, and the full tar is sent.
+
+DEFAULT_HOST = "unix:///var/run/docker.sock"
+
+
+class DaemonError(LaminaError):
+    """The Docker engine is unreachable, lacks an image, or refused an operation."""
+
+
+def engine_name(environ: Mapping[str, str]) -> str:
+    """How the engine is named in messages: DOCKER_HOST's value, or the default socket."""
+    host = environ.get("DOCKER_HOST")
+    return f"DOCKER_HOST={host}" if host else f"{DEFAULT_HOST} (DOCKER_HOST is not set)"
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A connected docker SDK client and how to name its engine in errors."""
+
+    client: Any  # docker.DockerClient
+    name: str
+
+
+def connect(environ: Mapping[str, str], timeout: float = 600.0) -> Engine:
+    """A client for the engine DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) name; DaemonError if none answers."""
+    import docker
+    import docker.errors
+
+    name = engine_name(environ)
+    try:
+        client = docker.from_env(environment=dict(environ), timeout=int(timeout))
+        client.ping()
+    except (docker.errors.DockerException, OSError) as e:  # requests' errors are OSErrors
+        raise DaemonError(f"cannot reach the Docker engine at {name}: {_short(e)}; start it or point DOCKER_HOST "
+                          "at a running one") from e
+    return Engine(client, name)
+
+
+def _short(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _api_errors() -> tuple[type[BaseException], ...]:
+    """What a failed engine call raises: the SDK's errors, and requests' (which are OSErrors)."""
+    import docker.errors
+
+    return docker.errors.DockerException, OSError
+
+
+def resolve(engine: Engine, name: str) -> str:
+    """The image ID (sha256:...) `name` (a tag or an ID) names in the engine now."""
+    import docker.errors
+
+    try:
+        return str(engine.client.api.inspect_image(name)["Id"])
+    except docker.errors.ImageNotFound:
+        raise DaemonError(f"no image {name!r} in the Docker engine at {engine.name}; build or pull it first, "
+                          "or check the name (`docker images`)") from None
+    except _api_errors() as e:
+        raise DaemonError(f"asking the Docker engine at {engine.name} about {name!r} failed: {_short(e)}") from e
+
+
+def _saved_name(engine: Engine, name: str, image_id: str) -> Optional[str]:
+    """The tag to save `name` under (so the archive keeps it), or None when `name` is an ID."""
+    if name.startswith("sha256:") or image_id.startswith("sha256:" + name):
+        return None
+    tags = engine.client.api.inspect_image(image_id).get("RepoTags") or []
+    for candidate in (name, name + ":latest"):
+        if candidate in tags:
+            return candidate
+    return None
+
+
+@dataclass(frozen=True)
+class Exported:
+    image_id: str
+    path: str
+    size: int
+
+
+def export(engine: Engine, name: str, out_path: str) -> Exported:
+    """`docker save` of `name` to `out_path`, streamed in chunks to a temporary file renamed into place.
+
+    The archive is checked to hold the image ID `name` resolved to (a tag moved meanwhile is an error).
+    """
+    image_id = resolve(engine, name)
+    tag = _saved_name(engine, name, image_id)
+    parent = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            try:
+                for data in engine.client.api.get_image(tag or image_id, chunk_size=CHUNK):
+                    out.write(data)
+                    size += len(data)
+            except _api_errors() as e:
+                raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
+            out.flush()
+            os.fsync(out.fileno())
+        saved = read_docker_archive(TarSource(tmp), name)
+        if saved.config_descriptor.digest != image_id:
+            raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
+                              f"{saved.config_descriptor.digest}); run the export again")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out_path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return Exported(image_id, out_path, size)
+
+
+def chain_ids(diff_ids: Sequence[str]) -> list[str]:
+    """The chain ID of every prefix of a layer stack: the key the engine's layer store uses."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        out.append(diff_id if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
+
+
+def engine_chain_ids(engine: Engine) -> frozenset[str]:
+    """The chain IDs of every layer stack the engine's images (intermediate ones included) are built of."""
+    import docker.errors
+
+    have: set[str] = set()
+    try:
+        listed = engine.client.api.images(all=True, quiet=True)
+    except _api_errors() as e:
+        raise DaemonError(f"listing images of the Docker engine at {engine.name} failed: {_short(e)}") from e
+    for image_id in dict.fromkeys(listed):
+        try:
+            rootfs = engine.client.api.inspect_image(image_id).get("RootFS") or {}
+        except docker.errors.ImageNotFound:
+            continue  # removed since it was listed
+        except _api_errors() as e:
+            raise DaemonError(f"inspecting {image_id} in the Docker engine at {engine.name} failed: {_short(e)}") from e
+        have.update(chain_ids([str(d) for d in rootfs.get("Layers") or []]))
+    return frozenset(have)
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Which layers of an image go into the tarball (`send`, by index) and which the engine has (`skip`)."""
+
+    send: tuple[int, ...]
+    skip: tuple[int, ...]
+
+
+def plan_load(image: Image, present: frozenset[str]) -> LoadPlan:
+    """Skip a layer when the engine has its chain ID, i.e. the same layer on the same parents."""
+    send: list[int] = []
+    skip: list[int] = []
+    for i, chain_id in enumerate(chain_ids(image.diff_ids)):
+        (skip if chain_id in present else send).append(i)
+    return LoadPlan(tuple(send), tuple(skip))
+
+
+def _layer_name(image: Image, i: int) -> str:
+    return f"blobs/sha256/{image.layers[i].descriptor.hex}"
+
+
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = 0
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _file_opener(path: str) -> Opener:
+    return lambda: open(path, "rb")
+
+
+def _pad(size: int) -> bytes:
+    return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+
+def load_tarball(image: Image, tags: Sequence[str], plan: LoadPlan) -> Iterator[bytes]:
+    """A `docker load` tarball, generated in chunks: manifest.json and the config, then the layers in `plan.send`.
+
+    manifest.json lists every layer; the skipped ones are simply absent from the tar.
+    """
+    config_name = image.config_descriptor.hex + ".json"
+    manifest = canonical_json([{"Config": config_name, "RepoTags": list(tags),
+                                "Layers": [_layer_name(image, i) for i in range(len(image.layers))]}])
+    for name, data in (("manifest.json", manifest), (config_name, image.config_bytes)):
+        yield _header(name, len(data)) + data + _pad(len(data))
+    written: set[str] = set()
+    for i in plan.send:
+        layer = image.layers[i]
+        name = _layer_name(image, i)
+        if name in written:
+            continue
+        written.add(name)
+        if layer.opener is None and layer.path is None:
+            raise InvalidSource(f"{image.source}: layer {i} ({layer.descriptor.digest}) has no bytes in this source "
+                                "and the Docker engine does not have it")
+        yield _header(name, layer.descriptor.size)
+        what = f"{image.source}: layer {i} ({layer.descriptor.digest})"
+        if layer.opener is not None:
+            stream = layer.open_blob(what)
+        else:
+            stream = verified(_file_opener(str(layer.path)), layer.descriptor.digest, layer.descriptor.size, what)
+        with stream:
+            sent = 0
+            for data in chunks(stream):
+                sent += len(data)
+                yield data
+        if sent != layer.descriptor.size:
+            raise DigestMismatch(f"{image.source}: layer {i} has {sent} bytes, its descriptor says {layer.descriptor.size}")
+        yield _pad(sent)
+    yield b"\0" * (2 * tarfile.BLOCKSIZE)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    image_id: str
+    tags: tuple[str, ...]
+    sent_bytes: int  # of layer blobs in the tarball
+    skipped_bytes: int  # of layer blobs left out because the engine had them
+    layers_sent: int
+    layers_skipped: int
+    fell_back: bool = False  # the sparse tarball was refused and the full one sent
+
+    def summary(self) -> str:
+        named = ", ".join(self.tags) if self.tags else "(untagged)"
+        total = self.layers_sent + self.layers_skipped
+        note = "; the engine lost a layer meanwhile, so the full image was sent" if self.fell_back else ""
+        return (f"loaded {self.image_id} as {named} \u2014 sent {self.sent_bytes} bytes, skipped {self.skipped_bytes} "
+                f"bytes ({self.layers_skipped} of {total} layers already in the engine){note}")
+
+
+def _post_load(engine: Engine, body: Iterator[bytes]) -> list[str]:
+    """POST /images/load; the engine's messages, DaemonError carrying its error text."""
+    messages: list[str] = []
+    try:
+        for item in engine.client.api.load_image(body):
+            if not isinstance(item, dict):
+                continue
+            if item.get("error") or item.get("errorDetail"):
+                detail = item.get("errorDetail") or {}
+                raise DaemonError(str(detail.get("message") or item.get("error")))
+            if item.get("stream"):
+                messages.append(str(item["stream"]).strip())
+    except _api_errors() as e:
+        raise DaemonError(_short(e)) from e
+    return messages
+
+
+def load(engine: Engine, image: Image, tags: Sequence[str] = (), present: Optional[frozenset[str]] = None) -> LoadReport:
+    """Load `image` into the engine under `tags` (default: the tags it carries), sending only missing layers.
+
+    `present` (chain IDs the engine has) is asked of the engine unless given.
+    """
+    tags = tuple(tags) or image.tags
+    plan = plan_load(image, engine_chain_ids(engine) if present is None else present)
+    fell_back = False
+    try:
+        _post_load(engine, load_tarball(image, tags, plan))
+    except DaemonError as e:
+        missing = [_layer_name(image, i) for i in plan.skip]
+        if not any(name in str(e) for name in missing):
+            raise DaemonError(f"loading {image.source} into the Docker engine at {engine.name} failed: {e}") from e
+        plan = LoadPlan(tuple(range(len(image.layers))), ())
+        fell_back = True
+        try:
+            _post_load(engine, load_tarball(image, tags, plan))
+        except DaemonError as again:
+            raise DaemonError(f"loading {image.source} into the Docker engine at {engine.name} failed: {again}") from again
+    sizes = {i: image.layers[i].descriptor.size for i in range(len(image.layers))}
+    sent_digests = {image.layers[i].descriptor.digest: sizes[i] for i in plan.send}
+    return LoadReport(
+        image_id=image.config_descriptor.digest,
+        tags=tags,
+        sent_bytes=sum(sent_digests.values()),
+        skipped_bytes=sum(sizes[i] for i in plan.skip),
+        layers_sent=len(plan.send),
+        layers_skipped=len(plan.skip),
+        fell_back=fell_back,
+    )

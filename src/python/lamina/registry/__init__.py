@@ -1,0 +1,1 @@
+"""Registry access: references, credentials, a retrying HTTP client, image sources and push."""

@@ -1,0 +1,164 @@
+"""Push an image to registry tags: HEAD each blob, mount what another repository has, upload the rest, manifest last."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from lamina.blobs import Opener
+from lamina.errors import InvalidSource
+from lamina.image import Image
+from lamina.model import ANN_SOURCE, OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type
+from lamina.registry.client import RegistryClient, push_scope
+from lamina.registry.errors import BadReference
+from lamina.registry.reference import Reference, is_registry_ref, parse_reference
+from lamina.registry.transport import RegistryOptions
+
+
+@dataclass(frozen=True)
+class BlobOutcome:
+    digest: str
+    size: int
+    how: str  # "present" (HEAD found it), "mounted" (from `source_repo`) or "uploaded"
+    source_repo: str = ""
+
+
+@dataclass(frozen=True)
+class PushResult:
+    """One tag pushed: the manifest digest and what happened to each blob of its repository."""
+
+    target: Reference
+    digest: str
+    blobs: tuple[BlobOutcome, ...]
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(b.size for b in self.blobs if b.how == "uploaded")
+
+    @property
+    def skipped_bytes(self) -> int:
+        return sum(b.size for b in self.blobs if b.how != "uploaded")
+
+    @property
+    def mounted(self) -> int:
+        return sum(1 for b in self.blobs if b.how == "mounted")
+
+    def summary(self) -> str:
+        return (f"pushed {self.target} {self.digest} \u2014 uploaded {self.uploaded_bytes} bytes, "
+                f"skipped {self.skipped_bytes} bytes ({self.mounted} mounted)")
+
+
+def image_manifest(image: Image) -> bytes:
+    """The image's OCI manifest in lamina's canonical form (byte-identical to what `lamina compose` writes)."""
+    config = image.config_descriptor
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": Descriptor(OCI_CONFIG, config.digest, config.size).to_json(),
+        "layers": [Descriptor(oci_layer_media_type(l.descriptor.media_type), l.descriptor.digest,
+                              l.descriptor.size, l.descriptor.annotations).to_json() for l in image.layers],
+    })
+
+
+def _source_repo(text: str, registry: str) -> Optional[str]:
+    """The repository of a `docker://` reference on `registry`, else None."""
+    if not is_registry_ref(text):
+        return None
+    try:
+        ref = parse_reference(text)
+    except BadReference:
+        return None
+    return ref.repository if ref.registry == registry else None
+
+
+@dataclass(frozen=True)
+class _Blob:
+    descriptor: Descriptor
+    opener: Optional[Opener]
+    mount_from: tuple[str, ...]  # repositories of the same registry that may hold it
+
+
+def _file_opener(path: str) -> Opener:
+    return lambda: open(path, "rb")
+
+
+def _bytes_opener(data: bytes) -> Opener:
+    return lambda: io.BytesIO(data)  # type: ignore[return-value]
+
+
+def _blobs(image: Image, registry: str) -> list[_Blob]:
+    whole = _source_repo(image.source, registry)
+    out: list[_Blob] = []
+    seen: set[str] = set()
+    for layer in image.layers:
+        d = layer.descriptor
+        if d.digest in seen:
+            continue
+        seen.add(d.digest)
+        repos = [r for r in (_source_repo(dict(d.annotations).get(ANN_SOURCE, ""), registry), whole) if r]
+        opener = layer.opener or (_file_opener(layer.path) if layer.path else None)
+        out.append(_Blob(d, opener, tuple(dict.fromkeys(repos))))
+    config = image.config_descriptor
+    if config.digest not in seen:
+        out.append(_Blob(config, _bytes_opener(image.config_bytes), (whole,) if whole else ()))
+    return out
+
+
+def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Sequence[str], where: str) -> BlobOutcome:
+    d = blob.descriptor
+    candidates = [r for r in dict.fromkeys(list(blob.mount_from) + list(pushed_repos)) if r != repo]
+    if client.head_blob(repo, d.digest, push_scope(repo)) is not None:
+        return BlobOutcome(d.digest, d.size, "present")
+    location: Optional[str] = None
+    for from_repo in candidates:
+        location = client.mount_blob(repo, d.digest, from_repo)
+        if location is None:
+            return BlobOutcome(d.digest, d.size, "mounted", from_repo)
+    if blob.opener is None:
+        raise InvalidSource(
+            f"{where}: blob {d.digest} is not in {client.registry}/{repo} and the source has no bytes for it "
+            "(a bundle holds only its selected layers); push an image that has every layer, or push its "
+            "source to this registry first"
+        )
+    client.upload_blob(repo, d, blob.opener, location, f"{client.registry}/{repo}: blob {d.digest}")
+    return BlobOutcome(d.digest, d.size, "uploaded")
+
+
+def parse_targets(texts: Sequence[str]) -> tuple[Reference, ...]:
+    """`HOST[:PORT]/REPO:TAG` push targets (a `docker://` prefix is allowed); each needs a tag."""
+    out = []
+    for text in texts:
+        if "@" in text:
+            raise BadReference(f"{text!r}: push to a tag (HOST/REPO:TAG); the digest follows from the image")
+        out.append(parse_reference(text, require_tag=True))
+    return tuple(out)
+
+
+def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
+         clients: Optional[dict[str, RegistryClient]] = None) -> tuple[PushResult, ...]:
+    """Push `image` to every target. All blobs of every repository go first, then the manifests, one per tag,
+    so a failure part-way never leaves a tag naming blobs the registry lacks.
+    """
+    clients = clients if clients is not None else {}
+    manifest = image_manifest(image)
+    outcomes: dict[tuple[str, str], tuple[BlobOutcome, ...]] = {}
+    pushed: dict[str, list[str]] = {}
+    for target in targets:
+        key = (target.registry, target.repository)
+        if key in outcomes:
+            continue
+        client = clients.setdefault(target.registry, RegistryClient(target.registry, options))
+        done = pushed.setdefault(target.registry, [])
+        outcomes[key] = tuple(_push_blob(client, target.repository, blob, done, f"{image.source} -> {target}")
+                              for blob in _blobs(image, target.registry))
+        done.append(target.repository)
+    results = []
+    first: set[tuple[str, str]] = set()
+    for target in targets:
+        key = (target.registry, target.repository)
+        digest = clients[target.registry].put_manifest(target, OCI_MANIFEST, manifest)
+        blobs = outcomes[key] if key not in first else tuple(
+            BlobOutcome(b.digest, b.size, "present") for b in outcomes[key])
+        first.add(key)
+        results.append(PushResult(target, digest, blobs))
+    return tuple(results)

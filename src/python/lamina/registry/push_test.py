@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import pytest
+
+from lamina.compose import AddedLayer, compose
+from lamina.image import Image
+from lamina.model import ANN_SOURCE
+from lamina.registry.errors import BadReference
+from lamina.registry.push import BlobOutcome, PushResult, _blobs, image_manifest, parse_targets
+from lamina.registry.reference import Reference
+from lamina.sources import open_image
+from lamina.testing.images import FakeImage, FakeLayer, write_oci_dir
+
+FAKE = FakeImage([FakeLayer({"a": b"a" * 100}, "ADD a /"), FakeLayer({"b": b"b" * 100}, "RUN b", "gzip")])
+
+
+def _source(tmp_path) -> Image:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "src")
+    write_oci_dir(FAKE, path)
+    return open_image("oci:" + path)
+
+
+def test_image_manifest_is_byte_identical_to_what_compose_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = _source(tmp_path)
+    composed = compose(None, [AddedLayer(l, "docker://127.0.0.1:5000/base@sha256:" + "1" * 64, ":", source.platform)
+                              for l in source.layers], platform=source.platform)
+    from lamina.formats.write import write_oci_layout
+
+    out = str(tmp_path / "out")
+    write_oci_layout(composed, out)
+    assert image_manifest(open_image("oci:" + out)) == composed.manifest_bytes
+
+
+def test_mount_candidates_come_from_layer_sources_on_the_same_registry(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = _source(tmp_path)
+    added = [AddedLayer(source.layers[0], "docker://127.0.0.1:5000/team/base@sha256:" + "1" * 64, "0", source.platform),
+             AddedLayer(source.layers[1], "docker://other.example/x/y:1", "1", source.platform)]
+    composed = compose(None, added, platform=source.platform)
+    out = str(tmp_path / "out")
+    from lamina.formats.write import write_oci_layout
+
+    write_oci_layout(composed, out)
+    image = open_image("oci:" + out)
+    assert dict(image.layers[0].descriptor.annotations)[ANN_SOURCE].startswith("docker://127.0.0.1:5000/team/base")
+    blobs = _blobs(image, "127.0.0.1:5000")
+    assert [b.mount_from for b in blobs] == [("team/base",), (), ()]  # layer 0, layer 1, config
+    assert all(b.opener is not None for b in blobs)
+    assert [b.mount_from for b in _blobs(image, "other.example")] == [(), ("x/y",), ()]
+
+
+def test_a_registry_source_offers_its_own_repository_for_every_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    source = _source(tmp_path)
+    image = Image("docker://127.0.0.1:5000/a/b@sha256:" + "2" * 64, source.config_bytes, source.config_descriptor,
+                  source.layers)
+    assert [b.mount_from for b in _blobs(image, "127.0.0.1:5000")] == [("a/b",)] * 3
+
+
+@pytest.mark.parametrize("text, message", [
+    ("127.0.0.1:5000/app", "name the tag to push"),
+    ("127.0.0.1:5000/app@sha256:" + "a" * 64, "push to a tag"),
+    ("127.0.0.1:5000/App:1", "is not valid"),
+], ids=["no-tag", "digest", "bad-repo"])
+def test_bad_targets(text: str, message: str) -> None:
+    with pytest.raises(BadReference, match=message):
+        parse_targets([text])
+
+
+def test_summary_line() -> None:
+    result = PushResult(Reference("127.0.0.1:5000", "app", "1"), "sha256:" + "f" * 64, (
+        BlobOutcome("sha256:a", 100, "uploaded"), BlobOutcome("sha256:b", 30, "mounted", "base"),
+        BlobOutcome("sha256:c", 7, "present")))
+    assert result.summary() == ("pushed 127.0.0.1:5000/app:1 sha256:" + "f" * 64
+                                + " \u2014 uploaded 100 bytes, skipped 37 bytes (1 mounted)")

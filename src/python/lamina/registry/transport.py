@@ -1,0 +1,360 @@
+"""HTTP to one registry: scheme and TLS choice, timeouts, Basic/Bearer auth, redirects and bounded retries."""
+from __future__ import annotations
+
+import http.client
+import io
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable, Mapping, Optional, Union
+
+import urllib3
+import urllib3.exceptions
+
+from lamina.registry.auth import (
+    Credentials,
+    config_path,
+    find_credentials,
+    load_docker_config,
+    parse_challenges,
+    parse_token_response,
+    token_request,
+)
+from lamina.registry.errors import AuthError, NotFound, RegistryError, RegistryUnreachable
+from lamina.registry.reference import is_loopback
+from lamina.registry.retry import NO_RETRY, Attempts, RetryPolicy, is_transient_status, parse_retry_after
+
+# Built on urllib3 rather than a registry library (client.py says why). Every request has a timeout;
+# only connection failures, timeouts, 429 and 5xx are retried, and a request whose body is a stream is
+# never re-sent here: the blob upload that owns the stream restarts from a fresh one instead.
+
+USER_AGENT = "lamina"
+SMALL_BODY_LIMIT = 8 << 20  # manifests, configs, error and token bodies larger than this are refused
+_REDIRECTS = (301, 302, 303, 307, 308)
+_TOKEN_MARGIN_S = 10.0
+
+Body = Union[None, bytes, BinaryIO, io.RawIOBase]
+
+
+@dataclass(frozen=True)
+class RegistryOptions:
+    """How to talk to registries; the CLI builds it from flags and the environment."""
+
+    insecure: tuple[str, ...] = ()  # HOST or HOST:PORT allowed plain HTTP (loopback always is)
+    ca_bundle: Optional[str] = None  # PEM file of CAs to trust instead of the system's
+    docker_config: str = ""  # path of the Docker CLI config.json with credentials ("" = none)
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+    chunk_size: int = 16 << 20  # blobs larger than this are uploaded in PATCH chunks of this size
+    require_pinned: bool = False  # refuse tag references (a tag can move; a digest cannot)
+    warn: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> "RegistryOptions":
+        """Options reading credentials from the Docker config the environment names (DOCKER_CONFIG, HOME)."""
+        return cls(docker_config=config_path(environ), **overrides)
+
+
+class TransientError(RegistryError):
+    """A failure worth retrying (connection broken, timeout, 429, 5xx); `retry_after` if the server said."""
+
+    def __init__(self, message: str, retry_after: Optional[float] = None, network: bool = False) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.network = network  # the connection failed (rather than the registry answering 429/5xx)
+
+
+TRANSIENT_EXCEPTIONS = (
+    urllib3.exceptions.TimeoutError,  # connect and read timeouts, refused connections (NewConnectionError)
+    urllib3.exceptions.ProtocolError,  # reset, aborted, remote end closed without a response
+    urllib3.exceptions.IncompleteRead,
+    http.client.HTTPException,
+    ConnectionError,
+)
+
+
+def _is_cert_error(e: BaseException) -> bool:
+    seen: Optional[BaseException] = e
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        nested = [a for a in getattr(seen, "args", ()) if isinstance(a, BaseException)]
+        seen = seen.__cause__ or seen.__context__ or (nested[0] if nested else None)
+    return "CERTIFICATE_VERIFY_FAILED" in str(e)
+
+
+def reason(e: BaseException) -> str:
+    """A short one-line cause of a network exception (errno text rather than urllib3's object reprs)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        if isinstance(seen, urllib3.exceptions.ReadTimeoutError):
+            return "read timed out"
+        seen = seen.__cause__ or seen.__context__  # type: ignore[assignment]
+    text = str(e).split(": ", 1)[-1] if ": " in str(e) else str(e)
+    if isinstance(e, urllib3.exceptions.ProtocolError) and e.args and len(e.args) > 1:
+        text = f"{e.args[0]} {reason(e.args[1]) if isinstance(e.args[1], BaseException) else e.args[1]}"
+    return " ".join((text or type(e).__name__).split())[:200]
+
+
+@dataclass
+class Reply:
+    """A response: status, headers and (unless streamed) the body read in full."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes = b""
+    raw: Optional[urllib3.BaseHTTPResponse] = field(default=None, repr=False)
+
+    def header(self, name: str) -> str:
+        return self.headers.get(name) or ""
+
+
+def read_limited(resp: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+    parts, total = [], 0
+    try:
+        while True:
+            data = resp.read(1 << 16, decode_content=False)
+            if not data:
+                break
+            total += len(data)
+            if total > limit:
+                raise RegistryError(f"{what}: the registry sent more than {limit} bytes; refusing it")
+            parts.append(data)
+    except TRANSIENT_EXCEPTIONS as e:
+        raise TransientError(f"{what}: connection broke while reading the answer ({reason(e)})", network=True) from e
+    finally:
+        resp.release_conn()
+    return b"".join(parts)
+
+
+def error_codes(body: bytes) -> str:
+    """'CODE: message; ...' from a registry's JSON error body, '' when there is none."""
+    import json
+
+    try:
+        errors = json.loads(body).get("errors") or []
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return ""
+    parts = []
+    for e in errors if isinstance(errors, list) else []:
+        if isinstance(e, dict):
+            parts.append(f"{e.get('code', '')}: {e.get('message', '')}".strip(": "))
+    return "; ".join(parts)[:300]
+
+
+class Transport:
+    """Requests to one registry host, authenticated and retried; create one per host and reuse it."""
+
+    def __init__(self, host: str, options: RegistryOptions, pool: Optional[urllib3.PoolManager] = None) -> None:
+        self.host = host
+        self.options = options
+        self.plain_allowed = is_loopback(host) or host in options.insecure or host.rsplit(":", 1)[0] in options.insecure
+        self._probed = not self.plain_allowed  # others are HTTPS, no question
+        self._scheme = "https"
+        self._pool = pool or urllib3.PoolManager(num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED",
+                                                 ca_certs=options.ca_bundle)
+        self._timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
+        self._creds: Optional[Credentials] = None
+        self._creds_loaded = False
+        self._basic: Optional[str] = None
+        self._tokens: dict[tuple[str, ...], tuple[str, float]] = {}
+
+    @property
+    def scheme(self) -> str:
+        """'https', or 'http' for a loopback or --insecure host that does not speak TLS (as Docker decides)."""
+        if not self._probed:
+            self._probed = True
+            self._scheme = "http" if self._plain_only() else "https"
+        return self._scheme
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.host}"
+
+    def _plain_only(self) -> bool:
+        """Try TLS once: False if the host answers over HTTPS (or presents a certificate lamina cannot verify, so
+        the error says so), True if it does not speak TLS at all."""
+        try:
+            resp = self._pool.request("GET", f"https://{self.host}/v2/", preload_content=False, redirect=False,
+                                      retries=False, timeout=self._timeout, headers={"User-Agent": USER_AGENT})
+        except urllib3.exceptions.SSLError as e:
+            return not _is_cert_error(e)
+        except TRANSIENT_EXCEPTIONS:
+            return True
+        resp.drain_conn()
+        resp.release_conn()
+        return False
+
+    # -- credentials and challenges ---------------------------------------------------------------
+
+    def credentials(self) -> Optional[Credentials]:
+        if not self._creds_loaded:
+            config = load_docker_config(self.options.docker_config) if self.options.docker_config else None
+            self._creds = find_credentials(config, self.host) if config else None
+            self._creds_loaded = True
+        return self._creds
+
+    def _auth_header(self, scopes: tuple[str, ...]) -> Optional[str]:
+        token = self._tokens.get(scopes)
+        if token and token[1] > time.monotonic():
+            return "Bearer " + token[0]
+        return self._basic
+
+    def _refused(self, by: str, status: int) -> AuthError:
+        """The error for credentials refused (or missing), naming whose and where they came from."""
+        creds = self.credentials()
+        if creds is None:
+            where = self.options.docker_config or "no Docker config file"
+            return AuthError(f"{by} requires credentials (HTTP {status}) and {where} has none for {self.host}; "
+                             f"run `docker login {self.host}`")
+        user = creds.username or "an identity token"
+        return AuthError(f"{by} refused the credentials of {user} from {creds.origin} (HTTP {status}); "
+                         f"check them or run `docker login {self.host}`")
+
+    def _authenticate(self, challenge_header: str, scopes: tuple[str, ...], what: str) -> None:
+        challenges = parse_challenges(challenge_header)
+        bearer = next((c for c in challenges if c.scheme == "bearer"), None)
+        basic = next((c for c in challenges if c.scheme == "basic"), None)
+        creds = self.credentials()
+        if bearer is not None:
+            method, url, headers, body = token_request(bearer, scopes, creds)
+            parsed = urllib.parse.urlsplit(url)
+            if parsed.scheme != "https" and not (is_loopback(parsed.netloc) or parsed.netloc in self.options.insecure):
+                raise AuthError(f"{what}: token endpoint {bearer.get('realm')} is plain HTTP on a non-loopback host; "
+                                f"refusing to send credentials there (list it with --insecure to allow)")
+            reply = self._exchange(method, url, headers, body, NO_RETRY if body else self.options.retry,
+                                   f"token endpoint {parsed.netloc}", SMALL_BODY_LIMIT)
+            if reply.status in (401, 403):
+                raise self._refused(f"{what}: the token endpoint {parsed.netloc}", reply.status)
+            if reply.status != 200:
+                raise RegistryError(f"{what}: the token endpoint {parsed.netloc} answered HTTP {reply.status} "
+                                    f"{error_codes(reply.body)}".rstrip())
+            token, expires = parse_token_response(reply.body, bearer.get("realm"))
+            self._tokens[scopes] = (token, time.monotonic() + max((expires or 60.0) - _TOKEN_MARGIN_S, 1.0))
+            return
+        if basic is not None:
+            if creds is None or not creds.basic:
+                raise self._refused(f"{what}: {self.host}", 401)
+            self._basic = creds.basic
+            return
+        raise AuthError(f"{what}: {self.host} answered 401 with no Basic or Bearer challenge "
+                        f"({challenge_header[:100]!r}); lamina cannot authenticate there")
+
+    # -- sending ---------------------------------------------------------------------------------
+
+    def url(self, path_or_url: str) -> str:
+        return urllib.parse.urljoin(self.base + "/", path_or_url)
+
+    def _send(self, method: str, url: str, headers: Mapping[str, str], body: Body,
+              what: str) -> urllib3.BaseHTTPResponse:
+        """One HTTP exchange; TransientError for failures worth retrying, RegistryUnreachable for others."""
+        try:
+            return self._pool.request(method, url, body=body, headers=dict(headers), preload_content=False,
+                                      redirect=False, retries=False, timeout=self._timeout)
+        except urllib3.exceptions.NameResolutionError as e:
+            raise RegistryUnreachable(f"{what}: cannot resolve registry host {self.host}; check the name") from e
+        except urllib3.exceptions.SSLError as e:
+            plain = "" if self.plain_allowed else f", for a plain-HTTP registry pass --insecure {self.host}"
+            raise RegistryUnreachable(
+                f"{what}: TLS with {self.host} failed ({reason(e)}); for a private CA pass --ca-bundle PATH{plain}") from e
+        except TRANSIENT_EXCEPTIONS as e:
+            raise TransientError(f"{what}: cannot reach registry {self.host} at {self.base} ({reason(e)}); "
+                                 "check that it is running and that HOST:PORT is right", network=True) from e
+
+    def _exchange(self, method: str, url: str, headers: Mapping[str, str], body: Optional[bytes],
+                  policy: RetryPolicy, what: str, limit: int) -> Reply:
+        """A request with a small body and answer, retried on transient failures (used for tokens)."""
+        attempts = Attempts(policy)
+        while True:
+            try:
+                resp = self._send(method, url, {"User-Agent": USER_AGENT, **headers}, body, what)
+                if is_transient_status(resp.status):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+                    resp.drain_conn()
+                    raise TransientError(f"{what}: HTTP {resp.status}", retry_after)
+                return Reply(resp.status, resp.headers, read_limited(resp, limit, what))
+            except TransientError as e:
+                if not attempts.failed(e.retry_after):
+                    raise final_error(e, attempts.failures) from e
+
+    def request(self, method: str, path_or_url: str, *, scopes: tuple[str, ...], what: str,
+                headers: Optional[Mapping[str, str]] = None, body: Body = None, stream: bool = False,
+                limit: int = SMALL_BODY_LIMIT, retry: bool = True) -> Reply:
+        """Send a request, authenticating on 401, following redirects of GET/HEAD and retrying transient failures.
+
+        A streamed `body` (a file object) is sent once, and so is any request with `retry=False`: their transient
+        failures raise TransientError for the caller to handle (restart an upload from a fresh stream).
+        With `stream`, the reply's `raw` is the open response (the caller releases it).
+        """
+        resendable = not hasattr(body, "read")
+        retried = resendable and retry
+        attempts = Attempts(self.options.retry if retried else NO_RETRY)
+        url = self.url(path_or_url)
+        authenticated = False
+        redirects = 0
+        while True:
+            same_host = urllib.parse.urlsplit(url).netloc == self.host
+            hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
+            auth = self._auth_header(scopes) if same_host else None
+            if auth:
+                hdrs["Authorization"] = auth
+            try:
+                resp = self._send(method, url, hdrs, body, what)
+                if resp.status == 401 and same_host:
+                    challenge = resp.headers.get("WWW-Authenticate") or ""
+                    resp.drain_conn()
+                    if authenticated:
+                        raise self._refused(f"{what}: {self.host}", 401)
+                    if not resendable:  # a token expired mid-upload: the upload restarts and authenticates first
+                        raise TransientError(f"{what}: {self.host} asked to authenticate again mid-upload")
+                    self._authenticate(challenge, scopes, what)
+                    authenticated = True
+                    continue
+                if resp.status in _REDIRECTS and method in ("GET", "HEAD") and resp.headers.get("Location"):
+                    location = resp.headers["Location"]
+                    resp.drain_conn()
+                    redirects += 1
+                    if redirects > 5:
+                        raise RegistryError(f"{what}: more than 5 redirects from {self.host}")
+                    url = urllib.parse.urljoin(url, location)
+                    continue
+                if is_transient_status(resp.status):
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
+                    text = error_codes(read_limited(resp, SMALL_BODY_LIMIT, what)) if method != "HEAD" else ""
+                    if method == "HEAD":
+                        resp.drain_conn()
+                    raise TransientError(f"{what}: {self.host} answered HTTP {resp.status} {text}".rstrip(), retry_after)
+                if stream and 200 <= resp.status < 300:
+                    return Reply(resp.status, resp.headers, raw=resp)
+                if method == "HEAD":
+                    resp.drain_conn()
+                    return Reply(resp.status, resp.headers)
+                return Reply(resp.status, resp.headers, read_limited(resp, limit, what))
+            except TransientError as e:
+                if not attempts.failed(e.retry_after):
+                    if not retried:
+                        raise
+                    raise final_error(e, attempts.failures) from e
+
+
+def final_error(e: TransientError, failures: int) -> RegistryError:
+    """The error to report once retries are used up: RegistryUnreachable for connection trouble."""
+    message = f"{e} (gave up after {failures} attempt{'s' if failures != 1 else ''})"
+    if e.network:
+        return RegistryUnreachable(message)
+    return RegistryError(message)
+
+
+def fail(reply: Reply, what: str, host: str) -> RegistryError:
+    """The error for an unexpected final status."""
+    codes = error_codes(reply.body)
+    detail = f" ({codes})" if codes else ""
+    if reply.status == 404:
+        return NotFound(f"{what}: not found on {host}{detail}")
+    if reply.status == 403:
+        return AuthError(f"{what}: {host} denied access (HTTP 403){detail}; check the account's permissions")
+    return RegistryError(f"{what}: {host} answered HTTP {reply.status}{detail}")
