@@ -1,7 +1,7 @@
 """The `[lamina]` options."""
 from __future__ import annotations
 
-from pants.option.option_types import StrListOption
+from pants.option.option_types import BoolOption, StrListOption, StrOption
 from pants.option.subsystem import Subsystem
 from pants.util.strutil import softwrap
 
@@ -25,3 +25,44 @@ class LaminaSubsystem(Subsystem):
         help="Requirements of the lamina core, resolved from PyPI into its PEX.",
         advanced=True,
     )
+    require_pinned_sources = BoolOption(
+        default=False,
+        help=softwrap(
+            """
+            Fail, instead of warning, when an `image` or `base` names a registry image by tag
+            (`docker://host/repo:tag`) rather than by digest (`docker://host/repo@sha256:...`).
+            """
+        ),
+    )
+    insecure_registries = StrListOption(
+        default=[],
+        help=softwrap(
+            """
+            Registries (`host[:port]`) spoken to over plain HTTP. Loopback registries
+            (127.0.0.1, localhost) always are; every other one needs TLS unless listed here.
+            """
+        ),
+    )
+    ca_bundle = StrOption(
+        default=None,
+        help="A PEM file of certificate authorities to trust for registry TLS (default: the system's).",
+    )
+    registry_env_vars = StrListOption(
+        default=["DOCKER_CONFIG", "HOME"],
+        help=softwrap(
+            """
+            Environment variables lamina's registry and engine processes see, so they find the
+            user's Docker credentials (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
+            including credential helpers) and `DOCKER_HOST`.
+            """
+        ),
+        advanced=True,
+    )
+
+    def registry_args(self) -> tuple[str, ...]:
+        args = [f"--insecure={h}" for h in self.insecure_registries]
+        if self.ca_bundle:
+            args.append(f"--ca-bundle={self.ca_bundle}")
+        if self.require_pinned_sources:
+            args.append("--require-pinned")
+        return tuple(args)

@@ -27,7 +27,11 @@ IMAGE_FORMS = """
           directory (a bare path is sniffed; a directory must be an OCI layout);
         - `"docker-archive:images/all.tar:image-a:latest"`: one image of a multi-image archive;
         - `"oci:layout-dir"` or `"oci-archive:image.tar"`, optionally with `:REF`;
-        - `":target"` or `"//path/to:target"`: another target that packages an image (a `composed_image`).
+        - `":target"` or `"//path/to:target"`: another target that packages an image (a `composed_image`);
+        - `"docker-daemon:image-a:latest"`: an image in the local Docker engine (`DOCKER_HOST`),
+          looked up once per run and exported only when its image ID changed;
+        - `"docker://HOST[:PORT]/REPO@sha256:..."`: an image in a registry; only the selected
+          layers' blobs are fetched. A `:tag` works too, with a warning naming the digest to pin.
 """
 
 _TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker-daemon:", "docker://")
@@ -37,11 +41,10 @@ def image_value_error(value: str) -> Optional[str]:
     """Why an image source value is malformed, or None."""
     if not value.strip():
         return "is empty"
-    if value.startswith("docker-daemon:") or value.startswith("docker://"):
-        return (
-            "uses a transport this version of lamina does not read yet; `docker save` the image "
-            "and name the archive instead"
-        )
+    if value.startswith("docker-daemon:") and len(value) == len("docker-daemon:"):
+        return "names no image after docker-daemon:"
+    if value.startswith("docker://") and "/" not in value[len("docker://"):]:
+        return "needs HOST[:PORT]/REPO after docker://"
     if value.startswith("/") and not value.startswith("//"):
         return "is an absolute path; write it relative to the BUILD file's directory"
     return None

@@ -1,6 +1,7 @@
 """The lamina core as a PEX, and running it as a sandboxed, cacheable process."""
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterable
@@ -17,6 +18,9 @@ from pants.util.logging import LogLevel
 
 import lamina
 from lamina_pants.subsystem import LaminaSubsystem
+
+
+logger = logging.getLogger(__name__)
 
 
 class LaminaBuildError(Exception):
@@ -70,6 +74,10 @@ class LaminaRun:
     input_digest: Digest
     output_directory: str
     description: str
+    extra_env: tuple[tuple[str, str], ...] = ()
+    # PER_SESSION for what asks a daemon or registry for its current state; everything keyed
+    # on content stays SUCCESSFUL (cached locally and remotely).
+    cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL
 
 
 @dataclass(frozen=True)
@@ -89,10 +97,14 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
             output_directories=(request.output_directory,),
             description=request.description,
             level=LogLevel.INFO,
-            cache_scope=ProcessCacheScope.SUCCESSFUL,
+            cache_scope=request.cache_scope,
+            extra_env=dict(request.extra_env),
         ),
     )
     result = await Get(FallibleProcessResult, Process, process)
+    for line in result.stderr.decode(errors="replace").splitlines():
+        if line.startswith("lamina: warning: "):
+            logger.warning(f"{request.address}: {line[len('lamina: warning: '):]}")
     if result.exit_code != 0:
         message = result.stderr.decode(errors="replace").strip()
         lines = [l for l in message.splitlines() if l.strip()]

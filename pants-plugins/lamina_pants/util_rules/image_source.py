@@ -7,11 +7,14 @@ from typing import Iterable
 
 from pants.core.goals.package import BuiltPackage, EnvironmentAwarePackageRequest, PackageFieldSet
 from pants.engine.addresses import Address, UnparsedAddressInputs
-from pants.engine.fs import Digest, GlobExpansionConjunction, GlobMatchErrorBehavior, PathGlobs
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.fs import EMPTY_DIGEST, Digest, GlobExpansionConjunction, GlobMatchErrorBehavior, PathGlobs
+from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, Targets
 
-from lamina_pants.util_rules.core import LaminaBuildError
+from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 
 _PATH_TRANSPORTS = ("docker-archive", "oci", "oci-archive")
 
@@ -28,6 +31,71 @@ class ResolvedImageSource:
     digest: Digest  # the image's files, at their paths relative to the build root
     reference: str  # what the lamina CLI is given
     label: str  # how the source is recorded in the image (stable across machines)
+    # For registry sources, which the extracting process itself reads over the network:
+    extra_argv: tuple[str, ...] = ()
+    extra_env: tuple[tuple[str, str], ...] = ()
+    cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL
+
+
+@dataclass(frozen=True)
+class DaemonImageRequest:
+    value: str
+    address: Address
+
+
+@dataclass(frozen=True)
+class RegistryImageRequest:
+    value: str
+
+
+@rule
+async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
+    """Ask the engine (once per session) which image ID the name means; export keyed on that ID."""
+    value, address = request.value, request.address
+    name = value[len("docker-daemon:"):]
+    env_vars = await Get(EnvironmentVars, EnvironmentVarsRequest(("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")))
+    env = tuple(sorted(env_vars.items()))
+    resolved = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=address,
+            argv=("daemon-id", name),
+            input_digest=EMPTY_DIGEST,
+            output_directory="__none",
+            description=f"lamina: look up {name} in the Docker engine",
+            extra_env=env,
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        ),
+    )
+    image_id = resolved.stdout.decode().strip()
+    exported = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=address,
+            argv=("daemon-export", image_id, "--out=__image/image.tar"),
+            input_digest=EMPTY_DIGEST,
+            output_directory="__image",
+            description=f"lamina: export {name} ({image_id[:19]}) from the Docker engine",
+            extra_env=env,
+        ),
+    )
+    return ResolvedImageSource(exported.output_digest, "docker-archive:__image/image.tar", value)
+
+
+@rule
+async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsystem) -> ResolvedImageSource:
+    value = request.value
+    pinned = "@sha256:" in value
+    env_vars = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
+    return ResolvedImageSource(
+        EMPTY_DIGEST,
+        value,
+        value,
+        extra_argv=lamina.registry_args(),
+        extra_env=tuple(sorted(env_vars.items())),
+        # A digest names fixed bytes; a tag is asked about again every session.
+        cache_scope=ProcessCacheScope.SUCCESSFUL if pinned else ProcessCacheScope.PER_SESSION,
+    )
 
 
 def is_address(value: str) -> bool:
@@ -38,6 +106,10 @@ def is_address(value: str) -> bool:
 async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSource:
     value, address = request.value, request.address
     origin = f"the `{request.field_alias}` field of {address}"
+    if value.startswith("docker-daemon:"):
+        return await Get(ResolvedImageSource, DaemonImageRequest(value, address))
+    if value.startswith("docker://"):
+        return await Get(ResolvedImageSource, RegistryImageRequest(value))
     if is_address(value):
         targets = await Get(
             Targets, UnparsedAddressInputs([value], owning_address=address, description_of_origin=origin)

@@ -44,10 +44,13 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
                 f"--layer={request.selector}",
                 f"--out={BUNDLE_DIR}",
                 f"--name={request.source.label}",
+                *request.source.extra_argv,
             ),
             input_digest=request.source.digest,
             output_directory=BUNDLE_DIR,
             description=f"lamina: extract {request.what} of {request.address} from {request.source.label}",
+            extra_env=request.source.extra_env,
+            cache_scope=request.source.cache_scope,
         ),
     )
     return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)))

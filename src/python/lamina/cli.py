@@ -168,6 +168,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon_id(args: argparse.Namespace) -> int:
+    from lamina.daemon import connect, resolve
+
+    print(resolve(connect(os.environ), args.name))
+    return 0
+
+
 def cmd_daemon_export(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, export
 
@@ -262,6 +269,10 @@ def parser() -> argparse.ArgumentParser:
     pu.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(pu)
     pu.set_defaults(func=cmd_push)
+
+    di = sub.add_parser("daemon-id", help="print the ID of an image in the Docker engine (DOCKER_HOST)")
+    di.add_argument("name", help="image name or ID in the engine")
+    di.set_defaults(func=cmd_daemon_id)
 
     de = sub.add_parser("daemon-export", help="save an image from the Docker engine (DOCKER_HOST) to a tar; "
                                               "prints its image ID")

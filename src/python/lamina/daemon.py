@@ -69,12 +69,11 @@ def _api_errors() -> tuple[type[BaseException], ...]:
     return docker.errors.DockerException, OSError
 
 
-def resolve(engine: Engine, name: str) -> str:
-    """The image ID (sha256:...) `name` (a tag or an ID) names in the engine now."""
+def _inspect(engine: Engine, name: str) -> dict:
     import docker.errors
 
     try:
-        return str(engine.client.api.inspect_image(name)["Id"])
+        return dict(engine.client.api.inspect_image(name))
     except docker.errors.ImageNotFound:
         raise DaemonError(f"no image {name!r} in the Docker engine at {engine.name}; build or pull it first, "
                           "or check the name (`docker images`)") from None
@@ -82,11 +81,16 @@ def resolve(engine: Engine, name: str) -> str:
         raise DaemonError(f"asking the Docker engine at {engine.name} about {name!r} failed: {_short(e)}") from e
 
 
+def resolve(engine: Engine, name: str) -> str:
+    """The image ID (sha256:...) `name` (a tag or an ID) names in the engine now."""
+    return str(_inspect(engine, name)["Id"])
+
+
 def _saved_name(engine: Engine, name: str, image_id: str) -> Optional[str]:
     """The tag to save `name` under (so the archive keeps it), or None when `name` is an ID."""
     if name.startswith("sha256:") or image_id.startswith("sha256:" + name):
         return None
-    tags = engine.client.api.inspect_image(image_id).get("RepoTags") or []
+    tags = _inspect(engine, image_id).get("RepoTags") or []
     for candidate in (name, name + ":latest"):
         if candidate in tags:
             return candidate
@@ -121,8 +125,10 @@ def export(engine: Engine, name: str, out_path: str) -> Exported:
                 raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
             out.flush()
             os.fsync(out.fileno())
-        saved = read_docker_archive(TarSource(tmp), name)
-        if saved.config_descriptor.digest != image_id:
+        archive = TarSource(tmp)
+        saved = read_docker_archive(archive, name)
+        # the ID is the config's digest (graph-driver store) or a manifest's (containerd store, Docker 25+)
+        if saved.config_descriptor.digest != image_id and archive.blob_size(image_id) is None:
             raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
                               f"{saved.config_descriptor.digest}); run the export again")
         os.chmod(tmp, 0o644)

@@ -194,3 +194,47 @@ def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo:
     assert "Traceback" not in output
     assert not (repo.root / "dist" / "apt" / "strict.tar").exists()
     assert not (repo.root / "dist" / "apt" / "strict.layers.json").exists()
+
+
+def test_layer_from_the_docker_engine_is_exported_once_per_image_id(repo: SampleRepo) -> None:
+    tag = f"{PREFIX}/daemon-src:latest"
+    build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-1 > /engine\n")
+    repo.write(
+        "daemon/BUILD",
+        f"""
+docker_layer(name="d", image="docker-daemon:{tag}", layer=-1)
+composed_image(name="img", base="../images/base.tar", layers=[":d"], repository="{PREFIX}/daemon-img")
+""",
+    )
+    try:
+        first = completed_processes(repo.pants("package", "daemon:img").stderr)
+        assert any(p.startswith("lamina: export") for p in first), first
+        assert any(p.startswith("lamina: extract layer of daemon:d") for p in first), first
+
+        second = completed_processes(repo.pants("package", "daemon:img").stderr)
+        assert [p for p in second if p.startswith(("lamina: export", "lamina: extract"))] == [], second
+
+        build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-2 > /engine\n")
+        third = completed_processes(repo.pants("package", "daemon:img").stderr)
+        extracted = [p for p in third if p.startswith("lamina: extract")]
+        assert extracted == [f"lamina: extract layer of daemon:d from docker-daemon:{tag}"], third
+        assert any(p.startswith("lamina: export") for p in third), third
+        docker("load", "-i", str(repo.root / "dist" / "daemon" / "img.tar"))
+        out = docker("run", "--rm", "--network", "none", f"{PREFIX}/daemon-img:latest", "cat", "/engine").stdout
+        assert out.strip() == "engine-2"
+    finally:
+        docker("image", "rm", "-f", tag, f"{PREFIX}/daemon-img:latest", check=False)
+
+
+def test_missing_engine_image_is_one_clear_error(repo: SampleRepo) -> None:
+    repo.write(
+        "daemon_missing/BUILD",
+        'docker_layer(name="d", image="docker-daemon:lamina-no-such-image:nope", layer=-1)\n'
+        'composed_image(name="img", base="../images/base.tar", layers=[":d"])\n',
+    )
+    result = repo.pants("package", "daemon_missing:img", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "daemon_missing:d" in output and "lamina-no-such-image:nope" in output, output
+    assert "DOCKER_HOST" in output or "engine" in output, output
+    assert "Traceback" not in output
