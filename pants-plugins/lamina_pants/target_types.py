@@ -311,6 +311,39 @@ class ComposedImageTagsField(StringSequenceField):
     help = "Tags of `repository` written into the image archive. Example: `image_tags=[\"v1\", \"latest\"]`."
 
 
+_REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
+
+
+class ComposedImageRegistriesField(StringSequenceField):
+    alias = "registries"
+    help = help_text(
+        """
+        Registries `pants publish` pushes the image to, as `host[:port]` (optionally with a path
+        prefix), e.g. `registries=["registry.example.com", "127.0.0.1:5000"]`. Each gets
+        `repository:tag` for every `image_tags` entry. Blobs the registry has are skipped, blobs
+        from another repository of the same registry are mounted, and the manifest goes last.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        for registry in value or ():
+            if not _REGISTRY.match(registry):
+                raise InvalidFieldException(
+                    f"The {repr(cls.alias)} field in target {address} has {registry!r}, which is not "
+                    "host[:port][/prefix]; e.g. \"registry.example.com\" or \"127.0.0.1:5000\" "
+                    "(no scheme, no tag)."
+                )
+        return value
+
+
+class ComposedImageSkipPushField(BoolField):
+    alias = "skip_push"
+    default = False
+    help = "If true, `pants publish` skips this image."
+
+
 OUTPUT_FORMATS = ("docker-archive", "oci", "oci-archive")
 FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar"}
 
@@ -357,6 +390,8 @@ class ComposedImageTarget(Target):
         ComposedImageTagsField,
         ComposedImageOutputFormatField,
         ComposedImageOutputPathField,
+        ComposedImageRegistriesField,
+        ComposedImageSkipPushField,
     )
     help = help_text(
         """

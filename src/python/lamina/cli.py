@@ -157,13 +157,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
+    from lamina.registry.locations import BlobLocations, default_path
     from lamina.registry.push import parse_targets, push
     from lamina.sources import open_image
 
     targets = parse_targets(args.to)
     options = _registry(args)
     image = open_image(args.source, platform=_platform(args.platform), registry=options)
-    for result in push(image, targets, options):
+    for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
         print(result.summary(), flush=True)
     return 0
 

@@ -1,11 +1,12 @@
 """Image source references (skopeo's transport names where they apply) and opening them as Images."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Optional
 
-from lamina.errors import InvalidSource
+from lamina.errors import InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.oci_layout import read_oci
 from lamina.formats.store import DirSource, TarSource
@@ -93,5 +94,22 @@ def open_image(text: str, name: Optional[str] = None, platform: Optional[Platfor
     if transport == "docker-archive":
         if not source.has_file("manifest.json"):
             raise InvalidSource(f"{ref.path}: not a docker save archive (no manifest.json)")
-        return read_docker_archive(source, label, ref.ref)
+        image = read_docker_archive(source, label, ref.ref)
+        return _richer_oci_view(source, image, label, ref.ref, platform)
     return read_oci(source, label, ref.ref, platform)
+
+
+def _richer_oci_view(source: TarSource, image: Image, label: str, tag: Optional[str],
+                     platform: Optional[Platform]) -> Image:
+    """The same image read through the archive's OCI index when it has one (Docker 25+ and lamina
+    write both): that view keeps exact media types and layer annotations (the audit trail, and the
+    source repositories a push can mount from). Used only when it agrees on the config digest."""
+    if not (source.has_file("oci-layout") and source.has_file("index.json")):
+        return image
+    try:
+        oci = read_oci(source, label, tag, platform)
+    except LaminaError:
+        return image
+    if oci.config_descriptor.digest != image.config_descriptor.digest or oci.diff_ids != image.diff_ids:
+        return image
+    return dataclasses.replace(oci, tags=image.tags or oci.tags)

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 from lamina.blobs import Opener
 from lamina.errors import InvalidSource
 from lamina.image import Image
+from lamina.registry.locations import BlobLocations
 from lamina.model import ANN_SOURCE, OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type
 from lamina.registry.client import RegistryClient, push_scope
 from lamina.registry.errors import BadReference
@@ -104,9 +105,10 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
     return out
 
 
-def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Sequence[str], where: str) -> BlobOutcome:
+def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Sequence[str], where: str,
+               remembered: Sequence[str] = ()) -> BlobOutcome:
     d = blob.descriptor
-    candidates = [r for r in dict.fromkeys(list(blob.mount_from) + list(pushed_repos)) if r != repo]
+    candidates = [r for r in dict.fromkeys([*blob.mount_from, *pushed_repos, *remembered]) if r != repo]
     if client.head_blob(repo, d.digest, push_scope(repo)) is not None:
         return BlobOutcome(d.digest, d.size, "present")
     location: Optional[str] = None
@@ -135,7 +137,8 @@ def parse_targets(texts: Sequence[str]) -> tuple[Reference, ...]:
 
 
 def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
-         clients: Optional[dict[str, RegistryClient]] = None) -> tuple[PushResult, ...]:
+         clients: Optional[dict[str, RegistryClient]] = None,
+         locations: Optional[BlobLocations] = None) -> tuple[PushResult, ...]:
     """Push `image` to every target. All blobs of every repository go first, then the manifests, one per tag,
     so a failure part-way never leaves a tag naming blobs the registry lacks.
     """
@@ -149,9 +152,15 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
             continue
         client = clients.setdefault(target.registry, RegistryClient(target.registry, options))
         done = pushed.setdefault(target.registry, [])
-        outcomes[key] = tuple(_push_blob(client, target.repository, blob, done, f"{image.source} -> {target}")
-                              for blob in _blobs(image, target.registry))
+        blobs = _blobs(image, target.registry)
+        outcomes[key] = tuple(
+            _push_blob(client, target.repository, blob, done, f"{image.source} -> {target}",
+                       locations.repos(target.registry, blob.descriptor.digest) if locations else ())
+            for blob in blobs
+        )
         done.append(target.repository)
+        if locations:
+            locations.record(target.registry, target.repository, (b.descriptor.digest for b in blobs))
     results = []
     first: set[tuple[str, str]] = set()
     for target in targets:

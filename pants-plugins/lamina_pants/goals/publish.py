@@ -1,0 +1,97 @@
+"""`pants publish` for `composed_image`: `lamina push` to each registry, no Docker engine needed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.core.goals.publish import (
+    PublishFieldSet,
+    PublishOutputData,
+    PublishPackages,
+    PublishProcesses,
+    PublishRequest,
+)
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.unions import UnionRule
+from pants.backend.python.util_rules.pex import VenvPexProcess
+
+from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.target_types import (
+    ComposedImageBaseField,
+    ComposedImageRegistriesField,
+    ComposedImageRepositoryField,
+    ComposedImageSkipPushField,
+    ComposedImageTagsField,
+)
+from lamina_pants.util_rules.core import LaminaCore
+
+
+class PublishComposedImageRequest(PublishRequest):
+    pass
+
+
+@dataclass(frozen=True)
+class PublishComposedImageFieldSet(PublishFieldSet):
+    publish_request_type = PublishComposedImageRequest
+    required_fields = (ComposedImageBaseField,)
+
+    registries: ComposedImageRegistriesField
+    skip_push: ComposedImageSkipPushField
+    repository: ComposedImageRepositoryField
+    image_tags: ComposedImageTagsField
+
+    def refs(self) -> tuple[str, ...]:
+        repository = self.repository.value or self.address.target_name
+        return tuple(
+            f"{registry}/{repository}:{tag}"
+            for registry in (self.registries.value or ())
+            for tag in (self.image_tags.value or ())
+        )
+
+    def get_output_data(self) -> PublishOutputData:
+        return PublishOutputData(
+            {"publisher": "lamina", "registries": self.registries.value or (), **super().get_output_data()}
+        )
+
+
+@rule(desc="Push composed images")
+async def publish_composed_image(
+    request: PublishComposedImageRequest, core: LaminaCore, lamina: LaminaSubsystem
+) -> PublishProcesses:
+    fs = request.field_set
+    refs = fs.refs()
+    if fs.skip_push.value:
+        return PublishProcesses([PublishPackages(names=refs, description=f"(by `skip_push` on {fs.address})")])
+    if not refs:
+        return PublishProcesses(
+            [PublishPackages(names=(), description=f"(no `registries` on {fs.address})")]
+        )
+    relpath = next(a.relpath for p in request.packages for a in p.artifacts if a.relpath)
+    env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
+    process = await Get(
+        Process,
+        VenvPexProcess(
+            core.pex,
+            argv=("push", relpath, *(f"--to={r}" for r in refs), *lamina.registry_args()),
+            input_digest=request.packages[0].digest,
+            description=f"lamina: push {fs.address}",
+            extra_env=dict(env),
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        ),
+    )
+    return PublishProcesses(
+        [
+            PublishPackages(
+                names=refs,
+                process=InteractiveProcess.from_process(process),
+                description=", ".join(sorted(set(r.split("/", 1)[0] for r in refs))),
+                data=fs.get_output_data(),
+            )
+        ]
+    )
+
+
+def rules() -> Iterable:
+    return [*collect_rules(), *PublishComposedImageFieldSet.rules()]

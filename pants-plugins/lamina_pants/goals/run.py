@@ -1,0 +1,71 @@
+"""`pants run` for `composed_image`: load it into the engine (only the layers it lacks), then `docker run`."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Iterable
+
+from pants.core.goals.package import BuiltPackage, PackageFieldSet
+from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
+from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.fs import EMPTY_DIGEST
+from pants.engine.process import ProcessCacheScope
+from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import WrappedTarget, WrappedTargetRequest
+from pants.engine.unions import UnionRule
+
+from lamina_pants.goals.package import ComposedImageFieldSet
+from lamina_pants.target_types import ComposedImageBaseField, ComposedImageRepositoryField, ComposedImageTagsField
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+
+logger = logging.getLogger(__name__)
+
+_DOCKER_ENV = ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_CONFIG", "PATH", "HOME")
+
+
+@dataclass(frozen=True)
+class ComposedImageRunFieldSet(RunFieldSet):
+    required_fields = (ComposedImageBaseField,)
+    run_in_sandbox_behavior = RunInSandboxBehavior.NOT_SUPPORTED
+
+    repository: ComposedImageRepositoryField
+    image_tags: ComposedImageTagsField
+
+
+@rule(desc="Run a composed image")
+async def run_composed_image(fs: ComposedImageRunFieldSet) -> RunRequest:
+    wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
+    package_fs = ComposedImageFieldSet.create(wrapped.target)
+    package = await Get(BuiltPackage, PackageFieldSet, package_fs)
+    relpath = next(a.relpath for a in package.artifacts if a.relpath)
+    refs = package_fs.image_refs()
+    env = await Get(EnvironmentVars, EnvironmentVarsRequest(_DOCKER_ENV))
+    # Loading asks the engine what it has now, so it is done afresh every run.
+    loaded = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=fs.address,
+            argv=("load", relpath, *(f"--tag={r}" for r in refs)),
+            input_digest=package.digest,
+            output_directory="__none",
+            description=f"lamina: load {fs.address} into the Docker engine",
+            extra_env=tuple(sorted((k, v) for k, v in env.items() if k != "PATH")),
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        ),
+    )
+    logger.info(loaded.stdout.decode(errors="replace").strip())
+    docker = await Get(
+        BinaryPaths, BinaryPathRequest(binary_name="docker", search_path=SearchPath(env.get("PATH", "/usr/bin:/bin").split(":")))
+    )
+    if docker.first_path is None:
+        raise LaminaBuildError(f"{fs.address}: `pants run` needs the docker CLI on PATH to run the loaded image")
+    return RunRequest(
+        digest=EMPTY_DIGEST,
+        args=(docker.first_path.path, "run", "--rm", "-i", refs[0]),
+        extra_env={k: v for k, v in env.items()},
+    )
+
+
+def rules() -> Iterable:
+    return [*collect_rules(), *ComposedImageRunFieldSet.rules()]
