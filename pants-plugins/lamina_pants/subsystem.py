@@ -59,6 +59,18 @@ class LaminaSubsystem(Subsystem):
         advanced=True,
     )
 
+    check_compositions = BoolOption(
+        default=True,
+        help=softwrap(
+            """
+            Scan every layer (once, cached) and check each composed image for conflicts,
+            whiteouts that delete other images' files, broken hard links and missing shared
+            libraries. Turn off only to measure what the checks cost.
+            """
+        ),
+        advanced=True,
+    )
+
     def registry_args(self) -> tuple[str, ...]:
         args = [f"--insecure={h}" for h in self.insecure_registries]
         if self.ca_bundle:

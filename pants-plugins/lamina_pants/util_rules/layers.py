@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pants.engine.addresses import Address
 from pants.engine.fs import Digest, RemovePrefix
@@ -24,6 +24,7 @@ class BundleRequest:
     selector: str
     address: Address
     what: str
+    platform: Optional[str] = None  # picks the image of a multi-platform index
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
                 f"--out={BUNDLE_DIR}",
                 f"--name={request.source.label}",
                 *request.source.extra_argv,
+                *((f"--platform={request.platform}",) if request.platform else ()),
             ),
             input_digest=request.source.digest,
             output_directory=BUNDLE_DIR,
@@ -60,6 +62,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
 class DockerLayerRequest:
     address: Address
     wanted_by: Address
+    platform: Optional[str] = None  # the composed image's, when it names one
 
 
 @rule
@@ -78,7 +81,8 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
         ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
     )
     return await Get(
-        Bundle, BundleRequest(source, target[DockerLayerSelectorField].value, target.address, "layer")
+        Bundle,
+        BundleRequest(source, target[DockerLayerSelectorField].value, target.address, "layer", request.platform),
     )
 
 

@@ -70,6 +70,18 @@ env_vars = ["PIP_CONFIG_FILE=/dev/null"]
         path.write_text(text)
         return path
 
+    def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("PANTS_")}
+        full_env.update({"NO_SCIE_WARNING": "1", "PANTS_BUILDROOT_OVERRIDE": str(self.root)})
+        full_env.update(extra or {})
+        return full_env
+
+    def pants_argv(self, *args: str) -> List[str]:
+        venv = os.environ.get("LAMINA_PANTS_VENV")
+        if not venv:
+            raise RuntimeError("LAMINA_PANTS_VENV is not set; run the tests through ./pants")
+        return [os.path.join(venv, "bin", "pants"), *args]
+
     def pants(self, *args: str, check: bool = True, env: Optional[Dict[str, str]] = None,
               timeout: float = 600) -> "subprocess.CompletedProcess[str]":
         venv = os.environ.get("LAMINA_PANTS_VENV")

@@ -1,0 +1,107 @@
+"""`pants layers`: list the layers of `docker_layer` sources and of composed images (the seed's manual
+"identify the layers" and "verification" steps): index, digest, diff_id, size, created_by."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+from pants.core.goals.package import BuiltPackage, PackageFieldSet
+from pants.engine.console import Console
+from pants.engine.fs import Digest
+from pants.engine.goal import Goal, GoalSubsystem
+from pants.engine.rules import Get, MultiGet, collect_rules, goal_rule, rule
+from pants.engine.target import Target, Targets
+from pants.option.option_types import BoolOption
+
+from lamina_pants.goals.package import ComposedImageFieldSet
+from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField
+from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
+
+
+class LayersSubsystem(GoalSubsystem):
+    name = "layers"
+    help = (
+        "List the layers of the images that `docker_layer` targets take from, and of composed images: "
+        "index, digest, diff_id, size and created_by."
+    )
+
+    files = BoolOption(default=False, help="Also list each layer's entries (like `tar -tf`).")
+    conflicts = BoolOption(
+        default=False, help="For composed images, also print the conflict report of the final stack."
+    )
+
+
+class Layers(Goal):
+    subsystem_cls = LayersSubsystem
+    environment_behavior = Goal.EnvironmentBehavior.LOCAL_ONLY
+
+
+@dataclass(frozen=True)
+class LayerListingRequest:
+    target: Target
+    files: bool
+    conflicts: bool
+
+
+@dataclass(frozen=True)
+class LayerListing:
+    text: Optional[str]
+
+
+@rule
+async def list_layers(request: LayerListingRequest) -> LayerListing:
+    target = request.target
+    flags = ("--files",) if request.files else ()
+    if target.has_field(DockerLayerImageField):
+        source = await Get(
+            ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
+        )
+        reference, digest, extra = source.reference, source.digest, source.extra_argv
+        env, scope = source.extra_env, source.cache_scope
+    elif target.has_field(ComposedImageBaseField):
+        package = await Get(BuiltPackage, PackageFieldSet, ComposedImageFieldSet.create(target))
+        reference = next(a.relpath for a in package.artifacts if a.relpath)
+        digest, extra, env = package.digest, (), ()
+        scope = LaminaRun.__dataclass_fields__["cache_scope"].default  # type: ignore[attr-defined]
+        if request.conflicts:
+            flags += ("--conflicts",)
+    else:
+        return LaminaListingNone
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=target.address,
+            argv=("layers", reference, *flags, *extra),
+            input_digest=digest,
+            output_directory="__none",
+            description=f"lamina: list layers of {target.address}",
+            extra_env=env,
+            cache_scope=scope,
+        ),
+    )
+    return LayerListing(result.stdout.decode(errors="replace"))
+
+
+LaminaListingNone = LayerListing(None)
+
+
+@goal_rule
+async def layers_goal(console: Console, subsystem: LayersSubsystem, targets: Targets) -> Layers:
+    listings = await MultiGet(
+        Get(LayerListing, LayerListingRequest(t, subsystem.files, subsystem.conflicts)) for t in targets
+    )
+    shown = 0
+    for target, listing in zip(targets, listings):
+        if listing.text is None:
+            continue
+        shown += 1
+        console.print_stdout(f"{target.address}:")
+        console.print_stdout("  " + listing.text.rstrip("\n").replace("\n", "\n  "))
+    if not shown:
+        console.print_stderr("No docker_layer or composed_image targets matched.")
+    return Layers(exit_code=0)
+
+
+def rules() -> Iterable:
+    return collect_rules()

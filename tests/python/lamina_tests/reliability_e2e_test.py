@@ -1,0 +1,74 @@
+"""Reliability: an interrupted build recovers, and many images sharing layers extract each layer once."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+from lamina.sources import open_image
+from lamina.testing.big import write_big_docker_archive
+from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina.validate import validate
+from lamina_tests.support.sample_repo import SampleRepo, completed_processes
+
+
+def test_a_build_killed_mid_extraction_leaves_nothing_and_the_next_one_is_correct(tmp_path: Path) -> None:
+    repo = SampleRepo(tmp_path / "repo")
+    (repo.root / "images").mkdir()
+    diff_ids = write_big_docker_archive(str(repo.root / "images" / "big.tar"), [1 << 20, 300 << 20])
+    repo.write(
+        "images/BUILD",
+        'docker_layer(name="big", image="big.tar", layer=-1)\n'
+        'composed_image(name="img", base="scratch", platform="linux/amd64", layers=[":big"])\n',
+    )
+    log = tmp_path / "killed.log"
+    with log.open("wb") as out:
+        child = subprocess.Popen(
+            repo.pants_argv("package", "images:img"), cwd=repo.root, env=repo.env(), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 300
+        while "Starting: lamina: extract" not in log.read_text(errors="replace"):
+            assert child.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside the copy of a 300 MB layer
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not (repo.root / "dist" / "images" / "img.tar").exists()
+
+    result = repo.pants("package", "images:img")
+    assert "lamina: extract layer of images:big from images/big.tar" in completed_processes(result.stderr)
+    image = open_image(str(repo.root / "dist" / "images" / "img.tar"))
+    assert list(image.diff_ids) == diff_ids[1:]
+    assert validate(image).layers == 1
+
+
+def test_twenty_images_sharing_layers_extract_each_layer_once(tmp_path: Path) -> None:
+    repo = SampleRepo(tmp_path / "repo")
+    images = repo.root / "images"
+    images.mkdir()
+    for name in ("a", "b", "c"):
+        layers = [FakeLayer({f"{name}/{i}": f"{name}{i}".encode() * 100}, f"RUN {name} step {i}") for i in range(3)]
+        write_docker_classic({f"{name}:latest": FakeImage(layers)}, str(images / f"{name}.tar"))
+    layer_targets = [(f"{n}{i}", n, i) for n in ("a", "b", "c") for i in (1, 2)]
+    build = [f'docker_layer(name="{t}", image="{n}.tar", layer={i})' for t, n, i in layer_targets]
+    for k in range(20):
+        picked = [f'":{layer_targets[(k + j) % len(layer_targets)][0]}"' for j in range(3)]
+        build.append(
+            f'composed_image(name="img{k}", base="a.tar", layers=[{", ".join(picked)}], env={{"K": "{k}"}})'
+        )
+    repo.write("images/BUILD", "\n".join(build) + "\n")
+    result = repo.pants("package", "::")
+    extracted = Counter(p.split(" from ")[0] for p in completed_processes(result.stderr) if p.startswith("lamina: extract"))
+    for target, _, _ in layer_targets:
+        assert extracted[f"lamina: extract layer of images:{target}"] == 1, extracted
+    assert sum(1 for p in extracted if p.startswith("lamina: extract base image")) == 1, extracted
+    assert sum(extracted.values()) == len(layer_targets) + 1, extracted
+    for k in range(20):
+        image = open_image(str(images.parent / "dist" / "images" / f"img{k}.tar"))
+        assert len(image.layers) == 3 + 3 and validate(image).layers == 6
+        assert f"K={k}" in image.config["config"]["Env"]
