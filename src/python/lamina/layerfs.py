@@ -47,7 +47,8 @@ def normalize(name: str, what: str) -> str:
     return "/".join(parts)
 
 
-def _kind(info: tarfile.TarInfo) -> str:
+def kind_of(info: tarfile.TarInfo) -> str:
+    """'file', 'dir', 'symlink', 'hardlink' or 'other'."""
     if info.isreg():
         return "file"
     if info.isdir():
@@ -69,7 +70,7 @@ def entries(layer: Layer, what: str = "") -> Iterator[Entry]:
                     linkname = info.linkname
                     if info.islnk():
                         linkname = normalize(linkname, what)
-                    yield Entry(normalize(info.name, what), _kind(info), info.size, info.mode,
+                    yield Entry(normalize(info.name, what), kind_of(info), info.size, info.mode,
                                 info.uid, info.gid, linkname)
         except tarfile.TarError as e:
             raise InvalidSource(f"{what}: not a readable tar layer ({e})") from e

@@ -15,7 +15,7 @@ from lamina.elf import MAGIC, ElfInfo, ElfScanner
 from lamina.errors import InvalidSource
 from lamina.extract import read_selection
 from lamina.image import Image, Layer
-from lamina.layerfs import normalize
+from lamina.layerfs import kind_of, normalize
 from lamina.model import ANN_SOURCE, Platform
 
 if TYPE_CHECKING:
@@ -31,18 +31,6 @@ _LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)$")
 class ScanResult:
     layers: tuple[LayerIndex, ...]
     skipped: tuple[int, ...]  # source indices of selected layers whose blob the source does not hold
-
-
-def _kind(info: tarfile.TarInfo) -> str:
-    if info.isreg():
-        return "file"
-    if info.isdir():
-        return "dir"
-    if info.issym():
-        return "symlink"
-    if info.islnk():
-        return "hardlink"
-    return "other"
 
 
 def _wants_text(path: str, size: int) -> bool:
@@ -84,7 +72,7 @@ def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str)
                     path = normalize(info.name, what)
                     if not path:
                         continue  # the root directory itself
-                    kind = _kind(info)
+                    kind = kind_of(info)
                     linkname = normalize(info.linkname, what) if kind == "hardlink" else info.linkname
                     sha, elf, text = "", None, None
                     if kind == "file":
