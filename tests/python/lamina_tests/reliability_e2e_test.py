@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -51,8 +52,10 @@ def test_twenty_images_sharing_layers_extract_each_layer_once(tmp_path: Path) ->
     repo = SampleRepo(tmp_path / "repo")
     images = repo.root / "images"
     images.mkdir()
+    nonce = uuid.uuid4().hex  # fresh content, so nothing is a hit in this machine's Pants cache
     for name in ("a", "b", "c"):
-        layers = [FakeLayer({f"{name}/{i}": f"{name}{i}".encode() * 100}, f"RUN {name} step {i}") for i in range(3)]
+        layers = [FakeLayer({f"{name}/{i}": f"{name}{i}{nonce}".encode() * 100}, f"RUN {name} step {i}")
+                  for i in range(3)]
         write_docker_classic({f"{name}:latest": FakeImage(layers)}, str(images / f"{name}.tar"))
     layer_targets = [(f"{n}{i}", n, i) for n in ("a", "b", "c") for i in (1, 2)]
     build = [f'docker_layer(name="{t}", image="{n}.tar", layer={i})' for t, n, i in layer_targets]
