@@ -50,16 +50,21 @@ class VerifiedReader(io.RawIOBase):
         want = len(buffer)
         if self._size is not None:
             want = min(want, max(self._size - self._count, 0) + 1)
-        data = self._raw.read(want) if want else b""
-        if not data:
+        view = memoryview(buffer)[:want]
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:  # straight into the caller's buffer: no copy
+            n = readinto(view) or 0
+        else:
+            data = self._raw.read(want) if want else b""
+            n = len(data)
+            view[:n] = data
+        if not n:
             self._finish()
             return 0
-        self._count += len(data)
+        self._count += n
         if self._size is not None and self._count > self._size:
             raise DigestMismatch(f"{self._what}: blob is larger than its declared size {self._size}")
-        self._hash.update(data)
-        n = len(data)
-        buffer[:n] = data
+        self._hash.update(view[:n])
         return n
 
     def _finish(self) -> None:
@@ -87,8 +92,8 @@ def verified(opener: Opener, digest: str, size: Optional[int], what: str,
     With `diff_id` as (compression, diff_id), it also checks what the bytes decompress to.
     """
     stream = io.BufferedReader(VerifiedReader(opener(), digest, size, what), CHUNK)
-    if diff_id is None:
-        return stream  # type: ignore[return-value]
+    if diff_id is None or diff_id == ("none", digest):
+        return stream  # type: ignore[return-value]  # an uncompressed blob's digest is its diff_id
     return io.BufferedReader(DiffIdCheckingReader(stream, diff_id[0], diff_id[1], what), CHUNK)  # type: ignore
 
 

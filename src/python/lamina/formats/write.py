@@ -99,10 +99,9 @@ class _Counting(io.RawIOBase):
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        self._progress.add(len(data))
-        buffer[: len(data)] = data
-        return len(data)
+        n = self._raw.readinto(buffer) or 0
+        self._progress.add(n)
+        return n
 
     def close(self) -> None:
         try:
@@ -130,8 +129,9 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
     try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w|", format=tarfile.USTAR_FORMAT,
-                                                        bufsize=CHUNK) as tf:
+        # Not stream mode ("w|"): its buffer grows by concatenation; a plain file is written directly.
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+            tf.copybufsize = CHUNK
             tf.addfile(_tarinfo("blobs/", directory=True))
             tf.addfile(_tarinfo("blobs/sha256/", directory=True))
             for name in names:
@@ -145,7 +145,9 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
                     raise InvalidSource(f"{what}: blob {d.digest} has no bytes in its source")
                 opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
                 stream = io.BufferedReader(VerifiedReader(_Counting(opener(), progress), d.digest, d.size, what), CHUNK)
-                if not trusted:  # also check what it decompresses to, as extract does
+                if not trusted and (layer.compression, layer.diff_id) != ("none", d.digest):
+                    # also check what it decompresses to, as extract does (for an uncompressed
+                    # blob the digest already is the diff_id)
                     stream = io.BufferedReader(DiffIdCheckingReader(stream, layer.compression, layer.diff_id, what), CHUNK)
                 with stream:
                     tf.addfile(_tarinfo(name, d.size), stream)
