@@ -41,7 +41,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, LayerIndex, ScanRequest, log_findings
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
@@ -172,15 +172,11 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     names = ([f"base image of {fs.address}"] if base_value != "scratch" else []) + [
         f"layer {a}" for a in layer_addresses
     ]
-    indexes = await MultiGet(
-        Get(LayerIndex, ScanRequest(b, fs.address, name))
-        for b, name in zip(stack if lamina.check_compositions else [], names)
-    )
-    # The check and the compose run side by side; a failing check fails the package before
-    # anything reaches dist/.
+    # The scans and check run side by side with the compose; a failing check fails the package
+    # before anything reaches dist/.
     check_request = CheckRequest(
         fs.address,
-        tuple(indexes),
+        tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
         fs.on_conflict.value or "warn",
         tuple(fs.allowed_conflicts.value or ()),
         fs.check_dependencies.value,

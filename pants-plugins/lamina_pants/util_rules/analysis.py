@@ -51,7 +51,7 @@ async def scan_bundle(request: ScanRequest) -> LayerIndex:
 @dataclass(frozen=True)
 class CheckRequest:
     address: Address
-    indexes: tuple[LayerIndex, ...]  # base first
+    scans: tuple[ScanRequest, ...]  # the stack's layers, base first
     on_conflict: str
     allowed: tuple[str, ...]
     check_dependencies: bool
@@ -65,10 +65,11 @@ class CheckReport:
 
 @rule
 async def check_composition(request: CheckRequest) -> CheckReport:
-    if not request.indexes:
+    if not request.scans:
         return CheckReport("", ())
+    indexes = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in request.scans)
     prefixed = await MultiGet(
-        Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(request.indexes)
+        Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(indexes)
     )
     argv = ["check", *(f"--index=__indexes/{i}/index.json" for i in range(len(prefixed)))]
     argv += [f"--on-conflict={request.on_conflict}", *(f"--allow={g}" for g in request.allowed)]
