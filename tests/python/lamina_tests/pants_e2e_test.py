@@ -198,7 +198,7 @@ def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo:
 
 def test_layer_from_the_docker_engine_is_exported_once_per_image_id(repo: SampleRepo) -> None:
     tag = f"{PREFIX}/daemon-src:latest"
-    build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-1 > /engine\n")
+    build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-1 {PREFIX} > /engine\n")  # new content, new ID
     repo.write(
         "daemon/BUILD",
         f"""
@@ -214,14 +214,14 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
         second = completed_processes(repo.pants("package", "daemon:img").stderr)
         assert [p for p in second if p.startswith(("lamina: export", "lamina: extract"))] == [], second
 
-        build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-2 > /engine\n")
+        build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-2 {PREFIX} > /engine\n")
         third = completed_processes(repo.pants("package", "daemon:img").stderr)
         extracted = [p for p in third if p.startswith("lamina: extract")]
         assert extracted == [f"lamina: extract layer of daemon:d from docker-daemon:{tag}"], third
         assert any(p.startswith("lamina: export") for p in third), third
         docker("load", "-i", str(repo.root / "dist" / "daemon" / "img.tar"))
         out = docker("run", "--rm", "--network", "none", f"{PREFIX}/daemon-img:latest", "cat", "/engine").stdout
-        assert out.strip() == "engine-2"
+        assert out.strip() == f"engine-2 {PREFIX}"
     finally:
         docker("image", "rm", "-f", tag, f"{PREFIX}/daemon-img:latest", check=False)
 
