@@ -7,7 +7,7 @@ from typing import Iterable, Optional
 
 from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console
-from pants.engine.fs import Digest
+from pants.engine.process import ProcessCacheScope
 from pants.engine.goal import Goal, GoalSubsystem
 from pants.engine.rules import Get, MultiGet, collect_rules, goal_rule, rule
 from pants.engine.target import Target, Targets
@@ -63,11 +63,11 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         package = await Get(BuiltPackage, PackageFieldSet, ComposedImageFieldSet.create(target))
         reference = next(a.relpath for a in package.artifacts if a.relpath)
         digest, extra, env = package.digest, (), ()
-        scope = LaminaRun.__dataclass_fields__["cache_scope"].default  # type: ignore[attr-defined]
+        scope = ProcessCacheScope.SUCCESSFUL
         if request.conflicts:
             flags += ("--conflicts",)
     else:
-        return LaminaListingNone
+        return LayerListing(None)
     result = await Get(
         LaminaRunResult,
         LaminaRun(
@@ -82,8 +82,6 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
     )
     return LayerListing(result.stdout.decode(errors="replace"))
 
-
-LaminaListingNone = LayerListing(None)
 
 
 @goal_rule
