@@ -238,3 +238,28 @@ def test_missing_engine_image_is_one_clear_error(repo: SampleRepo) -> None:
     assert "daemon_missing:d" in output and "lamina-no-such-image:nope" in output, output
     assert "DOCKER_HOST" in output or "engine" in output, output
     assert "Traceback" not in output
+
+
+def test_layers_goal_lists_sources_and_composed_images(repo: SampleRepo) -> None:
+    b = _diff_ids(f"{PREFIX}/b:latest")
+    listed = repo.pants("layers", "images:b_gcc", "images:dev").stdout
+    source, composed = listed.split("images:dev:")
+    assert source.startswith("images:b_gcc:"), listed
+    # The source image's layers in order, each with its diff_id and the step that made it.
+    rows = [line.split() for line in source.splitlines()[2:]]
+    assert [r[0] for r in rows] == [str(i) for i in range(len(b))], listed
+    assert [r[3] for r in rows] == [d[:19] for d in b], listed
+    assert "apt-get install gcc" in source.strip().splitlines()[-1], listed  # created_by of the top layer
+    # The composed image: the base's layers, then each added layer under its own diff_id.
+    a, c = _diff_ids(f"{PREFIX}/a:latest"), _diff_ids(f"{PREFIX}/c:latest")
+    got = [line.split()[3] for line in composed.splitlines()[2:] if line.strip()]
+    assert got == [d[:19] for d in _diff_ids(BASE_IMAGE) + [a[-1], b[-1], c[-1]]], listed
+
+
+def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> None:
+    files = repo.pants("layers", "--layers-files", "apt:a").stdout
+    assert "var/lib/dpkg/status" in files and "opt/apt_a/bin" in files, files
+    report = repo.pants("layers", "--layers-conflicts", "apt:warn").stdout
+    assert "var/lib/dpkg/status" in report and "package database" in report, report
+    quiet = repo.pants("layers", "apt:warn").stdout
+    assert "var/lib/dpkg/status" not in quiet, quiet
