@@ -19,6 +19,7 @@ G_COLD = "compose from archives, cold"
 G_WARM = "re-run, nothing changed"
 G_INCR = "after one source image changed"
 G_CORE = "lamina core vs. floor"
+G_CHECKS = "composition checks on / off"
 G_RSS = "lamina processes (peak RSS)"
 PANTS_DOCKER_TAG = "lamina-bench/pants-docker:latest"
 OUT_TAG = "lamina-bench/composed:latest"
@@ -151,6 +152,7 @@ class ComposeScenario:
              lambda: guard("(b) pants package cold/no-op", self.pants_cold_noop_list))
         pair(i, lambda: guard("(c) lamina compose", self.cli_compose), lambda: guard("(e) floor", self.floor))
         guard("lamina CLI, Pants' steps", self.cli_like_pants)
+        guard("(b) checks on / off", lambda: self.checks_on_off(i))
         self.change_source()
         pair(i, lambda: guard("(a) seed recipe incremental", self.seed_incremental),
              lambda: guard("(b) pants package incremental", self.pants_incremental))
@@ -205,6 +207,40 @@ class ComposeScenario:
 
             pair(k, noop, listing)
         r.info.setdefault("pantsd_rss_mib", []).append(round(repo.pantsd_rss_mib()))  # type: ignore[union-attr]
+
+    def checks_on_off(self, i: int) -> None:
+        """What the composition checks (scans + check, issue 5) cost: a cold `pants package` with
+        `--lamina-check-compositions` (the default) and one with `--no-lamina-check-compositions`,
+        each from a fresh store, A/B interleaved; then cached re-runs with each setting (the run
+        before each timed one has the same setting, so pantsd's graph is warm for it)."""
+        r, repo = self.bench.results, self.repo
+        assert repo is not None
+        flags = {True: "--lamina-check-compositions", False: "--no-lamina-check-compositions"}
+        keys = {True: "pants_cold_checks", False: "pants_cold_nochecks"}
+
+        def cold(checks: bool) -> None:
+            repo.make_cold()
+            res = repo.pants(flags[checks], "package", "::")
+            r.record(keys[checks], f"(b) pants package, cold, checks {'on' if checks else 'off'}", G_CHECKS,
+                     res.seconds, note="fresh local store, named caches and pantsd")
+            scans = [p for p in lamina_processes(res) if p.startswith(("lamina: scan", "lamina: check"))]
+            want = 5 if checks else 0  # 4 scans (base + 3 layers) and 1 check, or none
+            if len(scans) != want:
+                r.problem(f"pants cold, checks {'on' if checks else 'off'}: ran {len(scans)} scan/check "
+                          f"processes, expected {want}")
+
+        pair(i, lambda: cold(True), lambda: cold(False))
+        for k in range(self.bench.cfg.noop_pairs):
+            def cached(checks: bool) -> None:
+                repo.pants(flags[checks], "package", "::")
+                res = repo.pants(flags[checks], "package", "::")
+                r.record(f"pants_noop_{'checks' if checks else 'nochecks'}",
+                         f"(b) pants package, cached re-run, checks {'on' if checks else 'off'}", G_CHECKS,
+                         res.seconds, note="warm pantsd")
+                if lamina_processes(res):
+                    r.problem(f"cached re-run, checks {'on' if checks else 'off'}: ran {lamina_processes(res)}")
+
+            pair(k + i, lambda: cached(True), lambda: cached(False))
 
     def expect_processes(self, what: str, result, extracts: int, composes: int) -> None:  # type: ignore[no-untyped-def]
         got_e, got_c = len(lamina_processes(result, "extract")), len(lamina_processes(result, "compose"))
