@@ -46,6 +46,11 @@ def cmd_layers(args: argparse.Namespace) -> int:
     from lamina.sources import open_image
 
     image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
+    selected: set = set()
+    if args.select is not None:
+        from lamina.select import parse_selector, select
+
+        selected = {layer.index for layer in select(image, parse_selector(args.select))}
     rows = []
     for layer in image.layers:
         row = {
@@ -56,6 +61,8 @@ def cmd_layers(args: argparse.Namespace) -> int:
             "media_type": layer.descriptor.media_type,
             "created_by": layer.created_by,
         }
+        if args.select is not None:
+            row["selected"] = layer.index in selected
         if args.files and layer.opener is not None:
             row["files"] = [
                 e.path + ("/" if e.kind == "dir" else "") + (f" -> {e.linkname}" if e.linkname else "")
@@ -71,15 +78,19 @@ def cmd_layers(args: argparse.Namespace) -> int:
         report = check(scan_image(image), Policy(check_dependencies=False))
     if args.json:
         doc = {"source": args.source, "platform": str(image.platform), "layers": rows}
+        if args.select is not None:
+            doc["selector"] = args.select
         if report is not None:
             doc["conflicts"] = [f.to_json() for f in report.of_kind("conflict")]
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    print(f"{args.source}  platform {image.platform}  {len(rows)} layers")
+    picked = f"  (* = selected by layer={args.select})" if args.select is not None else ""
+    print(f"{args.source}  platform {image.platform}  {len(rows)} layers{picked}")
     for row in rows:
         created = row["created_by"].replace("\n", " ")
-        print(f"{row['index']:>3}  {row['digest'][:19]}  diff_id {row['diff_id'][:19]}  "
+        mark = "*" if row.get("selected") else " "
+        print(f"{row['index']:>3}{mark} {row['digest'][:19]}  diff_id {row['diff_id'][:19]}  "
               f"{row['size']:>12}  {created[:80]}")
         for f in row.get("files", []):
             print(f"       {f}")
@@ -219,6 +230,8 @@ def parser() -> argparse.ArgumentParser:
     layers.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
     layers.add_argument("--conflicts", action="store_true",
                         help="also report paths the image's layers provide with different content")
+    layers.add_argument("--select", metavar="SELECTOR",
+                        help="mark the layers this selector picks (as in `lamina extract`)")
     _registry_flags(layers)
     layers.set_defaults(func=cmd_layers)
 

@@ -60,6 +60,17 @@ def test_layers_json(capsys, src: str) -> None:  # type: ignore[no-untyped-def]
     }
 
 
+def test_layers_marks_the_selected_layers(capsys, src: str) -> None:  # type: ignore[no-untyped-def]
+    rc, out, _ = _run(capsys, "layers", src, "--select=created_by=apk add jq")
+    lines = out.splitlines()
+    assert rc == 0 and lines[0].endswith("3 layers  (* = selected by layer=created_by=apk add jq)")
+    assert [line[:4] for line in lines[1:]] == ["  0 ", "  1*", "  2 "]
+    rc, out, _ = _run(capsys, "layers", "--json", src, "--select=1:")
+    assert [l["selected"] for l in json.loads(out)["layers"]] == [False, True, True]
+    rc, out, err = _run(capsys, "layers", src, "--select=created_by=no-such")
+    assert rc != 0 and "matches no layer" in err and err.count("\n") == 1
+
+
 def test_layers_files(capsys, src: str) -> None:  # type: ignore[no-untyped-def]
     rc, out, _ = _run(capsys, "layers", "--json", "--files", src)
     assert rc == 0
