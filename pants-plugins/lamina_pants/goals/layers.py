@@ -14,7 +14,7 @@ from pants.engine.target import Target, Targets
 from pants.option.option_types import BoolOption
 
 from lamina_pants.goals.package import ComposedImageFieldSet
-from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField
+from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField, DockerLayerSelectorField
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 
@@ -23,7 +23,8 @@ class LayersSubsystem(GoalSubsystem):
     name = "layers"
     help = (
         "List the layers of the images that `docker_layer` targets take from, and of composed images: "
-        "index, digest, diff_id, size and created_by."
+        "index, digest, diff_id, size and created_by. For a `docker_layer`, the layers its `layer` "
+        "selector takes are marked with `*`."
     )
 
     files = BoolOption(default=False, help="Also list each layer's entries (like `tar -tf`).")
@@ -58,6 +59,7 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
             ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
         )
         reference, digest, extra = source.reference, source.digest, source.extra_argv
+        flags += (f"--select={target[DockerLayerSelectorField].value}",)
         env, scope = source.extra_env, source.cache_scope
     elif target.has_field(ComposedImageBaseField):
         package = await Get(BuiltPackage, PackageFieldSet, ComposedImageFieldSet.create(target))

@@ -247,7 +247,8 @@ def test_layers_goal_lists_sources_and_composed_images(repo: SampleRepo) -> None
     assert source.startswith("images:b_gcc:"), listed
     # The source image's layers in order, each with its diff_id and the step that made it.
     rows = [line.split() for line in source.splitlines()[2:]]
-    assert [r[0] for r in rows] == [str(i) for i in range(len(b))], listed
+    # ... and the one its `layer` selector takes is marked.
+    assert [r[0] for r in rows] == [str(i) for i in range(len(b) - 1)] + [f"{len(b) - 1}*"], listed
     assert [r[3] for r in rows] == [d[:19] for d in b], listed
     assert "apt-get install gcc" in source.strip().splitlines()[-1], listed  # created_by of the top layer
     # The composed image: the base's layers, then each added layer under its own diff_id.
