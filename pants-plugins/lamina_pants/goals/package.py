@@ -10,7 +10,7 @@ from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, Package
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Addresses, UnparsedAddressInputs
-from pants.engine.fs import AddPrefix, CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import SourcesField, Targets
 from pants.engine.unions import UnionRule
@@ -42,7 +42,7 @@ from lamina_pants.target_types import (
     ComposedImageWorkdirField,
 )
 from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
-from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
 
@@ -143,8 +143,10 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         ),
     )
     inputs = [files.snapshot.digest]
+    # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
+    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(layer_bundles)]
     spec: dict = {
-        "layers": [{"source": f"__layers/{i}", "target": str(a)} for i, a in enumerate(layer_addresses)],
+        "layers": [{"source": d, "target": str(a)} for (d, _), a in zip(bundles, layer_addresses)],
         "files": _file_destinations(fs, files.snapshot.files),
         "config": fs.config(),
         "tags": fs.image_refs(),
@@ -159,12 +161,10 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     else:
         source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
         base = await Get(Bundle, BundleRequest(source, ":", fs.address, "base image", fs.platform.value))
-        inputs.append(await Get(Digest, AddPrefix(base.digest, "__base")))
-        spec["base"] = {"source": "__base"}
+        base_dir = read_only_dir("base", base.digest)
+        bundles.append((base_dir, base.digest))
+        spec["base"] = {"source": base_dir}
         stack.insert(0, base)
-    inputs.extend(
-        await MultiGet(Get(Digest, AddPrefix(b.digest, f"__layers/{i}")) for i, b in enumerate(layer_bundles))
-    )
     inputs.append(
         await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
     )
@@ -191,6 +191,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             address=fs.address,
             argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
             input_digest=await Get(Digest, MergeDigests(inputs)),
+            read_only_inputs=tuple(bundles),
             output_directory=OUT_DIR,
             description=f"lamina: compose {fs.address}",
         ),

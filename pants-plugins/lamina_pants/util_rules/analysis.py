@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from pants.engine.addresses import Address
-from pants.engine.fs import AddPrefix, Digest, DigestContents, MergeDigests, RemovePrefix
+from pants.engine.fs import EMPTY_DIGEST, AddPrefix, Digest, DigestContents, MergeDigests, RemovePrefix
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 
-from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.layers import Bundle
 
 logger = logging.getLogger(__name__)
@@ -34,13 +34,14 @@ class LayerIndex:
 @rule
 async def scan_bundle(request: ScanRequest) -> LayerIndex:
     # Keyed only on the bundle's content, so a layer is scanned once, like it is extracted once.
-    inputs = await Get(Digest, AddPrefix(request.bundle.digest, "__bundle"))
+    bundle_dir = read_only_dir("bundle", request.bundle.digest)
     result = await Get(
         LaminaRunResult,
         LaminaRun(
             address=request.address,
-            argv=("scan", "__bundle", f"--out={INDEX_DIR}/index.json"),
-            input_digest=inputs,
+            argv=("scan", bundle_dir, f"--out={INDEX_DIR}/index.json"),
+            input_digest=EMPTY_DIGEST,
+            read_only_inputs=((bundle_dir, request.bundle.digest),),
             output_directory=INDEX_DIR,
             description=f"lamina: scan {request.what}",
         ),

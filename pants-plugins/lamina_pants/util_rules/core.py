@@ -1,6 +1,7 @@
 """The lamina core as a PEX, and running it as a sandboxed, cacheable process."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pants.engine.addresses import Address
 from pants.engine.fs import CreateDigest, Digest, FileContent
 from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
+from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
 import lamina
@@ -78,6 +80,18 @@ class LaminaRun:
     # PER_SESSION for what asks a daemon or registry for its current state; everything keyed
     # on content stays SUCCESSFUL (cached locally and remotely).
     cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL
+    # Large inputs the process only reads (layer bundles, source archives), by the directory name
+    # the process sees them under. Pants materializes each digest once and symlinks it into every
+    # sandbox that needs it, instead of copying its bytes into each sandbox; they are part of the
+    # cache key like `input_digest`.
+    read_only_inputs: tuple[tuple[str, Digest], ...] = ()
+
+
+def read_only_dir(role: str, digest: Digest) -> str:
+    """The directory a read-only input is linked at: named after its content, so that two runs
+    that differ only in such an input also differ in their argv (Pants 2.17 otherwise shows
+    one's description for the other)."""
+    return f"__{role}-{digest.fingerprint[:16]}"
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,13 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
             extra_env=dict(request.extra_env),
         ),
     )
+    if request.read_only_inputs:
+        process = dataclasses.replace(
+            process,
+            immutable_input_digests=FrozenDict(
+                {**process.immutable_input_digests, **dict(request.read_only_inputs)}
+            ),
+        )
     result = await Get(FallibleProcessResult, Process, process)
     for line in result.stderr.decode(errors="replace").splitlines():
         if line.startswith("lamina: warning: "):

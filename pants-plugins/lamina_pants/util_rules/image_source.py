@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pants.core.goals.package import BuiltPackage, EnvironmentAwarePackageRequest, PackageFieldSet
 from pants.engine.addresses import Address, UnparsedAddressInputs
@@ -35,6 +35,15 @@ class ResolvedImageSource:
     extra_argv: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()
     cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL
+    # For sources in `digest`: the text of `reference` before the path into the digest (the
+    # transport, e.g. "docker-archive:", or ""). None when the reference names no files.
+    path_at: Optional[int] = None
+
+    def reference_under(self, root: str) -> str:
+        """`reference` for a process that sees `digest` under the directory `root`."""
+        if self.path_at is None:
+            return self.reference
+        return f"{self.reference[:self.path_at]}{root}/{self.reference[self.path_at:]}"
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,9 @@ async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
             extra_env=env,
         ),
     )
-    return ResolvedImageSource(exported.output_digest, "docker-archive:__image/image.tar", value)
+    return ResolvedImageSource(
+        exported.output_digest, "docker-archive:__image/image.tar", value, path_at=len("docker-archive:")
+    )
 
 
 @rule
@@ -124,7 +135,7 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
         relpath = next((a.relpath for a in package.artifacts if a.relpath), None)
         if relpath is None:
             raise LaminaBuildError(f"{address}: {targets[0].address} produced no image")
-        return ResolvedImageSource(package.digest, relpath, targets[0].address.spec)
+        return ResolvedImageSource(package.digest, relpath, targets[0].address.spec, path_at=0)
 
     transport, sep, rest = value.partition(":")
     if sep and transport in _PATH_TRANSPORTS:
@@ -145,7 +156,7 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
         ),
     )
     reference = f"{prefix}{full}" + (f":{ref}" if ref else "")
-    return ResolvedImageSource(digest, reference, reference)
+    return ResolvedImageSource(digest, reference, reference, path_at=len(prefix))
 
 
 def rules() -> Iterable:

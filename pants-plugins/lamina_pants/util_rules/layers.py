@@ -5,12 +5,12 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from pants.engine.addresses import Address
-from pants.engine.fs import Digest, RemovePrefix
+from pants.engine.fs import EMPTY_DIGEST, Digest, RemovePrefix
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
 from lamina_pants.target_types import DockerLayerImageField, DockerLayerSelectorField
-from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 
 BUNDLE_DIR = "__bundle"
@@ -35,20 +35,25 @@ class Bundle:
 @rule
 async def extract_bundle(request: BundleRequest) -> Bundle:
     # Only the source's files and the selector go in, so the process is cached on their content.
+    # The source (often a large archive) is linked into the sandbox read-only, not copied, and
+    # shared by the extractions of several layers of one image.
+    source = request.source
+    source_dir = read_only_dir("source", source.digest)
     result = await Get(
         LaminaRunResult,
         LaminaRun(
             address=request.address,
             argv=(
                 "extract",
-                request.source.reference,
+                source.reference_under(source_dir),
                 f"--layer={request.selector}",
                 f"--out={BUNDLE_DIR}",
                 f"--name={request.source.label}",
                 *request.source.extra_argv,
                 *((f"--platform={request.platform}",) if request.platform else ()),
             ),
-            input_digest=request.source.digest,
+            input_digest=EMPTY_DIGEST,
+            read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
             output_directory=BUNDLE_DIR,
             description=f"lamina: extract {request.what} of {request.address} from {request.source.label}",
             extra_env=request.source.extra_env,

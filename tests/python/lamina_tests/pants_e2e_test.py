@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import uuid
 from pathlib import Path
 
@@ -264,3 +266,35 @@ def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> N
     assert "var/lib/dpkg/status" in report and "package database" in report, report
     quiet = repo.pants("layers", "apt:warn").stdout
     assert "var/lib/dpkg/status" not in quiet, quiet
+
+
+def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRepo) -> None:
+    # Fresh content, so that every process runs (the machine's Pants cache may know older runs).
+    src = FakeImage([FakeLayer({"opt/linked": f"linked {uuid.uuid4()}".encode()})])
+    (repo.root / "linked").mkdir(exist_ok=True)
+    write_docker_classic({"linked:1": src}, str(repo.root / "linked" / "src.tar"))
+    repo.write(
+        "linked/BUILD",
+        'docker_layer(name="l", image="src.tar", layer=-1)\n'
+        'composed_image(name="img", base="src.tar", layers=[":l"])\n',
+    )
+    result = repo.pants("--keep-sandboxes=always", "package", "linked:img")
+    kept = dict(
+        (desc, Path(path))
+        for path, desc in re.findall(r"Preserving local process execution dir (\S+) for (lamina: [^\n]+)", result.stderr)
+    )
+    try:
+        extract = kept["lamina: extract layer of linked:l from linked/src.tar"]
+        compose = kept["lamina: compose linked:img"]
+        scans = [p for d, p in kept.items() if d.startswith("lamina: scan")]
+        assert len(scans) == 2, sorted(kept)
+        # The source archive and the bundles are symlinks to one read-only copy, not sandbox files.
+        (source,) = [p for p in extract.iterdir() if p.name.startswith("__source-")]
+        assert source.is_symlink() and (source / "linked" / "src.tar").is_file()
+        linked = sorted(p.name.split("-")[0] for p in compose.iterdir() if p.is_symlink() and p.name.startswith("__"))
+        assert linked == ["__base", "__layer0"], sorted(p.name for p in compose.iterdir())
+        for scan in scans:
+            assert [p.is_symlink() for p in scan.iterdir() if p.name.startswith("__bundle-")] == [True]
+    finally:
+        for path in kept.values():
+            shutil.rmtree(path, ignore_errors=True)
