@@ -356,6 +356,11 @@ class ComposedImageOutputFormatField(StringField):
         """
         What `pants package` writes to `dist/`: `"docker-archive"` (a `.tar` for `docker load`),
         `"oci"` (an OCI layout directory, `.oci`), or `"oci-archive"` (a tar of one, `.oci.tar`).
+
+        For large images, `"oci"` is the cheapest to rebuild: its blobs are the layers' own bytes,
+        which Pants' cache already holds, so after one source changes only that layer is new;
+        an archive format is a new file as large as the whole image every time. `pants run`
+        and `pants publish` work from any of the three.
         """
     )
 
