@@ -27,6 +27,8 @@ RATIOS = (
     RatioSpec("seed_cold_vs_cli", "seed recipe cold / lamina CLI compose", "seed_cold", "cli_compose", (">=", 2.0)),
     RatioSpec("seed_incr_vs_pants_incr", "seed recipe incremental / pants incremental", "seed_incr", "pants_incr",
               (">=", 5.0)),
+    RatioSpec("seed_incr_vs_pants_incr_oci", "seed recipe incremental / pants incremental (oci output)",
+              "seed_incr", "pants_incr_oci", (">=", 5.0)),
     RatioSpec("seed_warm_vs_pants_noop", "seed recipe warm / pants no-op", "seed_warm", "pants_noop"),
     RatioSpec("docker_image_vs_seed", "pants docker_image / seed recipe cold", "pants_docker_image", "seed_cold"),
     RatioSpec("cli_vs_floor", "lamina CLI compose / floor", "cli_compose", "floor", ("<=", 1.3)),

@@ -37,7 +37,20 @@ composed_image(
     repository="{OUT_TAG.split(':')[0]}",
     image_tags=["latest"],
 )
+
+# The same image as an OCI layout directory: its blobs are the layer bundles' bytes, which Pants'
+# store already holds, so capturing the output stores nothing new.
+composed_image(
+    name="composed_oci",
+    base="base.tar",
+    layers=[":l1", ":l2", ":l3"],
+    repository="{OUT_TAG.split(':')[0]}-oci",
+    image_tags=["latest"],
+    output_format="oci",
+)
 """
+TARGET = "images:composed"
+TARGET_OCI = "images:composed_oci"
 
 DOCKER_BUILD = f"""
 files(name="layers", sources=["layer*.tar"])
@@ -156,6 +169,8 @@ class ComposeScenario:
         self.change_source()
         pair(i, lambda: guard("(a) seed recipe incremental", self.seed_incremental),
              lambda: guard("(b) pants package incremental", self.pants_incremental))
+        self.change_source()
+        guard("(b) pants package incremental, OCI layout output", self.pants_incremental_oci)
 
     def docker_image_cold(self) -> None:
         r = self.bench.results
@@ -189,7 +204,7 @@ class ComposeScenario:
         b, r, repo = self.bench, self.bench.results, self.repo
         assert repo is not None
         repo.make_cold()
-        cold = repo.pants("package", "::")
+        cold = repo.pants("package", TARGET)
         r.record("pants_cold", "(b) pants package, cold", G_COLD, cold.seconds,
                  note="fresh local store, named caches and pantsd")
         r.add_phases("(b) pants package, cold", phases(cold))
@@ -197,7 +212,7 @@ class ComposeScenario:
         self.check_digest_true(self.work / "repo" / "dist" / "images" / "composed.tar", "pants output")
         for k in range(b.cfg.noop_pairs):
             def noop() -> None:
-                res = repo.pants("package", "::")
+                res = repo.pants("package", TARGET)
                 r.record("pants_noop", "(b) pants package, no-op", G_WARM, res.seconds, note="warm pantsd")
                 self.expect_processes("no-op", res, extracts=0, composes=0)
 
@@ -220,7 +235,7 @@ class ComposeScenario:
 
         def cold(checks: bool) -> None:
             repo.make_cold()
-            res = repo.pants(flags[checks], "package", "::")
+            res = repo.pants(flags[checks], "package", TARGET)
             r.record(keys[checks], f"(b) pants package, cold, checks {'on' if checks else 'off'}", G_CHECKS,
                      res.seconds, note="fresh local store, named caches and pantsd")
             scans = [p for p in lamina_processes(res) if p.startswith(("lamina: scan", "lamina: check"))]
@@ -232,8 +247,8 @@ class ComposeScenario:
         pair(i, lambda: cold(True), lambda: cold(False))
         for k in range(self.bench.cfg.noop_pairs):
             def cached(checks: bool) -> None:
-                repo.pants(flags[checks], "package", "::")
-                res = repo.pants(flags[checks], "package", "::")
+                repo.pants(flags[checks], "package", TARGET)
+                res = repo.pants(flags[checks], "package", TARGET)
                 r.record(f"pants_noop_{'checks' if checks else 'nochecks'}",
                          f"(b) pants package, cached re-run, checks {'on' if checks else 'off'}", G_CHECKS,
                          res.seconds, note="warm pantsd")
@@ -336,11 +351,21 @@ class ComposeScenario:
 
     def pants_incremental(self) -> None:
         assert self.repo is not None
-        result = self.repo.pants("package", "::")
+        result = self.repo.pants("package", TARGET)
         self.bench.results.record("pants_incr", "(b) pants package, incremental", G_INCR, result.seconds,
                                   note="warm pantsd")
         self.bench.results.add_phases("(b) pants package, incremental", phases(result))
         self.expect_processes("incremental", result, extracts=1, composes=1)
+
+    def pants_incremental_oci(self) -> None:
+        """The same change (the third source rebuilt, again) for the composed_image whose output is
+        an OCI layout directory: only the changed layer's bytes are new to Pants' store."""
+        assert self.repo is not None
+        result = self.repo.pants("package", TARGET_OCI)
+        self.bench.results.record("pants_incr_oci", "(b) pants package, incremental, output_format=oci", G_INCR,
+                                  result.seconds, note="warm pantsd")
+        self.bench.results.add_phases("(b) pants package, incremental, output_format=oci", phases(result))
+        self.expect_processes("incremental (oci)", result, extracts=1, composes=1)
 
     # --- checks -----------------------------------------------------------------------------
     def check_digest_true(self, out: Path, what: str) -> None:
