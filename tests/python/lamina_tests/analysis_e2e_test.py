@@ -311,3 +311,59 @@ def test_layers_maps_created_by_to_layers_past_empty_history_entries(images: Ima
     assert [l["diff_id"] for l in doc["layers"]] == diff_ids
     text = lamina_ok(capsys, "layers", str(images.tars["history"]))
     assert "h-one" in text.splitlines()[2] and "h-two" in text.splitlines()[3]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The same checks through `pants package`, with the composed_image policy fields
+# ----------------------------------------------------------------------------------------------
+
+PANTS_BUILD = """
+docker_layer(name="rm_echo", image="rm-echo.tar", layer=-1)
+docker_layer(name="libc", image="dyn.tar", layer=1)
+docker_layer(name="libfoo", image="dyn.tar", layer=2)
+docker_layer(name="hello", image="dyn.tar", layer=3)
+docker_layer(name="apt_a", image="apt-a.tar", layer=-1)
+docker_layer(name="apt_b", image="apt-b.tar", layer=-1)
+
+composed_image(name="whiteout", base="echo-other.tar", layers=[":rm_echo"])
+composed_image(name="nolib", base="base.tar", layers=[":libc", ":hello"])
+composed_image(name="withlib", base="base.tar", layers=[":libc", ":libfoo", ":hello"])
+composed_image(name="unchecked", base="base.tar", layers=[":libc", ":hello"], check_dependencies=False)
+composed_image(name="allowed", base="base.tar", layers=[":apt_a", ":apt_b"], on_conflict="error",
+               allowed_conflicts=["/var/lib/dpkg/*"])
+"""
+
+
+def _findings(stderr: str, address: str) -> List[str]:
+    """The finding lines `pants package` logged for one target ([] when it logged none)."""
+    import re
+
+    match = re.search(rf"\] {re.escape(address)}: composition check found \d+ issue\(s\):\n((?:  .*\n?)*)", stderr)
+    return [line.strip() for line in match.group(1).splitlines()] if match else []
+
+
+def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images: Images,
+                                                                         tmp_path: Path) -> None:
+    from lamina_tests.support.sample_repo import SampleRepo
+
+    repo = SampleRepo(tmp_path / "repo")
+    (repo.root / "checks").mkdir()
+    for name in ("base", "echo-other", "rm-echo", "dyn", "apt-a", "apt-b"):
+        os.link(images.tars[name], repo.root / "checks" / f"{name}.tar")
+    repo.write("checks/BUILD", PANTS_BUILD)
+    result = repo.pants("package", "checks::")
+    err = result.stderr
+
+    (whiteout,) = _findings(err, "checks:whiteout")
+    # The base is echo-other's two layers, so rm-echo's layer is [2] and the /bin/echo it removes is [1]'s.
+    assert whiteout.startswith("warning: [2] checks/rm-echo.tar layer 1 (sha256:"), whiteout
+    assert "removes /bin/echo, provided by [1] checks/echo-other.tar layer 1" in whiteout, whiteout
+
+    (missing,) = _findings(err, "checks:nolib")
+    assert missing.startswith("warning: /usr/bin/hello from [2] checks/dyn.tar layer 3"), missing
+    assert "libfoo.so not found on its library path" in missing, missing
+    assert _findings(err, "checks:withlib") == [], err  # the library's layer is in the stack
+    assert _findings(err, "checks:unchecked") == [], err  # check_dependencies=False
+    assert _findings(err, "checks:allowed") == [], err  # on_conflict="error", but the path is allowed
+    for name in ("whiteout", "nolib", "withlib", "unchecked", "allowed"):
+        assert (repo.root / "dist" / "checks" / f"{name}.tar").is_file(), name
