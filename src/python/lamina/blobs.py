@@ -5,6 +5,7 @@ import gzip
 import hashlib
 import io
 import os
+import stat
 import zlib
 from typing import BinaryIO, Callable, Iterator, Optional
 
@@ -177,6 +178,71 @@ def decompressed(stream: BinaryIO, compression: str) -> BinaryIO:
     if compression == "zstd":
         return io.BufferedReader(_ZstdReader(stream), CHUNK)  # type: ignore[return-value]
     raise ValueError(compression)
+
+
+def fsync_outputs() -> bool:
+    """Whether finished outputs are fsync'ed before their atomic rename: yes, unless
+    LAMINA_NO_FSYNC=1 (set where something else takes the output over, as Pants does from its
+    sandboxes, so a sync there would only cost time)."""
+    return os.environ.get("LAMINA_NO_FSYNC", "") != "1"
+
+
+def file_extent(stream: BinaryIO) -> Optional[tuple[int, int, int]]:
+    """(fd, offset, length) when `stream`, not yet read, reads a byte range of a regular file:
+    a plain file from its position to its end, or a tar member's window. None otherwise."""
+    extent = getattr(stream, "extent", None)
+    if callable(extent):
+        return extent()  # type: ignore[no-any-return]
+    if not isinstance(stream, (io.BufferedReader, io.FileIO)):
+        return None
+    try:
+        fd = stream.fileno()
+        st = os.fstat(fd)
+        pos = stream.tell()
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+    return (fd, pos, st.st_size - pos) if stat.S_ISREG(st.st_mode) else None
+
+
+def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, what: str) -> bool:
+    """Copy a blob of known digest and size from `src` (see file_extent) to `dst`'s position by
+    copy_file_range, inside the kernel, then hash the bytes as written to `dst`: DigestMismatch
+    if they are not the blob. False, with nothing written, when `src` is not such a range of the
+    right length or the file systems cannot do it; the caller then copies through user space
+    (whose errors name a wrong size precisely)."""
+    extent = file_extent(src)
+    copy_range = getattr(os, "copy_file_range", None)
+    if extent is None or extent[2] != size or copy_range is None:
+        return False
+    src_fd, src_off, _ = extent
+    dst.flush()
+    dst_fd, start = dst.fileno(), dst.tell()
+    done = 0
+    try:
+        while done < size:
+            n = copy_range(src_fd, dst_fd, min(size - done, 1 << 30), src_off + done, start + done)
+            if n == 0:
+                raise DigestMismatch(f"{what}: blob has {done} bytes, its descriptor says {size} (truncated or corrupt)")
+            done += n
+    except OSError:  # EXDEV, ENOSYS, EOPNOTSUPP...: undo, and let the caller copy
+        os.ftruncate(dst_fd, start)
+        dst.seek(start)
+        return False
+    dst.seek(start + size)
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    pos = start
+    while pos < start + size:
+        n = os.preadv(dst_fd, [view[: min(CHUNK, start + size - pos)]], pos)
+        if n <= 0:
+            raise DigestMismatch(f"{what}: could not read back the copied blob")
+        h.update(view[:n])
+        pos += n
+    actual = "sha256:" + h.hexdigest()
+    if actual != digest:
+        raise DigestMismatch(f"{what}: blob content is {actual}, expected {digest}")
+    return True
 
 
 def link_or_copy(src: str, dst: str) -> None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import os
 import tracemalloc
 import zlib
 
 import pytest
 import zstandard
 
-from lamina.blobs import DiffIdHasher, decompressed, sha256_stream, sniff_compression, verified
+from lamina.blobs import DiffIdHasher, copy_extent_verified, decompressed, sha256_stream, sniff_compression, verified
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.testing.images import compress, sha
 
@@ -148,3 +149,84 @@ def test_diff_id_hasher_memory_stays_bounded_on_a_decompression_bomb(compression
         zeros.update(bytes(1 << 20))
     assert h.digest() == "sha256:" + zeros.hexdigest()
     assert peak < 48 << 20, f"peak {peak >> 20} MiB"
+
+
+# --- copy_extent_verified: the kernel copies, then the copy is hashed ---------------------------
+
+
+def _extent_case(tmp_path, data: bytes, prefix: bytes = b"junk" * 100):  # type: ignore[no-untyped-def]
+    src = tmp_path / "src"
+    src.write_bytes(prefix + data + b"trailer")
+    f = open(src, "rb")
+    f.seek(len(prefix))
+    return f
+
+
+class _Range(io.RawIOBase):
+    """A stream that says it is `length` bytes at `offset` of an open file (as a tar member's window)."""
+
+    def __init__(self, f, offset: int, length: int) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.f, self.offset, self.length = f, offset, length
+
+    def extent(self):  # type: ignore[no-untyped-def]
+        return self.f.fileno(), self.offset, self.length
+
+
+def test_copy_extent_verified_copies_a_file_range_and_checks_the_copy(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    data = DATA * 40  # several chunks
+    prefix = b"junk" * 100
+    src = tmp_path / "src"
+    src.write_bytes(prefix + data)
+    with open(src, "rb") as f, open(tmp_path / "dst", "w+b") as out:
+        out.write(b"header")
+        assert copy_extent_verified(_Range(f, len(prefix), len(data)), out, sha(data), len(data), "blob")
+        assert out.tell() == 6 + len(data)
+        out.write(b"after")
+    assert (tmp_path / "dst").read_bytes() == b"header" + data + b"after"
+
+
+def test_copy_extent_verified_from_a_plain_file_reads_from_its_position(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with _extent_case(tmp_path, DATA, prefix=b"") as f, open(tmp_path / "dst", "w+b") as out:
+        # the file holds DATA + b"trailer": a plain file's range runs to its end, so the size
+        # does not match and the caller is told to copy through user space
+        assert not copy_extent_verified(f, out, sha(DATA), len(DATA), "blob")
+        assert out.tell() == 0 and (tmp_path / "dst").stat().st_size == 0
+    (tmp_path / "exact").write_bytes(DATA)
+    with open(tmp_path / "exact", "rb") as f, open(tmp_path / "dst", "w+b") as out:
+        assert copy_extent_verified(f, out, sha(DATA), len(DATA), "blob")
+    assert (tmp_path / "dst").read_bytes() == DATA
+
+
+def test_copy_extent_verified_refuses_bytes_that_are_not_the_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with open(_write(tmp_path, DATA), "rb") as f, open(tmp_path / "dst", "w+b") as out:
+        with pytest.raises(DigestMismatch, match=r"blob: blob content is sha256:.*, expected sha256:0000"):
+            copy_extent_verified(f, out, "sha256:" + "0" * 64, len(DATA), "blob")
+
+
+def test_copy_extent_verified_reports_a_truncated_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with open(_write(tmp_path, DATA), "rb") as f, open(tmp_path / "dst", "w+b") as out:
+        with pytest.raises(DigestMismatch, match="truncated"):  # a window longer than the file
+            copy_extent_verified(_Range(f, 0, len(DATA) + 10), out, sha(DATA), len(DATA) + 10, "blob")
+
+
+def test_copy_extent_verified_leaves_other_streams_and_failing_kernels_to_the_caller(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    with open(tmp_path / "dst", "w+b") as out:
+        assert not copy_extent_verified(io.BytesIO(DATA), out, sha(DATA), len(DATA), "blob")
+
+        def cross_device(*args):  # type: ignore[no-untyped-def]
+            raise OSError(18, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", cross_device)
+        out.write(b"kept")
+        with open(_write(tmp_path, DATA), "rb") as f:
+            assert not copy_extent_verified(f, out, sha(DATA), len(DATA), "blob")
+        assert out.tell() == 4
+    assert (tmp_path / "dst").read_bytes() == b"kept"
+
+
+def _write(tmp_path, data: bytes):  # type: ignore[no-untyped-def]
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    return path

@@ -111,6 +111,13 @@ class _Window(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def extent(self) -> Optional[tuple[int, int, int]]:
+        """(fd, offset, length) of the bytes left to read (see blobs.file_extent)."""
+        try:
+            return self._f.fileno(), self._f.tell(), self._left
+        except (OSError, ValueError, io.UnsupportedOperation):
+            return None
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
         if self._left <= 0:
             return 0
