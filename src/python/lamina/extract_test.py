@@ -114,3 +114,30 @@ def test_hostile_source_fails_extract_and_leaves_nothing(tmp_path, case: hostile
     assert "\n" not in str(e.value)
     assert not os.path.lexists(out)
     assert not (tmp_path / "out").exists() or leftovers(str(tmp_path / "out")) == []
+
+
+def test_an_uncompressed_layer_is_copied_by_the_kernel_and_checked(tmp_path, source: Image,  # type: ignore[no-untyped-def]
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    copies = []
+    real = os.copy_file_range
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        copies.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    _extract(source, ":", str(tmp_path / "bundle"))
+    assert copies == [len(FAKE.layers[0].blob)]  # the gzip and zstd layers are checked as they stream
+    blob = tmp_path / "bundle" / "blobs" / "sha256" / sha(FAKE.layers[0].blob).split(":")[1]
+    assert blob.read_bytes() == FAKE.layers[0].blob
+
+    # The same layer with one byte changed in the archive: the copy is refused, nothing is left.
+    archive = tmp_path / "saved.tar"
+    data = bytearray(archive.read_bytes())
+    at = bytes(data).index(b"ID=fake")
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    flipped = open_image("docker-archive:" + str(archive))
+    with pytest.raises(Exception, match="blob content is sha256:"):
+        _extract(flipped, "0", str(tmp_path / "flipped"))
+    assert not (tmp_path / "flipped").exists() and leftovers(str(tmp_path)) == []

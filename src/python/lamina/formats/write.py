@@ -12,7 +12,7 @@ import tarfile
 import tempfile
 from typing import BinaryIO, Iterator, Optional
 
-from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader
+from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader, chunks, copy_extent_verified, fsync_outputs
 from lamina.compose import ComposedImage
 from lamina.errors import InvalidSource
 from lamina.formats.oci_layout import layout_files
@@ -110,6 +110,65 @@ class _Counting(io.RawIOBase):
             super().close()
 
 
+class _TarWriter:
+    """A plain (ustar) tar written straight to a file, as tarfile's "w" mode writes it (headers,
+    512-byte padding, two zero blocks, a whole last record), but with layer bytes copied by the
+    kernel where it can."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.offset = 0
+
+    def _header(self, info: tarfile.TarInfo) -> None:
+        buf = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        self.f.write(buf)
+        self.offset += len(buf)
+
+    def _pad(self, size: int) -> None:
+        self.offset += size
+        rest = size % tarfile.BLOCKSIZE
+        if rest:
+            self.f.write(tarfile.NUL * (tarfile.BLOCKSIZE - rest))
+            self.offset += tarfile.BLOCKSIZE - rest
+
+    def add_bytes(self, info: tarfile.TarInfo, data: bytes = b"") -> None:
+        self._header(info)
+        self.f.write(data)
+        self._pad(len(data))
+
+    def add_blob(self, info: tarfile.TarInfo, layer: Layer, opener, check_diff_id: bool, what: str,  # type: ignore[no-untyped-def]
+                 progress: Progress) -> None:
+        d = layer.descriptor
+        self._header(info)
+        raw = opener()
+        try:
+            if not check_diff_id and copy_extent_verified(raw, self.f, d.digest, d.size, what):
+                progress.add(d.size)
+                raw.close()
+                raw = None
+            else:
+                stream = io.BufferedReader(VerifiedReader(_Counting(raw, progress), d.digest, d.size, what), CHUNK)
+                raw = None  # the stream owns it now
+                if check_diff_id:
+                    # also check what it decompresses to, as extract does (for an uncompressed
+                    # blob the digest already is the diff_id)
+                    stream = io.BufferedReader(DiffIdCheckingReader(stream, layer.compression, layer.diff_id, what), CHUNK)
+                with stream:
+                    for data in chunks(stream):  # verified at its end: digest, size (and diff_id)
+                        self.f.write(data)
+        finally:
+            if raw is not None:
+                raw.close()
+        self._pad(d.size)
+
+    def close(self) -> None:
+        self.f.write(tarfile.NUL * (tarfile.BLOCKSIZE * 2))
+        self.offset += tarfile.BLOCKSIZE * 2
+        rest = self.offset % tarfile.RECORDSIZE
+        if rest:
+            self.f.write(tarfile.NUL * (tarfile.RECORDSIZE - rest))
+
+
 def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Optional[Progress]) -> None:
     progress = progress or NoProgress()
     config = image.config_descriptor
@@ -129,14 +188,13 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
     try:
-        # Not stream mode ("w|"): its buffer grows by concatenation; a plain file is written directly.
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tf:
-            tf.copybufsize = CHUNK
-            tf.addfile(_tarinfo("blobs/", directory=True))
-            tf.addfile(_tarinfo("blobs/sha256/", directory=True))
+        with os.fdopen(fd, "w+b") as raw:  # read and write: copied blobs are hashed as written
+            tar = _TarWriter(raw)
+            tar.add_bytes(_tarinfo("blobs/", directory=True))
+            tar.add_bytes(_tarinfo("blobs/sha256/", directory=True))
             for name in names:
                 if name in small:
-                    tf.addfile(_tarinfo(name, len(small[name])), io.BytesIO(small[name]))
+                    tar.add_bytes(_tarinfo(name, len(small[name])), small[name])
                     continue
                 layer, trusted = layers[name]
                 d = layer.descriptor
@@ -144,16 +202,12 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
                 if layer.opener is None and layer.path is None:
                     raise InvalidSource(f"{what}: blob {d.digest} has no bytes in its source")
                 opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
-                stream = io.BufferedReader(VerifiedReader(_Counting(opener(), progress), d.digest, d.size, what), CHUNK)
-                if not trusted and (layer.compression, layer.diff_id) != ("none", d.digest):
-                    # also check what it decompresses to, as extract does (for an uncompressed
-                    # blob the digest already is the diff_id)
-                    stream = io.BufferedReader(DiffIdCheckingReader(stream, layer.compression, layer.diff_id, what), CHUNK)
-                with stream:
-                    tf.addfile(_tarinfo(name, d.size), stream)
-                    stream.read(1)  # reach EOF so the digest is checked
+                check_diff_id = not trusted and (layer.compression, layer.diff_id) != ("none", d.digest)
+                tar.add_blob(_tarinfo(name, d.size), layer, opener, check_diff_id, what, progress)
+            tar.close()
             raw.flush()
-            os.fsync(raw.fileno())
+            if fsync_outputs():
+                os.fsync(raw.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, out_path)
     except BaseException:

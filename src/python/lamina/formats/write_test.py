@@ -235,3 +235,48 @@ def test_untrusted_layer_is_checked_against_its_diff_id(tmp_path) -> None:  # ty
 def test_unknown_format_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match="unknown output format 'tarball'"):
         write(_composed(tmp_path), "tarball", str(tmp_path / "x"))
+
+
+PLAIN = FakeImage([FakeLayer({"opt/p": b"p" * 5000}, "RUN p"), FakeLayer({"opt/q": b"q" * 700}, "RUN q")])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_kernel_copy_and_user_space_copy_write_the_same_bytes(tmp_path, fmt: str,  # type: ignore[no-untyped-def]
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # Uncompressed layers straight from a `docker save` archive: the kernel copies them.
+    write_docker_classic({"plain:1": PLAIN}, str(tmp_path / "plain.tar"))
+    image = open_image(str(tmp_path / "plain.tar"))
+    composed = compose(None, [AddedLayer(l, image.source, ":", image.platform) for l in image.layers], tags=TAGS,
+                       platform=image.platform)
+    copies = []
+    real = os.copy_file_range
+
+    def counting(*args):  # type: ignore[no-untyped-def]
+        copies.append(args[2])
+        return real(*args)
+
+    monkeypatch.setattr(os, "copy_file_range", counting)
+    write(composed, fmt, _out(tmp_path, fmt, "kernel"))
+    assert sorted(copies) == sorted(len(l.blob) for l in PLAIN.layers)
+    monkeypatch.delattr(os, "copy_file_range")
+    write(composed, fmt, _out(tmp_path, fmt, "user"))
+    kernel, user = _out(tmp_path, fmt, "kernel"), _out(tmp_path, fmt, "user")
+    if fmt == "oci":
+        assert tree(kernel) == tree(user) and len(tree(kernel)) == 6  # 2 layers, config, manifest, index, layout
+    else:
+        with open(kernel, "rb") as a, open(user, "rb") as b:
+            assert a.read() == b.read()
+    assert validate(open_image(f"{fmt}:{kernel}")).layers == 2
+
+
+def test_archive_bytes_are_what_tarfile_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # The tar writer lays out headers, padding and the end of archive exactly as tarfile's "w" mode.
+    composed = _composed(tmp_path)
+    out = _out(tmp_path, "docker-archive")
+    write_docker_archive(composed, out)
+    again = str(tmp_path / "again.tar")
+    with tarfile.open(out) as src, tarfile.open(again, "w", format=tarfile.USTAR_FORMAT) as dst:
+        for info in src:
+            dst.addfile(info, src.extractfile(info) if info.isreg() else None)
+    with open(out, "rb") as a, open(again, "rb") as b:
+        assert a.read() == b.read()
