@@ -152,6 +152,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         "tags": fs.image_refs(),
         "format": fs.output_format.value,
         "allow_platform_mismatch": fs.allow_platform_mismatch.value,
+        "target": str(fs.address),  # named in the audit trail for the base and files layers
     }
     if fs.platform.value:
         spec["platform"] = fs.platform.value

@@ -34,16 +34,19 @@ def _open(spec: LayerSpec, platform) -> tuple[Image, tuple[Layer, ...], str, boo
 
 
 def audit_trail(image: ComposedImage, base: Optional[Image], added: Sequence[AddedLayer],
-                new_layers: Sequence[Layer]) -> dict:
-    """Where every layer of the composed image came from: the `<name>.layers.json` record."""
+                new_layers: Sequence[Layer], base_target: str = "", target: str = "") -> dict:
+    """Where every layer of the composed image came from: the `<name>.layers.json` record. Each
+    row: the source reference and the layer's index in it, the selector that took it ("base" for
+    the base image's layers, "files" for the layer of new files), the build target that asked for
+    it, and the layer's digest, diff_id, size and created_by in the composed image."""
     rows = []
     for layer in base.layers if base else ():
-        rows.append({"source": base.source if base else "", "selector": "base", "target": "",
+        rows.append({"source": base.source if base else "", "selector": "base", "target": base_target or target,
                      "source_index": layer.index})
     for a in added:
         rows.append({"source": a.source, "selector": a.selector, "target": a.target, "source_index": a.layer.index})
     for layer in new_layers:
-        rows.append({"source": "files", "selector": "", "target": "", "source_index": None})
+        rows.append({"source": "files", "selector": "files", "target": target, "source_index": None})
     for i, (row, layer) in enumerate(zip(rows, image.layers)):
         row.update({
             "index": i,
@@ -96,7 +99,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
             base_trusted=base_trusted,
         )
         if audit:
-            data = json.dumps(audit_trail(image, base, added, new_layers), indent=2, sort_keys=True) + "\n"
+            base_target = (spec.base.target if spec.base else None) or ""
+            trail = audit_trail(image, base, added, new_layers, base_target, spec.target or "")
+            data = json.dumps(trail, indent=2, sort_keys=True) + "\n"
             tmp_audit = os.path.join(tmp, "audit.json")
             with open(tmp_audit, "w") as f:
                 f.write(data)

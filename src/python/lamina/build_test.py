@@ -93,6 +93,39 @@ def test_files_become_one_new_top_layer(tmp_path, bundles: dict[str, str]) -> No
     assert leftovers(str(tmp_path)) == []
 
 
+def test_audit_trail_records_where_every_layer_came_from(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "conf").write_bytes(b"c=1")
+    spec = parse_spec({"base": {"source": bundles["base"], "target": "//images:base"}, "target": "//images:app",
+                       "layers": [{"source": bundles["yq"], "target": "//images:yq"},
+                                  {"source": str(tmp_path / "tools.tar"), "layer": "created_by=jq", "name": "//images:tools",
+                                   "target": "//images:jq"}],
+                       "files": [{"src": str(tmp_path / "conf"), "dest": "/etc/app.conf"}], "format": "oci"})
+    out, audit = str(tmp_path / "out"), str(tmp_path / "out.layers.json")
+    composed = build(spec, out, audit=audit)
+    with open(audit) as f:
+        trail = json.load(f)
+    image = open_image("oci:" + out)
+    assert (trail["manifest"], trail["config"]) == (composed.manifest_descriptor.digest, composed.config_descriptor.digest)
+    rows = trail["layers"]
+    assert [(r["index"], r["digest"], r["diff_id"], r["size"]) for r in rows] == [
+        (i, l.descriptor.digest, l.diff_id, l.descriptor.size) for i, l in enumerate(image.layers)]
+    assert [(r["source"], r["source_index"], r["selector"], r["target"]) for r in rows] == [
+        ("//images:base", 0, "base", "//images:base"),  # the bundle's recorded source
+        ("//images:base", 1, "base", "//images:base"),
+        ("//images:tools", 2, "-1", "//images:yq"),
+        ("//images:tools", 1, "created_by=jq", "//images:jq"),
+        ("files", None, "files", "//images:app"),
+    ]
+    assert [r["created_by"] for r in rows[2:]] == ["RUN apk add yq", "RUN apk add jq", "lamina: files"]
+
+
+def test_audit_trail_is_not_written_when_the_build_fails(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_spec({"base": bundles["base"], "layers": [{"source": bundles["yq"], "layer": "0"}], "format": "oci-archive"})
+    with pytest.raises(InvalidSource):
+        build(spec, str(tmp_path / "out.tar"), audit=str(tmp_path / "out.layers.json"))
+    assert not (tmp_path / "out.layers.json").exists() and not (tmp_path / "out.tar").exists()
+
+
 @pytest.mark.parametrize(
     "spec, error, message",
     [

@@ -34,6 +34,7 @@ class Spec:
     tags: tuple[str, ...]
     format: str
     allow_platform_mismatch: bool
+    target: Optional[str] = None  # the build target this image is for: the audit names it for the base and files layers
 
 
 def _str(value: Any, where: str) -> str:
@@ -84,7 +85,8 @@ def _files(value: Any, where: str, default_dest: Optional[str]) -> tuple[FileSpe
 
 
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
-_KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch"}
+_KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
+         "target"}
 
 
 def parse_spec(data: Any) -> Spec:
@@ -140,4 +142,5 @@ def parse_spec(data: Any) -> Spec:
         tags=_str_list(data.get("tags", []), "tags"),
         format=fmt,
         allow_platform_mismatch=allow,
+        target=_str(data["target"], "target") if data.get("target") is not None else None,
     )

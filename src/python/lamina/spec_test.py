@@ -20,6 +20,7 @@ def test_full_spec_parses() -> None:
         "tags": ["app:1"],
         "format": "oci",
         "allow_platform_mismatch": True,
+        "target": "//images:app",
     })
     assert spec.base is not None and (spec.base.source, spec.base.layer, spec.base.name) == ("oci:base", None, "//:base")
     assert spec.platform == Platform("linux", "arm64", "v8")
@@ -31,6 +32,7 @@ def test_full_spec_parses() -> None:
                                           labels=(("l", "v"),), exposed_ports=("80",), volumes=("/v",),
                                           stop_signal="SIGTERM")
     assert (spec.tags, spec.format, spec.allow_platform_mismatch) == (("app:1",), "oci", True)
+    assert spec.target == "//images:app"
 
 
 def test_defaults() -> None:

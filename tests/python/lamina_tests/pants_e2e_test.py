@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tarfile
 import uuid
 from pathlib import Path
 
@@ -109,6 +110,21 @@ def test_package_builds_a_loadable_image_with_the_source_layers(repo: SampleRepo
     base = _diff_ids(BASE_IMAGE)
     a, b, c = (_diff_ids(f"{PREFIX}/{k}:latest") for k in ("a", "b", "c"))
     assert _diff_ids(ref) == base + [a[-1], b[-1], c[-1]]
+
+    # The audit trail beside it: each layer's source, selector, target, digest and diff_id.
+    trail = json.loads((repo.root / "dist" / "images" / "dev.layers.json").read_text())
+    with tarfile.open(archive) as tf:
+        manifest_file = tf.extractfile("manifest.json")
+        assert manifest_file is not None
+        manifest_path = json.load(manifest_file)[0]["Layers"]
+    rows = trail["layers"]
+    assert [r["diff_id"] for r in rows] == _diff_ids(ref)
+    assert ["blobs/sha256/" + r["digest"].split(":", 1)[1] for r in rows] == manifest_path
+    n = len(base)
+    assert [(r["selector"], r["target"]) for r in rows] == [("base", "images:dev")] * n + [
+        ("-1", "images:a_top"), ("created_by=apt-get install gcc", "images:b_gcc"), ("path=/opt/c/lib.so", "images:c_lib")]
+    assert [r["source"] for r in rows] == ["images/base.tar"] * n + ["images/a.tar", "images/b.tar", "docker-archive:images/c.tar"]
+    assert [r["source_index"] for r in rows[n:]] == [len(a) - 1, len(b) - 1, len(c) - 1]
 
 
 def test_slice_and_digest_selectors(repo: SampleRepo) -> None:
