@@ -290,7 +290,9 @@ class ComposedImageCheckDependenciesField(BoolField):
         """
         Check that every ELF executable and library in the composed filesystem finds its
         interpreter and the shared libraries it needs (DT_NEEDED, on the standard paths, RUNPATH
-        and the image's ld.so.conf). Missing ones are reported as warnings.
+        and the image's ld.so.conf). Missing ones are reported as warnings. The image's own
+        `files` are checked too: their binaries need their libraries in the stack, and they
+        override what is below them without a conflict (as a Dockerfile's COPY does).
         """
     )
 

@@ -1,6 +1,7 @@
 """`pants package` for `composed_image`: extract (cached per layer), then compose in one lamina process."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -41,7 +42,13 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
+from lamina_pants.util_rules.analysis import (
+    CheckReport,
+    CheckRequest,
+    FilesScanRequest,
+    ScanRequest,
+    log_findings,
+)
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
@@ -182,6 +189,16 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         tuple(fs.allowed_conflicts.value or ()),
         fs.check_dependencies.value,
     )
+    if spec["files"] and lamina.check_compositions:  # the image's own files are checked on top
+        files_spec = await Get(
+            Digest, CreateDigest([FileContent("__files.json", json.dumps({"files": spec["files"]}, sort_keys=True).encode())])
+        )
+        check_request = dataclasses.replace(
+            check_request,
+            files=FilesScanRequest(
+                fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
+            ),
+        )
     if not lamina.check_compositions:
         check_request = CheckRequest(fs.address, (), "ignore", (), False)
     report, result = await MultiGet(

@@ -15,7 +15,7 @@ from lamina.image import Image, Layer
 from lamina.newlayer import build_files_layer, files_from_dir
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
-from lamina.spec import LayerSpec, Spec
+from lamina.spec import FileSpec, LayerSpec, Spec
 
 
 def _open(spec: LayerSpec, platform) -> tuple[Image, tuple[Layer, ...], str, bool]:  # type: ignore[no-untyped-def]
@@ -81,11 +81,7 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
         new_layers = []
-        files = [(f.dest, f.src) for f in spec.files]
-        for d in spec.file_dirs:
-            if not os.path.isdir(d.src):
-                raise SpecError(f"file_dirs: {d.src!r} is not a directory")
-            files.extend(files_from_dir(d.src, d.dest))
+        files = collect_files(spec.files, spec.file_dirs)
         if files:
             new_layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
         image = compose(
@@ -111,6 +107,16 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
         return image
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def collect_files(files: Sequence[FileSpec], file_dirs: Sequence[FileSpec]) -> list[tuple[str, str]]:
+    """(image path, local path) of every file the files layer holds."""
+    out = [(f.dest, f.src) for f in files]
+    for d in file_dirs:
+        if not os.path.isdir(d.src):
+            raise SpecError(f"file_dirs: {d.src!r} is not a directory")
+        out.extend(files_from_dir(d.src, d.dest))
+    return out
 
 
 def _is_bundle(source: str) -> bool:

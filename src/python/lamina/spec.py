@@ -84,6 +84,14 @@ def _files(value: Any, where: str, default_dest: Optional[str]) -> tuple[FileSpe
     return tuple(out)
 
 
+def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
+    """(files, file_dirs) of a spec, or of a files-only spec `{"files": [...], "file_dirs": [...]}`
+    (what `lamina scan-files` reads)."""
+    if not isinstance(data, dict):
+        raise SpecError("a files spec is a JSON object with files and file_dirs")
+    return _files(data.get("files", []), "files", None), _files(data.get("file_dirs", []), "file_dirs", "/")
+
+
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
 _KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
          "target"}
@@ -126,6 +134,7 @@ def parse_spec(data: Any) -> Spec:
         volumes=_str_list(c.get("volumes", []), "config.volumes"),
         stop_signal=_str(c["stop_signal"], "config.stop_signal") if c.get("stop_signal") is not None else None,
     )
+    files, file_dirs = parse_files(data)
     fmt = _str(data.get("format", "docker-archive"), "format")
     if fmt not in ("docker-archive", "oci", "oci-archive"):
         raise SpecError(f"format {fmt!r} is not one of docker-archive, oci, oci-archive")
@@ -136,8 +145,8 @@ def parse_spec(data: Any) -> Spec:
         base=base,
         platform=platform,
         layers=tuple(_layer(v, f"layers[{i}]") for i, v in enumerate(layers_value)),
-        files=_files(data.get("files", []), "files", None),
-        file_dirs=_files(data.get("file_dirs", []), "file_dirs", "/"),
+        files=files,
+        file_dirs=file_dirs,
         config=config,
         tags=_str_list(data.get("tags", []), "tags"),
         format=fmt,

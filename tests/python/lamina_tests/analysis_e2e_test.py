@@ -331,6 +331,12 @@ composed_image(name="withlib", base="base.tar", layers=[":libc", ":libfoo", ":he
 composed_image(name="unchecked", base="base.tar", layers=[":libc", ":hello"], check_dependencies=False)
 composed_image(name="allowed", base="base.tar", layers=[":apt_a", ":apt_b"], on_conflict="error",
                allowed_conflicts=["/var/lib/dpkg/*"])
+
+# The image's own files are checked too: its binary needs libfoo.so.
+files(name="app", sources=["hello"])
+composed_image(name="ownbin", base="base.tar", layers=[":libc"], files=[":app"], files_dest="/usr/local/bin")
+composed_image(name="ownbin_lib", base="base.tar", layers=[":libc", ":libfoo"], files=[":app"],
+               files_dest="/usr/local/bin")
 """
 
 
@@ -350,6 +356,7 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
     (repo.root / "checks").mkdir()
     for name in ("base", "echo-other", "rm-echo", "dyn", "apt-a", "apt-b"):
         os.link(images.tars[name], repo.root / "checks" / f"{name}.tar")
+    shutil.copy(images.dir / "hello", repo.root / "checks" / "hello")
     repo.write("checks/BUILD", PANTS_BUILD)
     result = repo.pants("package", "checks::")
     err = result.stderr
@@ -365,5 +372,44 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
     assert _findings(err, "checks:withlib") == [], err  # the library's layer is in the stack
     assert _findings(err, "checks:unchecked") == [], err  # check_dependencies=False
     assert _findings(err, "checks:allowed") == [], err  # on_conflict="error", but the path is allowed
-    for name in ("whiteout", "nolib", "withlib", "unchecked", "allowed"):
+    (own,) = _findings(err, "checks:ownbin")
+    assert own.startswith("warning: /usr/local/bin/hello from [2] files of checks:ownbin (sha256:"), own
+    assert "libfoo.so not found on its library path" in own, own
+    assert _findings(err, "checks:ownbin_lib") == [], err  # libfoo.so's layer is in the stack
+    for name in ("whiteout", "nolib", "withlib", "unchecked", "allowed", "ownbin", "ownbin_lib"):
         assert (repo.root / "dist" / "checks" / f"{name}.tar").is_file(), name
+
+
+def test_pants_package_fails_on_a_hard_link_whose_target_is_not_in_the_stack(images: Images,
+                                                                             tmp_path: Path) -> None:
+    from lamina.sources import open_image
+    from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+    from lamina_tests.support.sample_repo import SampleRepo
+
+    # An archive made from files: its top layer hard-links a file that its lower layer holds.
+    arch = open_image(str(images.tars["base"])).platform.architecture
+    linked = FakeImage([FakeLayer({"opt/": None, "opt/target": b"t"}, "ADD target /opt/"),
+                        FakeLayer({"opt/": None, "opt/link": "=>opt/target"}, "RUN ln /opt/target /opt/link")],
+                       architecture=arch)
+    repo = SampleRepo(tmp_path / "repo")
+    (repo.root / "links").mkdir()
+    write_docker_classic({"linked:1": linked}, str(repo.root / "links" / "linked.tar"))
+    os.link(images.tars["base"], repo.root / "links" / "base.tar")
+    repo.write("links/BUILD", """
+docker_layer(name="link", image="linked.tar", layer=-1)
+docker_layer(name="both", image="linked.tar", layer=":")
+composed_image(name="broken", base="base.tar", layers=[":link"])
+composed_image(name="whole", base="base.tar", layers=[":both"])
+""")
+    broken = repo.pants("package", "links:broken", check=False)
+    output = broken.stdout + broken.stderr
+    assert broken.returncode != 0, output
+    assert "links:broken" in output and "broken hard link" in output, output
+    (finding,) = [l.strip() for l in output.splitlines() if l.strip().startswith("error: ")]
+    assert "/opt/link" in finding and "/opt/target" in finding, output
+    assert "Traceback" not in output, output
+    assert not list((repo.root / "dist").rglob("broken*")), list((repo.root / "dist").rglob("*"))
+
+    whole = repo.pants("package", "links:whole")  # with the target's layer below it, the link holds
+    assert _findings(whole.stderr, "links:whole") == [], whole.stderr
+    assert (repo.root / "dist" / "links" / "whole.tar").is_file()

@@ -60,6 +60,7 @@ docker_layer(name="a", image="../images/apt_a.tar", layer=-1)
 docker_layer(name="b", image="../images/apt_b.tar", layer=-1)
 composed_image(name="warn", base="../images/base.tar", layers=[":a", ":b"])
 composed_image(name="strict", base="../images/base.tar", layers=[":a", ":b"], on_conflict="error")
+composed_image(name="quiet", base="../images/base.tar", layers=[":a", ":b"], on_conflict="ignore")
 """,
     )
     c_top = _diff_ids(tags["c"])[-1]
@@ -149,6 +150,9 @@ def test_only_layers_of_a_changed_source_are_extracted_again(repo: SampleRepo) -
     ran = completed_processes(changed.stderr)
     extracted = sorted(p for p in ran if p.startswith("lamina: extract"))
     assert extracted == ["lamina: extract layer of images:c_lib from docker-archive:images/c.tar"], ran
+    scanned = sorted(p for p in ran if p.startswith("lamina: scan"))
+    assert scanned == ["lamina: scan layer images:c_lib"], ran  # scans are cached per layer too
+    assert "lamina: check images:dev" in ran
     assert "lamina: compose images:dev" in ran
     docker("load", "-i", str(repo.root / "dist" / "images" / "dev.tar"))
     out = docker("run", "--rm", "--network", "none", f"{PREFIX}/dev:v1", "cat", "/opt/c/lib.so").stdout
@@ -209,9 +213,17 @@ def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo:
     output = strict.stdout + strict.stderr
     assert strict.returncode != 0, output
     assert "apt:strict" in output and "var/lib/dpkg/status" in output, output
+    # The error itself names the finding and both layers (not just "see the report").
+    (finding,) = [l.strip() for l in output.splitlines() if l.strip().startswith("error: /var/lib/dpkg/status")]
+    assert "apt_a.tar" in finding and "apt_b.tar" in finding and "package database" in finding, output
+    assert "see the report" not in output, output
     assert "Traceback" not in output
     assert not (repo.root / "dist" / "apt" / "strict.tar").exists()
     assert not (repo.root / "dist" / "apt" / "strict.layers.json").exists()
+
+    quiet = repo.pants("package", "apt:quiet")  # on_conflict="ignore"
+    assert "composition check" not in quiet.stderr and "dpkg" not in quiet.stderr, quiet.stderr
+    assert (repo.root / "dist" / "apt" / "quiet.tar").is_file()
 
 
 def test_layer_from_the_docker_engine_is_exported_once_per_image_id(repo: SampleRepo) -> None:

@@ -93,3 +93,23 @@ def test_layers_conflicts_on_a_composed_image(tmp_path: Path, capsys: pytest.Cap
     rc, out, _ = _run(capsys, "layers", str(tmp_path / "c"), "--conflicts", "--json")
     (finding,) = json.loads(out)["conflicts"]
     assert finding["paths"] == ["var/lib/dpkg/status"] and finding["layers"] == [1, 2] and finding["winner"] == 2
+
+
+def test_scan_files_then_check_reports_a_library_missing_for_the_images_own_binary(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lamina.testing.elffiles import make_elf
+
+    (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
+    (tmp_path / "files.json").write_text(json.dumps({"files": [{"src": str(tmp_path / "app"), "dest": "/bin/app"}]}))
+    write_oci_dir(FakeImage([FakeLayer({"lib/": None, "lib/ld.so": make_elf(soname="ld.so")}, "ADD loader")]),
+                  str(tmp_path / "base"))
+    base, files = str(tmp_path / "base.json"), str(tmp_path / "files.index.json")
+    assert _run(capsys, "scan", str(tmp_path / "base"), "--out", base)[0] == 0
+    rc, out, _ = _run(capsys, "scan-files", str(tmp_path / "files.json"), "--out", files, "--name", "files of //:img")
+    assert rc == 0 and json.loads(out)["entries"] == 2  # bin/ and bin/app
+    rc, out, _ = _run(capsys, "check", "--index", base, "--index", files)
+    assert rc == 0
+    assert "  warning: /bin/app from [1] files of //:img (sha256:" in out and "libfoo.so.1" in out, out
+
+    rc, _, err = _run(capsys, "scan-files", str(tmp_path / "nope.json"), "--out", files)
+    assert rc != 0 and "nope.json" in err and "Traceback" not in err

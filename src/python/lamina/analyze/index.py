@@ -88,16 +88,21 @@ class LayerIndex:
     below_diff_ids: tuple[str, ...]
     entries: tuple[IndexEntry, ...]  # in tar order
     texts: tuple[tuple[str, str], ...] = ()  # (path, text) of the small loader config files it holds
+    # Made for the stack it tops, as the layer of a composed image's own files is (as a Dockerfile's
+    # COPY is): it was built on every layer below it.
+    on_top: bool = False
 
     def knows(self, other: LayerIndex) -> bool:
         """True when `other` was below this layer in this layer's source image (it was built on it)."""
-        return other.digest in self.below or other.diff_id in self.below_diff_ids
+        return self.on_top or other.digest in self.below or other.diff_id in self.below_diff_ids
 
     def describe(self) -> str:
+        if self.on_top:  # not from a source image: the source names it ("files of //app:img")
+            return f"{self.source} ({self.digest[:19]})"
         return f"{self.source} layer {self.index} ({self.digest[:19]})"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "source": self.source,
             "index": self.index,
             "digest": self.digest,
@@ -111,6 +116,9 @@ class LayerIndex:
             "entries": [e.to_json() for e in self.entries],
             "texts": dict(self.texts),
         }
+        if self.on_top:
+            out["on_top"] = True
+        return out
 
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> LayerIndex:
@@ -128,6 +136,7 @@ class LayerIndex:
             below_diff_ids=tuple(str(d) for d in data.get("below_diff_ids", ())),
             entries=tuple(IndexEntry.from_json(e) for e in data["entries"]),
             texts=tuple(sorted((str(k), str(v)) for k, v in texts.items())),
+            on_top=bool(data.get("on_top", False)),
         )
 
 

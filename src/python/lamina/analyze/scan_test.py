@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -242,3 +243,52 @@ def test_a_large_layer_is_scanned_in_bounded_memory(tmp_path: Path, gap: int) ->
     assert entry.size == size and entry.elf is not None and entry.elf.needed == ("libbig.so",)
     # 1 MiB chunks in a few buffers, plus at most elf.HEAD_LIMIT (8 MiB) of one ELF file's start
     assert peak < (6 << 20 if gap == 0 else 16 << 20), f"peak {peak >> 20} MiB scanning a {size >> 20} MiB layer"
+
+
+# ----------------------------------------------------------------------------------------------
+# The layer of a composed image's own files
+# ----------------------------------------------------------------------------------------------
+
+
+def test_scan_files_indexes_the_layer_compose_makes(tmp_path: Path) -> None:
+    from lamina.analyze.scan import scan_files
+    from lamina.build import build
+    from lamina.spec import parse_spec
+
+    (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_bytes(b"<html>")
+    files = [("/usr/bin/app", str(tmp_path / "app")), ("/srv/index.html", str(tmp_path / "site" / "index.html"))]
+    index = scan_files(files, "files of //app:img", str(tmp_path))
+    assert os.listdir(tmp_path) == ["app", "site"]  # its scratch layer is gone
+
+    spec = parse_spec({"platform": "linux/amd64", "files": [{"src": str(tmp_path / "app"), "dest": "/usr/bin/app"}],
+                       "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv"}], "format": "oci"})
+    image = build(spec, str(tmp_path / "out"))
+    top = image.layers[-1]
+    assert (index.digest, index.diff_id) == (top.descriptor.digest, top.diff_id)  # the very same layer
+    assert index.on_top and index.source == "files of //app:img" and index.created_by == "lamina: files"
+    app = next(e for e in index.entries if e.path == "usr/bin/app")
+    assert app.elf is not None and app.elf.needed == ("libfoo.so.1",)
+    assert loads(dumps([index]), "x")[0] == index  # on_top survives the index file
+
+
+def test_the_files_layer_knows_every_layer_below_it() -> None:
+    from lamina.analyze.check import check
+    from lamina.analyze.report import Policy
+
+    base = FakeImage([FakeLayer({"etc/": None, "etc/app.conf": b"default"}, "ADD base")])
+    other = FakeImage([FakeLayer({"etc/": None, "etc/app.conf": b"other"}, "ADD other")])
+    files = FakeImage([FakeLayer({"etc/": None, "etc/app.conf": b"mine"}, "lamina: files")])
+
+    (mine,) = indexes(files, "files of //app:img")
+    on_top = dataclasses.replace(mine, on_top=True)
+    # the image's own file over the base's is what it is for (as a Dockerfile's COPY), not a conflict ...
+    assert check(indexes(base, "base.tar") + (on_top,), Policy()).findings == ()
+    assert len(check(indexes(base, "base.tar") + (mine,), Policy()).of_kind("conflict")) == 1
+    # ... while a source layer's override of another's still is, whoever wins in the end
+    stack = indexes(base, "base.tar") + indexes(other, "other.tar") + (on_top,)
+    (conflict,) = check(stack, Policy()).of_kind("conflict")
+    assert (conflict.layers, conflict.winner) == ((0, 1, 2), 2)
+    assert on_top.describe().startswith("files of //app:img (sha256:")
+
