@@ -74,7 +74,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
     for layer_spec in spec.layers:
         image, layers, selector, trusted = _open(layer_spec, spec.platform or (base.platform if base else None))
         added.extend(
-            AddedLayer(l, image.source, selector, image.platform, trusted, layer_spec.target or "") for l in layers
+            AddedLayer(l, image.source, selector, image.platform, trusted, layer_spec.target or "",
+                       tuple(image.diff_ids[: l.index]))
+            for l in layers
         )
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
     os.makedirs(scratch_dir, exist_ok=True)

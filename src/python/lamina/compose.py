@@ -32,6 +32,10 @@ class AddedLayer:
     platform: Platform
     trusted: bool = False  # True when its blob was already verified (a lamina bundle)
     target: str = ""  # the build target that asked for it, if any (named in errors)
+    # diff_ids of the layers below it in its source image (None: not known). The composed image
+    # records which of its own layers below this one are among them, so that a check of the
+    # composed image alone (`lamina layers --conflicts`) knows what the layer was built on.
+    below_diff_ids: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,24 @@ def _apply(config: dict, o: ConfigOverrides) -> None:
         c["StopSignal"] = o.stop_signal
 
 
+def _built_on(added: AddedLayer, stack: Sequence[str]) -> str:
+    """"; built on layers 0-1,3": the positions of `stack` (diff_ids below the added layer in the
+    composed image) that were below it in its source image too ("" when that is not known)."""
+    if added.below_diff_ids is None:
+        return ""
+    known = set(added.below_diff_ids)
+    positions = [i for i, d in enumerate(stack) if d in known]
+    if not positions:
+        return "; built on no layer here"
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and runs[-1][1] == p - 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return "; built on layers " + ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs)
+
+
 def compose(
     base: Optional[Image],
     added: Sequence[AddedLayer],
@@ -187,7 +209,7 @@ def compose(
         entry: dict[str, Any] = {
             "created": created,
             "created_by": a.layer.created_by or f"lamina: layer {d.digest}",
-            "comment": f"lamina: layer {d.digest} from {a.source} ({a.selector})",
+            "comment": f"lamina: layer {d.digest} from {a.source} ({a.selector})" + _built_on(a, diff_ids[:-1]),
         }
         history.append(entry)
     for layer in new_layers:

@@ -86,6 +86,21 @@ def test_history_gets_one_entry_per_added_layer(base: Image, source: Image) -> N
     assert len([h for h in history if not h.get("empty_layer")]) == len(config["rootfs"]["diff_ids"])
 
 
+def test_history_records_which_layers_below_an_added_layer_it_was_built_on(base: Image, source: Image) -> None:
+    on_base = [AddedLayer(l, "s", ":", source.platform, below_diff_ids=tuple(base.diff_ids) + tuple(source.diff_ids[:i]))
+               for i, l in enumerate(source.layers)]
+    foreign = AddedLayer(source.layers[0], "f", "0", source.platform, below_diff_ids=("sha256:" + "0" * 64,))
+    unknown = AddedLayer(source.layers[0], "u", "0", source.platform)
+    skipping = AddedLayer(source.layers[0], "k", "0", source.platform,
+                          below_diff_ids=(base.diff_ids[0], source.diff_ids[0], source.diff_ids[2]))
+    config, _ = _parts(compose(base, [*on_base, foreign, unknown, skipping]))
+    comments = [h["comment"].split("; ", 1)[-1] if "; " in h["comment"] else "" for h in config["history"][3:]]
+    n = len(base.layers)
+    assert n == 2
+    assert comments == ["built on layers 0-1", "built on layers 0-2", "built on layers 0-3",
+                        "built on no layer here", "", "built on layers 0,2,4-6"]  # 5, 6: source's layer 0 again
+
+
 def test_docker_media_types_become_oci_ones(tmp_path, base: Image) -> None:  # type: ignore[no-untyped-def]
     write_docker_classic({"s:1": SOURCE}, str(tmp_path / "s.tar"))
     docker = open_image(str(tmp_path / "s.tar"))

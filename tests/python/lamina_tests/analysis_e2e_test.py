@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import subprocess
+import tarfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -251,6 +252,21 @@ def test_layers_conflicts_on_the_composed_image(images: Images, capsys: pytest.C
     # The source images on their own have no conflicts.
     for name in ("apt-a", "apt-b"):
         assert section(lamina_ok(capsys, "layers", str(images.tars[name]), "--conflicts"), "conflicts") == []
+
+    # A layer that replaces a base file it was built on is no conflict, in the composed image too:
+    # the image records which of its layers the added one was built on.
+    spec.write_text(json.dumps({
+        "base": f"docker-archive:{images.tars['base']}",
+        "layers": [{"source": f"docker-archive:{images.tars['echo-other']}", "layer": "-1"}],
+    }))
+    lamina_ok(capsys, "compose", str(spec), "--out", str(composed))
+    n = len(json.loads(lamina_ok(capsys, "layers", str(images.tars["base"]), "--json"))["layers"])
+    with tarfile.open(composed) as tf:
+        config_name = json.load(tf.extractfile("manifest.json"))[0]["Config"]  # type: ignore[arg-type]
+        history = json.load(tf.extractfile(config_name))["history"]  # type: ignore[arg-type]
+    assert history[-1]["comment"].endswith("; built on layers " + ("0" if n == 1 else f"0-{n - 1}")), history[-1]
+    out = lamina_ok(capsys, "layers", str(composed), "--conflicts")
+    assert section(out, "conflicts") == [], out  # without the record, /bin/echo would differ between [0] and [1]
 
 
 # ----------------------------------------------------------------------------------------------

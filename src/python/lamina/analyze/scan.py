@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 # Small loader configuration files whose text goes into the index (glob, on normalized paths).
 TEXT_FILES = ("etc/ld.so.conf", "etc/ld.so.conf.d/*.conf", "etc/ld-musl-*.path")
 TEXT_LIMIT = 64 << 10
-_LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)$")
+_LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)(?:; built on (no layer here|layers [0-9,-]+))?$")
 
 
 @dataclass(frozen=True)
@@ -152,31 +152,47 @@ def scan_files(files: Sequence[tuple[str, str]], name: str, scratch_dir: str) ->
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _added_from(layer: Layer) -> Optional[str]:
-    """The source lamina recorded for a layer it added to a composed image (None for other layers)."""
+def _added_from(layer: Layer) -> tuple[Optional[str], Optional[frozenset[int]]]:
+    """For a layer lamina added to a composed image: its recorded source, and the positions of the
+    composed image's layers below it that it was built on, if recorded. (None, None) otherwise."""
     annotations = dict(layer.descriptor.annotations)
-    if ANN_SOURCE in annotations:
-        return annotations[ANN_SOURCE]
+    source = annotations.get(ANN_SOURCE)
     for entry in reversed(layer.history):
         if not entry.get("empty_layer"):
             m = _LAMINA_COMMENT.match(str(entry.get("comment") or ""))
-            return m.group(1) if m else None
-    return None
+            if m is None:
+                return source, None
+            return source or m.group(1), _positions(m.group(3))
+    return source, None
+
+
+def _positions(text: Optional[str]) -> Optional[frozenset[int]]:
+    if text is None:
+        return None
+    out: set[int] = set()
+    for part in text[len("layers "):].split(",") if text.startswith("layers ") else ():
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return frozenset(out)
 
 
 def scan_image(image: Image) -> tuple[LayerIndex, ...]:
     """Indexes of every layer of an image, for checking the image's own stack.
 
     A layer's known-below layers are all those under it, except for a layer lamina added to a
-    composed image: its source's stack is not recorded, so only the layers under it that lamina
-    added from the same source count as known (anything else it overrides or removes is reported).
+    composed image: those lamina recorded it was built on in its source image, or, where that
+    is not recorded, the layers under it that lamina added from the same source (anything else
+    it overrides or removes is reported).
     """
     platform = str(image.platform)
-    origins = [_added_from(l) for l in image.layers]
+    added = [_added_from(l) for l in image.layers]
     out = []
     for i, layer in enumerate(image.layers):
         below = image.layers[:i]
-        if origins[i] is not None:
-            below = tuple(l for j, l in enumerate(below) if origins[j] == origins[i])
+        origin, built_on = added[i]
+        if built_on is not None:
+            below = tuple(l for j, l in enumerate(below) if j in built_on)
+        elif origin is not None:
+            below = tuple(l for j, l in enumerate(below) if added[j][0] == origin)
         out.append(scan_layer(layer, image.source, below, platform))
     return tuple(out)

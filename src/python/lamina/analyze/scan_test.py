@@ -180,6 +180,21 @@ def test_scan_image_counts_only_same_source_layers_below_a_layer_lamina_added(tm
     assert base.below == () and first.below == () and second.below == (first.digest,)
 
 
+def test_scan_image_knows_the_layers_lamina_recorded_an_added_layer_was_built_on(tmp_path: Path) -> None:
+    layers = [FakeLayer({f"f{i}": str(i).encode()}) for i in range(4)]
+    composed = FakeImage(layers, config_extra={"history": [
+        {"created_by": "ADD rootfs /"},
+        {"created_by": "ADD more /"},
+        {"created_by": "RUN a", "comment": "lamina: layer sha256:aa from a.tar (f(x)); built on layers 0-1"},
+        {"created_by": "RUN b", "comment": "lamina: layer sha256:bb from b.tar (1:); built on no layer here"},
+    ]})
+    write_oci_dir(composed, str(tmp_path / "img"))
+    scanned = scan_image(open_image(str(tmp_path / "img")))
+    digests = [l.digest for l in scanned]
+    assert [len(l.below) for l in scanned] == [0, 1, 2, 0]
+    assert scanned[2].below == tuple(digests[:2])
+
+
 class _Zeros(io.RawIOBase):
     """`size` bytes: an ELF head, then zeros, produced as they are read."""
 
