@@ -14,6 +14,7 @@ from lamina.select import parse_selector, select
 from lamina.sources import open_image
 from lamina.testing import hostile
 from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
 
 FAKE = FakeImage([
@@ -118,14 +119,7 @@ def test_hostile_source_fails_extract_and_leaves_nothing(tmp_path, case: hostile
 
 def test_an_uncompressed_layer_is_copied_by_the_kernel_and_checked(tmp_path, source: Image,  # type: ignore[no-untyped-def]
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    copies = []
-    real = os.copy_file_range
-
-    def counting(*args):  # type: ignore[no-untyped-def]
-        copies.append(args[2])
-        return real(*args)
-
-    monkeypatch.setattr(os, "copy_file_range", counting)
+    copies = count_kernel_copies(monkeypatch)
     _extract(source, ":", str(tmp_path / "bundle"))
     assert copies == [len(FAKE.layers[0].blob)]  # the gzip and zstd layers are checked as they stream
     blob = tmp_path / "bundle" / "blobs" / "sha256" / sha(FAKE.layers[0].blob).split(":")[1]

@@ -25,6 +25,7 @@ from lamina.testing.images import (
     write_docker_classic,
     write_oci_dir,
 )
+from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
 
 BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"),
@@ -248,14 +249,7 @@ def test_kernel_copy_and_user_space_copy_write_the_same_bytes(tmp_path, fmt: str
     image = open_image(str(tmp_path / "plain.tar"))
     composed = compose(None, [AddedLayer(l, image.source, ":", image.platform) for l in image.layers], tags=TAGS,
                        platform=image.platform)
-    copies = []
-    real = os.copy_file_range
-
-    def counting(*args):  # type: ignore[no-untyped-def]
-        copies.append(args[2])
-        return real(*args)
-
-    monkeypatch.setattr(os, "copy_file_range", counting)
+    copies = count_kernel_copies(monkeypatch)
     write(composed, fmt, _out(tmp_path, fmt, "kernel"))
     assert sorted(copies) == sorted(len(l.blob) for l in PLAIN.layers)
     monkeypatch.delattr(os, "copy_file_range")
