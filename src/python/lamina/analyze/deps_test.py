@@ -105,3 +105,12 @@ def test_a_needed_entry_with_a_slash_is_a_path() -> None:
     app = make_elf(type="exec", interp=INTERP, needed=[needed])
     assert [f.missing for f in _missing(_app({"usr/bin/app": app}))] == [(needed,)]
     assert _missing(_app({"usr/bin/app": app, "opt/": None, "opt/libabs.so": make_elf()})) == []
+
+
+def test_musl_path_files_add_library_directories() -> None:
+    # An Alpine-like image: musl's loader reads /etc/ld-musl-<arch>.path (newline or colon separated).
+    app = make_elf(type="exec", interp=INTERP, needed=["libfoo.so.1"])
+    layer = {"etc/": None, "etc/ld-musl-x86_64.path": b"/lib:/usr/lib\n/opt/musl\n",
+             "opt/": None, "opt/musl/": None, "opt/musl/libfoo.so.1": LIBFOO, "opt/bin/": None, "opt/bin/app": app}
+    assert _missing(layer) == []
+    assert [f.missing for f in _missing({**layer, "etc/ld-musl-x86_64.path": b"/lib:/usr/lib\n"})] == [("libfoo.so.1",)]
