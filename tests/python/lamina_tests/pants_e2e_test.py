@@ -137,6 +137,9 @@ def test_slice_and_digest_selectors(repo: SampleRepo) -> None:
     base = _diff_ids(BASE_IMAGE)
     b, c = _diff_ids(f"{PREFIX}/b:latest"), _diff_ids(f"{PREFIX}/c:latest")
     assert list(image.diff_ids) == base + b[1:] + [c[-1]]
+    trail = json.loads((repo.root / "dist" / "images" / "sliced.layers.json").read_text())  # beside it, ".oci" dropped
+    assert [r["diff_id"] for r in trail["layers"]] == list(image.diff_ids)
+    assert [r["target"] for r in trail["layers"]][len(base):] == ["images:b_slice"] * (len(b) - 1) + ["images:c_digest"]
 
 
 def test_only_layers_of_a_changed_source_are_extracted_again(repo: SampleRepo) -> None:
