@@ -67,9 +67,6 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
     return LaminaCore(pex)
 
 
-MAX_ERRORS_SHOWN = 20
-
-
 @dataclass(frozen=True)
 class LaminaRun:
     """One run of the lamina CLI for a target."""
@@ -131,18 +128,14 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
         if line.startswith("lamina: warning: "):
             logger.warning(f"{request.address}: {line[len('lamina: warning: '):]}")
     if result.exit_code != 0:
-        message = result.stderr.decode(errors="replace").strip()
-        lines = [l for l in message.splitlines() if l.strip()]
-        detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
-        detail = detail.replace("lamina: error: ", "")
-        # A failed check prints its report on stdout: name what failed it here, not "see the report".
-        found = [l.strip() for l in result.stdout.decode(errors="replace").splitlines()
-                 if l.strip().startswith("error: ")]
-        if found:
-            shown = found[:MAX_ERRORS_SHOWN] + (
-                [f"... and {len(found) - MAX_ERRORS_SHOWN} more"] if len(found) > MAX_ERRORS_SHOWN else []
-            )
-            detail = detail.replace("; see the report", "") + ":\n  " + "\n  ".join(shown)
+        lines = [l for l in result.stderr.decode(errors="replace").splitlines() if l.strip()]
+        # The error is the last "lamina: error: " line and what follows it (a failed check lists
+        # its findings there); anything else, the last line.
+        starts = [i for i, l in enumerate(lines) if l.startswith("lamina: error: ")]
+        if starts:
+            detail = "\n".join(lines[starts[-1]:])[len("lamina: error: "):]
+        else:
+            detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
         raise LaminaBuildError(f"{request.address}: {detail}")
     return LaminaRunResult(result.output_digest, result.stdout)
 

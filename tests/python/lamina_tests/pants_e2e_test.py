@@ -216,7 +216,7 @@ def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo:
     output = strict.stdout + strict.stderr
     assert strict.returncode != 0, output
     assert "apt:strict" in output and "var/lib/dpkg/status" in output, output
-    # The error itself names the finding and both layers (not just "see the report").
+    # The error itself names the finding and both layers.
     (finding,) = [l.strip() for l in output.splitlines() if l.strip().startswith("error: /var/lib/dpkg/status")]
     assert "apt_a.tar" in finding and "apt_b.tar" in finding and "package database" in finding, output
     assert "see the report" not in output, output

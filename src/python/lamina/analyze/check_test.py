@@ -104,7 +104,8 @@ def test_policy_error_makes_conflicts_errors_and_ignore_drops_them() -> None:
     a, b = {"x": b"1", "y": b"1"}, {"x": b"2", "y": b"2"}
     report = _composed(a, b, Policy(on_conflict="error"))
     assert [f.severity for f in report.findings] == ["error", "error"]
-    assert report.error_summary() == "composition check failed: 2 conflicts (first: conflict at /x); see the report"
+    first, second = (f.message for f in report.findings)
+    assert report.error_summary() == f"composition check failed: 2 conflicts:\n  error: {first}\n  error: {second}"
     assert _composed(a, b, Policy(on_conflict="ignore")).findings == ()
 
 
@@ -135,6 +136,14 @@ def test_an_opaque_directory_over_foreign_content_is_reported_with_its_paths() -
     opaque = _on(BASE, {"opt/": None, "opt/.wh..wh..opq": b"", "opt/new": b"n"})
     (finding,) = check(_stack((lower, "lower", [0]), (opaque, "o", [1]))).of_kind("whiteout")
     assert len(finding.paths) == 7 and "/opt/f0, /opt/f1, /opt/f2, /opt/f3, /opt/f4 and 2 more" in finding.message
+
+
+def test_an_error_summary_lists_at_most_twenty_findings() -> None:
+    a, b = {f"f{i:02}": b"1" for i in range(23)}, {f"f{i:02}": b"2" for i in range(23)}
+    lines = _composed(a, b, Policy(on_conflict="error")).error_summary().splitlines()
+    assert lines[0] == "composition check failed: 23 conflicts:"
+    assert [l.split()[1] for l in lines[1:21]] == [f"/f{i:02}" for i in range(20)]
+    assert lines[21:] == ["  ... and 3 more (see the report)"]
 
 
 def test_a_hard_link_without_its_target_is_an_error() -> None:

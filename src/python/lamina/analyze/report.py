@@ -17,6 +17,7 @@ GROUPS = (
     ("missing-library", "missing libraries"),
 )
 KINDS = tuple(kind for kind, _ in GROUPS)
+MAX_ERRORS_LISTED = 20  # error findings an error message lists
 # kind -> how the error summary counts it (one, many).
 _COUNTED = {
     "conflict": ("conflict", "conflicts"),
@@ -80,7 +81,8 @@ class Report:
         return tuple(f for f in self.findings if f.kind == kind)
 
     def error_summary(self) -> str:
-        """One line naming what the policy treats as errors (empty when nothing is)."""
+        """What the policy treats as errors (empty when nothing is): a line counting them, then one
+        line per error finding (at most MAX_ERRORS_LISTED), so the error stands on its own."""
         errors = self.errors
         if not errors:
             return ""
@@ -89,9 +91,11 @@ class Report:
             n = sum(1 for f in errors if f.kind == kind)
             if n:
                 counts.append(f"{n} {_COUNTED[kind][0 if n == 1 else 1]}")
-        first = errors[0]
-        where = " -> ".join("/" + p for p in first.paths) if first.kind == "hardlink" else "/" + first.paths[0]
-        return f"composition check failed: {', '.join(counts)} (first: {first.kind} at {where}); see the report"
+        lines = [f"composition check failed: {', '.join(counts)}:"]
+        lines += [f"  error: {f.message}" for f in errors[:MAX_ERRORS_LISTED]]
+        if len(errors) > MAX_ERRORS_LISTED:
+            lines.append(f"  ... and {len(errors) - MAX_ERRORS_LISTED} more (see the report)")
+        return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
         return {
