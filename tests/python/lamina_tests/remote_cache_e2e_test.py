@@ -23,6 +23,10 @@ def _stats(output: str) -> dict:
     return {k: int(v) for k, v in re.findall(r"^\s+(remote_cache_\w+|local_\w+): (\d+)$", output, re.MULTILINE)}
 
 
+def _warnings(output: str) -> list:
+    return [line for line in output.splitlines() if "[WARN]" in line or "[ERROR]" in line]
+
+
 def _repo(root: Path, archive: Path) -> SampleRepo:
     repo = SampleRepo(root)
     repo.write("images/BUILD", BUILD)
@@ -37,6 +41,11 @@ def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, sta
         f"--remote-cache-read={read}",
         f"--remote-cache-write={write}",
         "--remote-cache-warnings=first_only",
+        # the README's timeouts: on a 2-core CI machine, BuildGrid (Python) storing the 200 MB layer can answer an
+        # action-cache write after Pants' 1.5 s default, which counts as a write error (seen once in CI)
+        "--remote-store-rpc-timeout-millis=120000",
+        "--remote-store-chunk-upload-timeout-seconds=600",
+        "--remote-cache-rpc-timeout-millis=30000",
         f"--local-store-dir={cache_dir / 'store'}",
         f"--named-caches-dir={cache_dir / 'named'}",
         *(["--stats-log", "--plugins=[]"] if stats else []),
@@ -62,7 +71,8 @@ def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
         # two extractions, two scans, one check, one compose
         assert sorted(p.split(" ")[1] for p in ran_a) == ["check", "compose", "extract", "extract", "scan", "scan"], ran_a
         stats_a = _stats(first.stderr)
-        assert stats_a["remote_cache_write_errors"] == 0 and stats_a["remote_cache_write_successes"] > 0, stats_a
+        assert stats_a["remote_cache_write_errors"] == 0 and stats_a["remote_cache_write_successes"] > 0, (
+            stats_a, _warnings(first.stderr), server.log_tail())
 
         b = _repo(tmp_path / "checkout-b", archive)
         second = b.pants("package", "images:img",

@@ -242,7 +242,9 @@ def parse_challenges(header: str) -> tuple[Challenge, ...]:
 
 def merge_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
     """One scope per resource with the union of its actions: ('repository:a:pull', 'repository:a:push') ->
-    ('repository:a:pull,push',). Order of first appearance is kept."""
+    ('repository:a:pull,push',). Resources keep their order of first appearance; actions are put in one canonical
+    order (pull, push, delete, then any other sorted), because registries list a challenge's actions in either
+    order and the token request should not depend on which."""
     merged: dict[tuple[str, str], list[str]] = {}
     for scope in scopes:
         kind, _, rest = scope.partition(":")
@@ -252,7 +254,14 @@ def merge_scopes(scopes: tuple[str, ...]) -> tuple[str, ...]:
             continue
         have = merged.setdefault((kind, name), [])
         have.extend(a for a in actions.split(",") if a and a not in have)
-    return tuple(f"{k}:{n}:{','.join(a)}" if n or a else k for (k, n), a in merged.items())
+    return tuple(f"{k}:{n}:{','.join(sorted(a, key=_action_order))}" if n or a else k for (k, n), a in merged.items())
+
+
+_KNOWN_ACTIONS = ("pull", "push", "delete")
+
+
+def _action_order(action: str) -> tuple[int, str]:
+    return (_KNOWN_ACTIONS.index(action), "") if action in _KNOWN_ACTIONS else (len(_KNOWN_ACTIONS), action)
 
 
 def token_request(challenge: Challenge, scopes: tuple[str, ...], creds: Optional[Credentials]) -> tuple[str, str, dict, Optional[bytes]]:

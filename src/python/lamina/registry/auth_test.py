@@ -173,3 +173,10 @@ def test_merge_scopes_unions_actions_per_repository() -> None:
     assert merge_scopes(("repository:a:pull", "repository:a:pull,push", "repository:b:pull", "registry:catalog:*")) == (
         "repository:a:pull,push", "repository:b:pull", "registry:catalog:*")
     assert merge_scopes(("repository:host:5000/x:pull",)) == ("repository:host:5000/x:pull",)
+
+
+def test_merge_scopes_orders_actions_canonically() -> None:
+    # distribution's challenge says "push,pull" or "pull,push" from one request to the next
+    assert merge_scopes(("repository:a:push,pull",)) == ("repository:a:pull,push",)
+    assert merge_scopes(("repository:a:push", "repository:a:pull")) == ("repository:a:pull,push",)
+    assert merge_scopes(("repository:a:*,delete,push,pull",)) == ("repository:a:pull,push,delete,*",)

@@ -85,6 +85,13 @@ class BuildGrid:
                 self._proc.wait()
         self._proc = None
 
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the server's log, for a failing test's message."""
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError as e:
+            return f"(no bgd log: {e})"
+
     def __enter__(self) -> "BuildGrid":
         return self
 
