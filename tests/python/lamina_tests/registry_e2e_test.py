@@ -82,6 +82,13 @@ def _docker_config(tmp_path: Path, host: str, user: str, password: str) -> str:
     return str(directory)
 
 
+@pytest.fixture(autouse=True)
+def own_blob_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test remembers its own blob locations: the user's ~/.cache/lamina file is shared with other test files
+    and runs, and a stale entry for a reused port would add mount attempts (and tokens) to a push."""
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "lamina-cache"))
+
+
 @pytest.fixture
 def registry(tmp_path: Path):  # type: ignore[no-untyped-def]
     reg = start_registry(tmp_path / "registry")
@@ -384,17 +391,18 @@ def test_connection_dropped_mid_upload_restarts_that_blob(
 def test_read_timeout_is_retried(
         tmp_path: Path, registry: Registry, proxied: FaultProxy, isolated_docker_config: str) -> None:
     [pushed] = _push_through(tmp_path, proxied, _image("t"), "3")
-    proxied.add(Fault("delay", "GET", "/manifests/", delay=3.0))
-    options = RegistryOptions(retry=FAST, read_timeout=1.0)
+    # the delay is far longer than the read timeout, so a loaded machine cannot blur the two
+    proxied.add(Fault("delay", "GET", "/manifests/", delay=10.0))
+    options = RegistryOptions(retry=FAST, read_timeout=2.0)
     start = time.monotonic()
     image = open_image(f"docker://{proxied.host}/faulty@{pushed.digest}", registry=options)
-    assert 1.0 <= time.monotonic() - start < 3.0  # gave up on the slow answer after the 1s read timeout
+    assert 2.0 <= time.monotonic() - start < 9.0  # gave up on the slow answer after the 2 s read timeout
     assert image.diff_ids == tuple(sha(l.tar) for l in _image("t").layers)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while len(proxied.entries("GET", "/manifests/")) < 2 and time.monotonic() < deadline:
         time.sleep(0.1)  # the delayed request is logged when the proxy is done with it
     outcomes = [e.outcome for e in proxied.entries("GET", "/manifests/")]
-    assert outcomes[0] == "forwarded 200" and outcomes[1].startswith("delayed 3.0s then ")
+    assert outcomes[0] == "forwarded 200" and outcomes[1].startswith("delayed 10.0s then ")
 
 
 def test_registry_dying_mid_push_leaves_no_tag(

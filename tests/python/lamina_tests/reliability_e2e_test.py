@@ -16,6 +16,26 @@ from lamina.validate import validate
 from lamina_tests.support.sample_repo import SampleRepo, completed_processes
 
 
+def _descendants(pid: int) -> list:
+    """Every process below `pid`. Pants starts each sandboxed process in its own session, so killing Pants' process
+    group leaves them running; the test kills them too, as a machine losing power would."""
+    children: dict = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found.extend(kids)
+        todo.extend(kids)
+    return found
+
+
 def test_a_build_killed_mid_extraction_leaves_nothing_and_the_next_one_is_correct(tmp_path: Path) -> None:
     repo = SampleRepo(tmp_path / "repo")
     (repo.root / "images").mkdir()
@@ -37,7 +57,13 @@ def test_a_build_killed_mid_extraction_leaves_nothing_and_the_next_one_is_correc
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
         time.sleep(0.3)  # well inside the copy of a 300 MB layer
+        below = _descendants(child.pid)
         os.killpg(child.pid, signal.SIGKILL)
+        for pid in below:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         child.wait()
     assert not (repo.root / "dist" / "images" / "img.tar").exists()
 

@@ -34,7 +34,8 @@ def _repo(root: Path, archive: Path) -> SampleRepo:
     return repo
 
 
-def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, stats: bool = True) -> list:
+def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, named_caches: Path,
+                  stats: bool = True) -> list:
     return [
         f"--remote-store-address={address}",
         "--remote-instance-name=",
@@ -46,10 +47,21 @@ def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, sta
         "--remote-store-rpc-timeout-millis=120000",
         "--remote-store-chunk-upload-timeout-seconds=600",
         "--remote-cache-rpc-timeout-millis=30000",
+        # Pants gives the cache writes still running when it is done 3 s by default, then drops them silently; the
+        # last process (compose) writes a 200 MB image
+        "--session-end-tasks-timeout=600",
+        # a cache hit needs only the blobs to exist: no race between fetching 200 MB and the local process Pants
+        # starts beside the lookup (the image written to dist/ is fetched either way)
+        "--cache-content-behavior=validate",
         f"--local-store-dir={cache_dir / 'store'}",
-        f"--named-caches-dir={cache_dir / 'named'}",
+        f"--named-caches-dir={named_caches}",  # pip's downloads; not part of any process's cache key
         *(["--stats-log", "--plugins=[]"] if stats else []),
     ]
+
+
+@pytest.fixture(scope="module")
+def named_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("named-caches")
 
 
 @pytest.fixture(scope="module")
@@ -60,29 +72,34 @@ def archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
-    tmp_path: Path, archive: Path
+    tmp_path: Path, archive: Path, named_caches: Path
 ) -> None:
     require_bgd()
     with BuildGrid(tmp_path / "bgd") as server:
         a = _repo(tmp_path / "checkout-a", archive)
         first = a.pants("package", "images:img",
-                        *_remote_flags(server.address, read=False, write=True, cache_dir=tmp_path / "cache-a"))
+                        *_remote_flags(server.address, read=False, write=True, cache_dir=tmp_path / "cache-a",
+                                       named_caches=named_caches))
         ran_a = completed_processes(first.stderr)
         # two extractions, two scans, one check, one compose
         assert sorted(p.split(" ")[1] for p in ran_a) == ["check", "compose", "extract", "extract", "scan", "scan"], ran_a
         stats_a = _stats(first.stderr)
         assert stats_a["remote_cache_write_errors"] == 0 and stats_a["remote_cache_write_successes"] > 0, (
             stats_a, _warnings(first.stderr), server.log_tail())
+        # every write finished (one cut off at the end of the session counts as neither success nor error)
+        assert stats_a["remote_cache_write_attempts"] == stats_a["remote_cache_write_successes"], stats_a
 
         b = _repo(tmp_path / "checkout-b", archive)
         second = b.pants("package", "images:img",
-                         *_remote_flags(server.address, read=True, write=False, cache_dir=tmp_path / "cache-b"))
+                         *_remote_flags(server.address, read=True, write=False, cache_dir=tmp_path / "cache-b",
+                                        named_caches=named_caches))
         stats_b = _stats(second.stderr)
         print(f"peak RSS of pants (engine in-process): A {a.last_max_rss_kib >> 10} MiB, "
               f"B {b.last_max_rss_kib >> 10} MiB")
         assert completed_processes(second.stderr) == [], second.stderr
         assert stats_b["remote_cache_requests_cached"] == stats_b["remote_cache_requests"] > 0, stats_b
         assert stats_b["remote_cache_read_errors"] == 0, stats_b
+        assert stats_b.get("remote_cache_speculation_local_completed_first", 0) == 0, stats_b
         assert "Failed to read from remote cache" not in second.stderr, second.stderr
         out_a = (a.root / "dist" / "images" / "img.tar").read_bytes()
         out_b = (b.root / "dist" / "images" / "img.tar").read_bytes()
@@ -92,13 +109,14 @@ def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
         assert b.last_max_rss_kib < 1_000_000, b.last_max_rss_kib
 
 
-def test_server_down_builds_locally_with_one_warning(tmp_path: Path, archive: Path) -> None:
+def test_server_down_builds_locally_with_one_warning(tmp_path: Path, archive: Path, named_caches: Path) -> None:
     require_bgd()
     with BuildGrid(tmp_path / "bgd") as server:
         address = server.address
     repo = _repo(tmp_path / "checkout", archive)
     result = repo.pants("package", "images:img",
-                        *_remote_flags(address, read=True, write=False, cache_dir=tmp_path / "cache", stats=False))
+                        *_remote_flags(address, read=True, write=False, cache_dir=tmp_path / "cache",
+                                      named_caches=named_caches, stats=False))
     warnings = [l for l in result.stderr.splitlines() if "[WARN]" in l]
     assert len(warnings) == 1 and "remote cache" in warnings[0], warnings
     assert "Traceback" not in result.stderr

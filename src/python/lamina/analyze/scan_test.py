@@ -275,7 +275,7 @@ def test_scan_files_indexes_the_layer_compose_makes(tmp_path: Path) -> None:
     (tmp_path / "site" / "index.html").write_bytes(b"<html>")
     files = [("/usr/bin/app", str(tmp_path / "app")), ("/srv/index.html", str(tmp_path / "site" / "index.html"))]
     index = scan_files(files, "files of //app:img", str(tmp_path))
-    assert os.listdir(tmp_path) == ["app", "site"]  # its scratch layer is gone
+    assert sorted(os.listdir(tmp_path)) == ["app", "site"]  # its scratch layer is gone
 
     spec = parse_spec({"platform": "linux/amd64", "files": [{"src": str(tmp_path / "app"), "dest": "/usr/bin/app"}],
                        "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv"}], "format": "oci"})

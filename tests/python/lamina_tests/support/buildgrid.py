@@ -51,29 +51,38 @@ def require_bgd() -> str:
 
 class BuildGrid:
     def __init__(self, workdir: Path) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.log = workdir / "bgd.log"
+        self._proc: Optional[subprocess.Popen] = None
+        for _ in range(3):  # the free port may be taken before bgd binds it: try another
+            if self._start(workdir):
+                return
+        raise RuntimeError(f"bgd exited early three times:\n{self.log_tail()}")
+
+    def _start(self, workdir: Path) -> bool:
+        """True once bgd listens; False if it exited early; raises if it never listens."""
         self.port = free_port()
         self.address = f"grpc://127.0.0.1:{self.port}"
-        workdir.mkdir(parents=True, exist_ok=True)
         config = workdir / "bgd.yml"
         config.write_text(CONFIG.format(port=self.port, cas=workdir / "cas"))
-        self.log = workdir / "bgd.log"
-        self._proc: Optional[subprocess.Popen] = subprocess.Popen(
+        self._proc = subprocess.Popen(
             [require_bgd(), "server", "start", str(config)],
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"bgd exited early:\n{self.log.read_text()[-2000:]}")
+                self._proc = None
+                return False
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
+                    return True
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"bgd did not listen within 60 s:\n{self.log.read_text()[-2000:]}")
+        raise RuntimeError(f"bgd did not listen within 180 s:\n{self.log_tail()}")
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:

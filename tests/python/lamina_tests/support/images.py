@@ -164,6 +164,9 @@ def _docker_build(tag: str, context: Path, extra_args: Optional[List[str]] = Non
         "--network",
         "none",
         "--force-rm",
+        # fresh layers on every build: a layer left in the engine's build cache by an earlier run (or another test
+        # file) would be byte-identical, so Pants' process cache would hit where a test expects fresh work
+        "--no-cache",
         "--tag",
         tag,
         "--file",

@@ -121,7 +121,7 @@ def _docker_problem() -> Optional[str]:
     if shutil.which("docker") is None:
         return "the `docker` CLI is not on PATH (apt-get install docker.io)"
     try:
-        docker("info", "--format", "{{.ServerVersion}}", timeout=20)
+        docker("info", "--format", "{{.ServerVersion}}", timeout=120)
     except DockerError as e:
         return str(e)
     return None
