@@ -45,13 +45,12 @@ from lamina_pants.target_types import (
 from lamina_pants.util_rules.analysis import (
     CheckReport,
     CheckRequest,
-    FilesScanRequest,
     ScanRequest,
     log_findings,
 )
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
-from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest
+from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
 
 OUT_DIR = "__out"
 
@@ -149,12 +148,11 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             enable_codegen=True,
         ),
     )
-    inputs = [files.snapshot.digest]
+    inputs: list = []
     # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
     bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(layer_bundles)]
     spec: dict = {
         "layers": [{"source": d, "target": str(a)} for (d, _), a in zip(bundles, layer_addresses)],
-        "files": _file_destinations(fs, files.snapshot.files),
         "config": fs.config(),
         "tags": fs.image_refs(),
         "format": fs.output_format.value,
@@ -163,6 +161,21 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     }
     if fs.platform.value:
         spec["platform"] = fs.platform.value
+    # The image's own files become one layer, made once in its own process: compose takes it as it
+    # is and the check reads its index.
+    destinations = _file_destinations(fs, files.snapshot.files)
+    files_request = None
+    if destinations:
+        files_spec = await Get(
+            Digest, CreateDigest([FileContent("__files.json", json.dumps({"files": destinations}, sort_keys=True).encode())])
+        )
+        files_request = FilesLayerRequest(
+            fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
+        )
+        files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
+        files_dir = read_only_dir("files", files_layer.digest)
+        bundles.append((files_dir, files_layer.digest))
+        spec["files_layer"] = files_dir
     stack = list(layer_bundles)
     if base_value == "scratch":
         spec["base"] = "scratch"
@@ -189,16 +202,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         tuple(fs.allowed_conflicts.value or ()),
         fs.check_dependencies.value,
     )
-    if spec["files"] and lamina.check_compositions:  # the image's own files are checked on top
-        files_spec = await Get(
-            Digest, CreateDigest([FileContent("__files.json", json.dumps({"files": spec["files"]}, sort_keys=True).encode())])
-        )
-        check_request = dataclasses.replace(
-            check_request,
-            files=FilesScanRequest(
-                fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
-            ),
-        )
+    if files_request is not None and lamina.check_compositions:  # the image's own files are checked on top
+        check_request = dataclasses.replace(check_request, files=files_request)
     if not lamina.check_compositions:
         check_request = CheckRequest(fs.address, (), "ignore", (), False)
     report, result = await MultiGet(

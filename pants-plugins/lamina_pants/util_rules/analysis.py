@@ -7,11 +7,20 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from pants.engine.addresses import Address
-from pants.engine.fs import EMPTY_DIGEST, AddPrefix, Digest, DigestContents, MergeDigests, RemovePrefix
+from pants.engine.fs import (
+    EMPTY_DIGEST,
+    AddPrefix,
+    Digest,
+    DigestContents,
+    DigestSubset,
+    MergeDigests,
+    PathGlobs,
+    RemovePrefix,
+)
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
-from lamina_pants.util_rules.layers import Bundle
+from lamina_pants.util_rules.layers import Bundle, FilesLayer, FilesLayerRequest
 
 logger = logging.getLogger(__name__)
 
@@ -50,40 +59,13 @@ async def scan_bundle(request: ScanRequest) -> LayerIndex:
 
 
 @dataclass(frozen=True)
-class FilesScanRequest:
-    """The layer a composed image makes of its own files: `files_spec` names them, `input_digest`
-    holds them and the spec."""
-
-    address: Address
-    input_digest: Digest
-    files_spec: str
-
-
-@rule
-async def scan_files_layer(request: FilesScanRequest) -> LayerIndex:
-    # Keyed on the files and their destinations only: a change elsewhere in the stack reuses it.
-    result = await Get(
-        LaminaRunResult,
-        LaminaRun(
-            address=request.address,
-            argv=("scan-files", request.files_spec, f"--out={INDEX_DIR}/index.json",
-                  f"--name=files of {request.address}"),
-            input_digest=request.input_digest,
-            output_directory=INDEX_DIR,
-            description=f"lamina: scan files of {request.address}",
-        ),
-    )
-    return LayerIndex(await Get(Digest, RemovePrefix(result.output_digest, INDEX_DIR)))
-
-
-@dataclass(frozen=True)
 class CheckRequest:
     address: Address
     scans: tuple[ScanRequest, ...]  # the stack's layers, base first
     on_conflict: str
     allowed: tuple[str, ...]
     check_dependencies: bool
-    files: Optional[FilesScanRequest] = None  # the image's own files, on top of the stack
+    files: Optional[FilesLayerRequest] = None  # the image's own files, on top of the stack
 
 
 @dataclass(frozen=True)
@@ -98,7 +80,8 @@ async def check_composition(request: CheckRequest) -> CheckReport:
         return CheckReport("", ())
     indexes = list(await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in request.scans))
     if request.files is not None:
-        indexes.append(await Get(LayerIndex, FilesScanRequest, request.files))
+        files_layer = await Get(FilesLayer, FilesLayerRequest, request.files)
+        indexes.append(LayerIndex(await Get(Digest, DigestSubset(files_layer.digest, PathGlobs(["index.json"])))))
     prefixed = await MultiGet(
         Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(indexes)
     )

@@ -93,5 +93,43 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
 
 
 
+FILES_LAYER_DIR = "__files_layer"
+
+
+@dataclass(frozen=True)
+class FilesLayerRequest:
+    """The layer a composed image makes of its own files: `input_digest` holds the files and
+    `files_spec`, which says where each goes."""
+
+    address: Address
+    input_digest: Digest
+    files_spec: str
+
+
+@dataclass(frozen=True)
+class FilesLayer:
+    """files-layer.tar.gz, its description files-layer.json (for compose) and its scan index.json
+    (for check) at the digest's root."""
+
+    digest: Digest
+
+
+@rule
+async def make_files_layer(request: FilesLayerRequest) -> FilesLayer:
+    # Made once, keyed on the files and their destinations only: compose takes it as it is and the
+    # check reads its index, and a change elsewhere in the stack reuses it.
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=("files-layer", request.files_spec, f"--out={FILES_LAYER_DIR}", f"--name=files of {request.address}"),
+            input_digest=request.input_digest,
+            output_directory=FILES_LAYER_DIR,
+            description=f"lamina: files layer of {request.address}",
+        ),
+    )
+    return FilesLayer(await Get(Digest, RemovePrefix(result.output_digest, FILES_LAYER_DIR)))
+
+
 def rules() -> Iterable:
     return collect_rules()

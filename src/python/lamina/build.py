@@ -12,7 +12,7 @@ from lamina.errors import InvalidSource, SpecError
 from lamina.extract import read_selection
 from lamina.formats.write import write
 from lamina.image import Image, Layer
-from lamina.newlayer import build_files_layer, files_from_dir
+from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_dir
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
 from lamina.spec import FileSpec, LayerSpec, Spec
@@ -84,7 +84,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
     try:
         new_layers = []
         files = collect_files(spec.files, spec.file_dirs)
-        if files:
+        if spec.files_layer is not None:
+            new_layers.append(read_files_layer_dir(spec.files_layer))
+        elif files:
             new_layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
         image = compose(
             base,

@@ -8,7 +8,7 @@ import tarfile
 import pytest
 
 from lamina.build import build
-from lamina.errors import InvalidSource, SpecError
+from lamina.errors import DigestMismatch, InvalidSource, SpecError
 from lamina.extract import extract
 from lamina.model import ANN_SELECTOR, ANN_SOURCE
 from lamina.select import parse_selector, select
@@ -91,6 +91,49 @@ def test_files_become_one_new_top_layer(tmp_path, bundles: dict[str, str]) -> No
     assert names == ["etc", "etc/app.conf", "srv", "srv/www", "srv/www/index.html"]
     assert validate(image).layers == 3
     assert leftovers(str(tmp_path)) == []
+
+
+def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    from lamina.newlayer import FILES_LAYER_BLOB, write_files_layer_dir
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_bytes(b"<html>")
+    (tmp_path / "conf").write_bytes(b"c=1")
+    files = {"files": [{"src": str(tmp_path / "conf"), "dest": "/etc/app.conf"}],
+             "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv/www"}]}
+    direct = build(parse_spec({"base": bundles["base"], **files, "format": "oci"}), str(tmp_path / "direct"))
+    write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf")), ("/srv/www/index.html", str(tmp_path / "site" / "index.html"))],
+                          str(tmp_path / "fl"))
+    audit = str(tmp_path / "pre.layers.json")
+    pre = build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": "oci"}),
+                str(tmp_path / "pre"), audit=audit)
+    assert pre.manifest_descriptor.digest == direct.manifest_descriptor.digest  # byte-identical image
+    with open(audit) as f:
+        assert json.load(f)["layers"][-1]["selector"] == "files"
+    assert validate(open_image("oci:" + str(tmp_path / "pre"))).layers == 3
+
+    # its bytes are checked against the description, as any blob's: a changed blob fails the compose
+    blob = tmp_path / "fl" / FILES_LAYER_BLOB
+    data = bytearray(blob.read_bytes())
+    data[-9] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    out = tmp_path / "dest" / "out.tar"
+    with pytest.raises(DigestMismatch, match="the new files layer: .* blob content is sha256:"):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": "oci-archive"}), str(out))
+    assert not out.exists() and leftovers(str(tmp_path / "dest")) == []
+
+
+def test_files_layer_spec_errors(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "conf").write_bytes(b"c=1")
+    with pytest.raises(SpecError, match="give it, or files/file_dirs, not both"):
+        parse_spec({"base": bundles["base"], "files_layer": str(tmp_path),
+                    "files": [{"src": str(tmp_path / "conf"), "dest": "/c"}]})
+    with pytest.raises(SpecError, match="has no files-layer.json: make it with `lamina files-layer`"):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "empty")}), str(tmp_path / "o.tar"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "files-layer.json").write_text('{"digest": "md5:x"}')
+    with pytest.raises(SpecError, match="is not a description `lamina files-layer` writes"):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "bad")}), str(tmp_path / "o.tar"))
 
 
 def test_audit_trail_records_where_every_layer_came_from(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]

@@ -127,6 +127,24 @@ def cmd_scan_files(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_files_layer(args: argparse.Namespace) -> int:
+    from lamina.analyze.index import write_index
+    from lamina.analyze.scan import scan_files_layer
+    from lamina.build import collect_files
+    from lamina.newlayer import write_files_layer_dir
+    from lamina.spec import parse_files
+
+    with open(args.spec, "rb") as f:
+        data = parse_json(f.read(), args.spec)
+    files, file_dirs = parse_files(data)
+    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out)
+    index = os.path.join(args.out, "index.json")
+    write_index([scan_files_layer(layer, args.name or f"files of {args.spec}")], index)
+    print(json.dumps({"out": args.out, "digest": layer.descriptor.digest, "diff_id": layer.diff_id,
+                      "size": layer.descriptor.size, "index": index}, sort_keys=True))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lamina.analyze.check import check
     from lamina.analyze.index import read_index
@@ -265,6 +283,15 @@ def parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, help="the index file to write")
     sf.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
     sf.set_defaults(func=cmd_scan_files)
+
+    fl = sub.add_parser(
+        "files-layer",
+        help="make the layer of a spec's files once, for `compose` (spec key files_layer) and `check` (its index.json)")
+    fl.add_argument("spec", help="a compose spec, or a JSON object with just its files and file_dirs")
+    fl.add_argument("--out", required=True,
+                    help="directory to write: files-layer.tar.gz, files-layer.json (its description), index.json")
+    fl.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
+    fl.set_defaults(func=cmd_files_layer)
 
     ck = sub.add_parser("check", help="check a stack of layer indexes (base first) for composition problems")
     ck.add_argument("--index", action="append", required=True, help="an index from `lamina scan`; repeat, base first")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -87,6 +88,59 @@ def build_files_layer(files: Sequence[tuple[str, str]], out_path: str) -> Layer:
         history=({"created_by": "lamina: files", "comment": f"{len(wanted)} files"},),
         opener=lambda: open(out_path, "rb"),
         path=out_path,
+    )
+
+
+FILES_LAYER_BLOB = "files-layer.tar.gz"
+FILES_LAYER_META = "files-layer.json"
+
+
+def write_files_layer_dir(files: Sequence[tuple[str, str]], out_dir: str) -> Layer:
+    """`build_files_layer` into `out_dir`, beside a description of it (digest, size, diff_id,
+    history), so that `compose` can take the layer as it is (spec key "files_layer") instead of
+    packing the files again. The description is written last: a directory without it is not a
+    files layer."""
+    os.makedirs(out_dir, exist_ok=True)
+    layer = build_files_layer(files, os.path.join(out_dir, FILES_LAYER_BLOB))
+    d = layer.descriptor
+    meta = {"mediaType": d.media_type, "digest": d.digest, "size": d.size, "diff_id": layer.diff_id,
+            "history": [dict(h) for h in layer.history]}
+    tmp = os.path.join(out_dir, FILES_LAYER_META + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, os.path.join(out_dir, FILES_LAYER_META))
+    return layer
+
+
+def read_files_layer_dir(path: str) -> Layer:
+    """The layer `write_files_layer_dir` made in `path`. Its bytes are checked against the recorded
+    digest and size when they are read."""
+    meta_path = os.path.join(path, FILES_LAYER_META)
+    blob = os.path.join(path, FILES_LAYER_BLOB)
+    try:
+        with open(meta_path, "rb") as f:
+            meta = json.loads(f.read())
+    except FileNotFoundError:
+        raise SpecError(f"files_layer {path!r} has no {FILES_LAYER_META}: make it with `lamina files-layer`") from None
+    except (OSError, ValueError) as e:
+        raise SpecError(f"files_layer {path!r}: cannot read {FILES_LAYER_META}: {e}") from None
+    ok = (isinstance(meta, dict) and meta.get("mediaType") == OCI_LAYER_GZIP
+          and isinstance(meta.get("digest"), str) and str(meta["digest"]).startswith("sha256:")
+          and isinstance(meta.get("diff_id"), str) and str(meta["diff_id"]).startswith("sha256:")
+          and isinstance(meta.get("size"), int) and isinstance(meta.get("history"), list)
+          and all(isinstance(h, dict) for h in meta["history"]))
+    if not ok:
+        raise SpecError(f"files_layer {path!r}: {FILES_LAYER_META} is not a description `lamina files-layer` writes")
+    if not os.path.isfile(blob):
+        raise SpecError(f"files_layer {path!r} has no {FILES_LAYER_BLOB}")
+    return Layer(
+        descriptor=Descriptor(OCI_LAYER_GZIP, meta["digest"], meta["size"]),
+        diff_id=meta["diff_id"],
+        index=-1,
+        history=tuple(meta["history"]),
+        opener=lambda: open(blob, "rb"),
+        path=blob,
     )
 
 

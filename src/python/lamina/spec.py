@@ -35,6 +35,7 @@ class Spec:
     format: str
     allow_platform_mismatch: bool
     target: Optional[str] = None  # the build target this image is for: the audit names it for the base and files layers
+    files_layer: Optional[str] = None  # a directory from `lamina files-layer`, used instead of files/file_dirs
 
 
 def _str(value: Any, where: str) -> str:
@@ -94,7 +95,7 @@ def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
 
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
 _KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
-         "target"}
+         "target", "files_layer"}
 
 
 def parse_spec(data: Any) -> Spec:
@@ -135,6 +136,9 @@ def parse_spec(data: Any) -> Spec:
         stop_signal=_str(c["stop_signal"], "config.stop_signal") if c.get("stop_signal") is not None else None,
     )
     files, file_dirs = parse_files(data)
+    files_layer = _str(data["files_layer"], "files_layer") if data.get("files_layer") is not None else None
+    if files_layer is not None and (files or file_dirs):
+        raise SpecError("files_layer is the layer made of the image's files: give it, or files/file_dirs, not both")
     fmt = _str(data.get("format", "docker-archive"), "format")
     if fmt not in ("docker-archive", "oci", "oci-archive"):
         raise SpecError(f"format {fmt!r} is not one of docker-archive, oci, oci-archive")
@@ -152,4 +156,5 @@ def parse_spec(data: Any) -> Spec:
         format=fmt,
         allow_platform_mismatch=allow,
         target=_str(data["target"], "target") if data.get("target") is not None else None,
+        files_layer=files_layer,
     )

@@ -352,7 +352,7 @@ composed_image(name="allowed", base="base.tar", layers=[":apt_a", ":apt_b"], on_
                allowed_conflicts=["/var/lib/dpkg/*"])
 
 # The image's own files are checked too: its binary needs libfoo.so.
-files(name="app", sources=["hello"])
+files(name="app", sources=["hello", "build-id"])
 composed_image(name="ownbin", base="base.tar", layers=[":libc"], files=[":app"], files_dest="/usr/local/bin")
 composed_image(name="ownbin_lib", base="base.tar", layers=[":libc", ":libfoo"], files=[":app"],
                files_dest="/usr/local/bin")
@@ -376,6 +376,7 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
     for name in ("base", "echo-other", "rm-echo", "dyn", "apt-a", "apt-b"):
         os.link(images.tars[name], repo.root / "checks" / f"{name}.tar")
     shutil.copy(images.dir / "hello", repo.root / "checks" / "hello")
+    repo.write("checks/build-id", uuid.uuid4().hex)  # fresh files: their layer is not in this machine's Pants cache
     repo.write("checks/BUILD", PANTS_BUILD)
     result = repo.pants("package", "checks::")
     err = result.stderr
@@ -395,6 +396,16 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
     assert own.startswith("warning: /usr/local/bin/hello from [2] files of checks:ownbin (sha256:"), own
     assert "libfoo.so not found on its library path" in own, own
     assert _findings(err, "checks:ownbin_lib") == [], err  # libfoo.so's layer is in the stack
+    # The files layer is made once, by its own process; the check's finding and the image name the same layer.
+    from lamina.sources import open_image
+    from lamina_tests.support.sample_repo import completed_processes
+
+    ran = completed_processes(err)
+    assert sorted(p for p in ran if "files" in p) == [
+        "lamina: files layer of checks:ownbin", "lamina: files layer of checks:ownbin_lib"], ran
+    top = json.loads((repo.root / "dist" / "checks" / "ownbin.layers.json").read_text())["layers"][-1]
+    assert top["selector"] == "files" and f"files of checks:ownbin ({top['digest'][:19]})" in own, (own, top)
+    assert open_image(str(repo.root / "dist" / "checks" / "ownbin.tar")).diff_ids[-1] == top["diff_id"]
     for name in ("whiteout", "nolib", "withlib", "unchecked", "allowed", "ownbin", "ownbin_lib"):
         assert (repo.root / "dist" / "checks" / f"{name}.tar").is_file(), name
 

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from lamina.analyze.index import read_index
 from lamina.cli import main
+from lamina.sources import open_image
 from lamina.testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
 
 BASE = FakeLayer({"bin/": None, "bin/sh": b"sh"}, "ADD rootfs /")
@@ -115,3 +117,35 @@ def test_scan_files_then_check_reports_a_library_missing_for_the_images_own_bina
 
     rc, _, err = _run(capsys, "scan-files", str(tmp_path / "nope.json"), "--out", files)
     assert rc != 0 and "nope.json" in err and "Traceback" not in err
+
+
+def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lamina.testing.elffiles import make_elf
+
+    (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
+    (tmp_path / "files.json").write_text(json.dumps({"files": [{"src": str(tmp_path / "app"), "dest": "/bin/app"}]}))
+    write_oci_dir(FakeImage([FakeLayer({"lib/": None, "lib/ld.so": make_elf(soname="ld.so")}, "ADD loader")]),
+                  str(tmp_path / "base"))
+    rc, out, _ = _run(capsys, "files-layer", str(tmp_path / "files.json"), "--out", str(tmp_path / "fl"),
+                      "--name", "files of //:img")
+    assert rc == 0, out
+    made = json.loads(out)
+    assert sorted(os.listdir(tmp_path / "fl")) == ["files-layer.json", "files-layer.tar.gz", "index.json"]
+
+    # the same index scan-files makes, and check reads it
+    rc, out, _ = _run(capsys, "scan-files", str(tmp_path / "files.json"), "--out", str(tmp_path / "sf.json"),
+                      "--name", "files of //:img")
+    assert json.loads(out)["digest"] == made["digest"]
+    assert (tmp_path / "sf.json").read_bytes() == (tmp_path / "fl" / "index.json").read_bytes()
+    base = str(tmp_path / "base.json")
+    assert _run(capsys, "scan", str(tmp_path / "base"), "--out", base)[0] == 0
+    rc, out, _ = _run(capsys, "check", "--index", base, "--index", str(tmp_path / "fl" / "index.json"))
+    assert rc == 0 and "  warning: /bin/app from [1] files of //:img" in out and "libfoo.so.1" in out, out
+
+    # compose takes the layer as it is
+    (tmp_path / "spec.json").write_text(json.dumps(
+        {"base": "oci:" + str(tmp_path / "base"), "files_layer": str(tmp_path / "fl"), "format": "oci"}))
+    rc, out, _ = _run(capsys, "compose", str(tmp_path / "spec.json"), "--out", str(tmp_path / "img"))
+    assert rc == 0, out
+    top = open_image("oci:" + str(tmp_path / "img")).layers[-1]
+    assert (top.descriptor.digest, top.diff_id, top.created_by) == (made["digest"], made["diff_id"], "lamina: files")

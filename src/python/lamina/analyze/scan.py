@@ -138,7 +138,6 @@ def scan_files(files: Sequence[tuple[str, str]], name: str, scratch_dir: str) ->
     """The index of the layer `compose` makes of `files` ((image path, local path) pairs): the
     same layer, built the same way (in `scratch_dir`, then removed), scanned as it sits on top of
     the composed stack (it knows every layer below it)."""
-    import dataclasses
     import shutil
     import tempfile
 
@@ -146,10 +145,17 @@ def scan_files(files: Sequence[tuple[str, str]], name: str, scratch_dir: str) ->
 
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
-        layer = build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz"))
-        return dataclasses.replace(scan_layer(layer, name, (), ""), on_top=True)
+        return scan_files_layer(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")), name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scan_files_layer(layer: Layer, name: str) -> LayerIndex:
+    """The index of an image's files layer, which sits on top of the composed stack: it was built
+    knowing every layer below it, so what it replaces is not a conflict."""
+    import dataclasses
+
+    return dataclasses.replace(scan_layer(layer, name, (), ""), on_top=True)
 
 
 def _added_from(layer: Layer) -> tuple[Optional[str], Optional[frozenset[int]]]:
