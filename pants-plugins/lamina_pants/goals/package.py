@@ -5,7 +5,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, PackageFieldSet
 from pants.core.target_types import FileSourceField, ResourceSourceField
@@ -162,7 +162,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     if fs.platform.value:
         spec["platform"] = fs.platform.value
     # The image's own files become one layer, made once in its own process: compose takes it as it
-    # is and the check reads its index.
+    # is and the check reads its index. It is made while the base is extracted.
     destinations = _file_destinations(fs, files.snapshot.files)
     files_request = None
     if destinations:
@@ -172,16 +172,29 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         files_request = FilesLayerRequest(
             fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
         )
+    base_request = None
+    if base_value != "scratch":
+        source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
+        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
+    # (Gets stay in the rule's own body: Pants 2.17 finds a rule's dependencies there.)
+    files_layer: Optional[FilesLayer] = None
+    base: Optional[Bundle] = None
+    if files_request is not None and base_request is not None:
+        files_layer, base = await MultiGet(
+            Get(FilesLayer, FilesLayerRequest, files_request), Get(Bundle, BundleRequest, base_request)
+        )
+    elif files_request is not None:
         files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
+    elif base_request is not None:
+        base = await Get(Bundle, BundleRequest, base_request)
+    if files_layer is not None:
         files_dir = read_only_dir("files", files_layer.digest)
         bundles.append((files_dir, files_layer.digest))
         spec["files_layer"] = files_dir
     stack = list(layer_bundles)
-    if base_value == "scratch":
+    if base is None:
         spec["base"] = "scratch"
     else:
-        source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
-        base = await Get(Bundle, BundleRequest(source, ":", fs.address, "base image", fs.platform.value))
         base_dir = read_only_dir("base", base.digest)
         bundles.append((base_dir, base.digest))
         spec["base"] = {"source": base_dir}

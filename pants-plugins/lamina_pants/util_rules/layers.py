@@ -91,8 +91,6 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
     )
 
 
-
-
 FILES_LAYER_DIR = "__files_layer"
 
 

@@ -97,6 +97,9 @@ def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[s
             allow_platform_mismatch=spec.allow_platform_mismatch,
             tags=spec.tags,
             base_trusted=base_trusted,
+            # a files layer read from disk is checked (digest and diff_id) as it is written
+            new_layers_trusted=spec.files_layer is None,
+            new_layers_source=f"files_layer {spec.files_layer}" if spec.files_layer else "the new files layer",
         )
         if audit:
             base_target = (spec.base.target if spec.base else None) or ""

@@ -112,14 +112,35 @@ def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict
         assert json.load(f)["layers"][-1]["selector"] == "files"
     assert validate(open_image("oci:" + str(tmp_path / "pre"))).layers == 3
 
-    # its bytes are checked against the description, as any blob's: a changed blob fails the compose
-    blob = tmp_path / "fl" / FILES_LAYER_BLOB
-    data = bytearray(blob.read_bytes())
-    data[-9] ^= 0xFF
-    blob.write_bytes(bytes(data))
-    out = tmp_path / "dest" / "out.tar"
-    with pytest.raises(DigestMismatch, match="the new files layer: .* blob content is sha256:"):
-        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": "oci-archive"}), str(out))
+    # re-making the layer in the same directory leaves the image composed from it intact (no in-place rewrite)
+    before = (tmp_path / "pre" / "blobs" / "sha256" / pre.layers[-1].descriptor.digest[7:]).read_bytes()
+    write_files_layer_dir([("/etc/other.conf", str(tmp_path / "conf"))], str(tmp_path / "fl"))
+    assert (tmp_path / "pre" / "blobs" / "sha256" / pre.layers[-1].descriptor.digest[7:]).read_bytes() == before
+    assert validate(open_image("oci:" + str(tmp_path / "pre"))).layers == 3
+
+
+@pytest.mark.parametrize("fmt", ["oci", "oci-archive", "docker-archive"])
+@pytest.mark.parametrize("lie", ["blob", "diff_id"])
+def test_a_files_layer_that_does_not_match_its_description_fails_compose(tmp_path, bundles: dict[str, str],  # type: ignore[no-untyped-def]
+                                                                         fmt: str, lie: str) -> None:
+    from lamina.newlayer import FILES_LAYER_BLOB, FILES_LAYER_META, write_files_layer_dir
+
+    (tmp_path / "conf").write_bytes(b"c=1" * 1000)
+    layer = write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf"))], str(tmp_path / "fl"))
+    if lie == "blob":  # same size, other bytes: the digest check catches it
+        blob = tmp_path / "fl" / FILES_LAYER_BLOB
+        data = bytearray(blob.read_bytes())
+        data[-9] ^= 0xFF
+        blob.write_bytes(bytes(data))
+        message = "blob content is sha256:"
+    else:  # the right blob, described with another diff_id: the config would lie
+        meta = json.loads((tmp_path / "fl" / FILES_LAYER_META).read_text())
+        meta["diff_id"] = "sha256:" + "0" * 64
+        (tmp_path / "fl" / FILES_LAYER_META).write_text(json.dumps(meta))
+        message = "sha256:" + layer.diff_id[7:]
+    out = tmp_path / "dest" / "out"
+    with pytest.raises(DigestMismatch, match=f"files_layer {tmp_path}/fl: layer sha256:.*{message}"):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": fmt}), str(out))
     assert not out.exists() and leftovers(str(tmp_path / "dest")) == []
 
 

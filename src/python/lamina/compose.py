@@ -167,8 +167,12 @@ def compose(
     tags: Sequence[str] = (),
     base_trusted: bool = False,
     created: str = EPOCH,
+    new_layers_trusted: bool = True,
+    new_layers_source: str = "the new files layer",
 ) -> ComposedImage:
-    """A new image: base's layers, then `added` in order, then `new_layers`; the config inherited from base."""
+    """A new image: base's layers, then `added` in order, then `new_layers`; the config inherited from base.
+    `new_layers` were made in this process (trusted) unless `new_layers_trusted` is False, e.g. a
+    files layer read from disk: then their digest and diff_id are checked as they are written."""
     if base is None:
         if platform is None:
             raise PlatformMismatch("a scratch base needs an explicit platform, e.g. linux/amd64")
@@ -228,10 +232,10 @@ def compose(
         "layers": [d.to_json() for d in descriptors],
     }
     layers = tuple(base_layers) + tuple(a.layer for a in added) + tuple(new_layers)
-    trusted = (base_trusted,) * len(base_layers) + tuple(a.trusted for a in added) + (True,) * len(new_layers)
+    trusted = (base_trusted,) * len(base_layers) + tuple(a.trusted for a in added) + (new_layers_trusted,) * len(new_layers)
     sources = (
         (base.source if base else "",) * len(base_layers)
         + tuple(a.source for a in added)
-        + ("the new files layer",) * len(new_layers)
+        + (new_layers_source,) * len(new_layers)
     )
     return ComposedImage(config_bytes, canonical_json(manifest), layers, trusted, tuple(tags), sources)

@@ -1,6 +1,7 @@
 """Deterministic new layers from files: sorted entries, uid/gid 0, mtime 0, gzip with mtime 0."""
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -100,16 +101,31 @@ def write_files_layer_dir(files: Sequence[tuple[str, str]], out_dir: str) -> Lay
     history), so that `compose` can take the layer as it is (spec key "files_layer") instead of
     packing the files again. The description is written last: a directory without it is not a
     files layer."""
+    if not files:
+        raise SpecError("no files: a files layer needs at least one (compose adds no layer for no files)")
     os.makedirs(out_dir, exist_ok=True)
-    layer = build_files_layer(files, os.path.join(out_dir, FILES_LAYER_BLOB))
+    meta_path = os.path.join(out_dir, FILES_LAYER_META)
+    if os.path.lexists(meta_path):
+        os.unlink(meta_path)  # until the new description is written, the directory is not a files layer
+    blob = os.path.join(out_dir, FILES_LAYER_BLOB)
+    # A new file, then renamed: an image composed earlier in `oci` format may hard-link the old blob.
+    tmp_blob = blob + ".tmp"
+    try:
+        made = build_files_layer(files, tmp_blob)
+        os.replace(tmp_blob, blob)
+    except BaseException:
+        if os.path.lexists(tmp_blob):
+            os.unlink(tmp_blob)
+        raise
+    layer = dataclasses.replace(made, opener=lambda: open(blob, "rb"), path=blob)
     d = layer.descriptor
     meta = {"mediaType": d.media_type, "digest": d.digest, "size": d.size, "diff_id": layer.diff_id,
             "history": [dict(h) for h in layer.history]}
-    tmp = os.path.join(out_dir, FILES_LAYER_META + ".tmp")
+    tmp = meta_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
         f.write("\n")
-    os.replace(tmp, os.path.join(out_dir, FILES_LAYER_META))
+    os.replace(tmp, meta_path)
     return layer
 
 

@@ -149,3 +149,7 @@ def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, 
     assert rc == 0, out
     top = open_image("oci:" + str(tmp_path / "img")).layers[-1]
     assert (top.descriptor.digest, top.diff_id, top.created_by) == (made["digest"], made["diff_id"], "lamina: files")
+
+    (tmp_path / "none.json").write_text(json.dumps({"files": []}))
+    rc, _, err = _run(capsys, "files-layer", str(tmp_path / "none.json"), "--out", str(tmp_path / "fl2"))
+    assert rc != 0 and "no files: a files layer needs at least one" in err and "Traceback" not in err

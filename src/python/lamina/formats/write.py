@@ -40,6 +40,8 @@ def _what(image: ComposedImage, layer: Layer) -> str:
             source = image.sources[i]
             break
     where = f"{source}: " if source else ""
+    if layer.index < 0:  # a layer lamina made, of no source image
+        return f"{where}layer {layer.descriptor.digest}"
     return f"{where}layer {layer.index} ({layer.descriptor.digest})"
 
 
