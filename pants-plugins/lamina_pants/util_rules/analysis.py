@@ -76,7 +76,7 @@ class CheckReport:
 
 @rule
 async def check_composition(request: CheckRequest) -> CheckReport:
-    if not request.scans:
+    if not request.scans and request.files is None:  # nothing to check (or checks off)
         return CheckReport("", ())
     indexes = list(await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in request.scans))
     if request.files is not None:

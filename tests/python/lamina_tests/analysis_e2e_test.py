@@ -356,6 +356,9 @@ files(name="app", sources=["hello", "build-id"])
 composed_image(name="ownbin", base="base.tar", layers=[":libc"], files=[":app"], files_dest="/usr/local/bin")
 composed_image(name="ownbin_lib", base="base.tar", layers=[":libc", ":libfoo"], files=[":app"],
                files_dest="/usr/local/bin")
+# Only files, on scratch: still checked (nothing provides the binary's loader and libraries).
+composed_image(name="ownbin_scratch", base="scratch", platform="linux/amd64", files=[":app"],
+               files_dest="/usr/local/bin")
 """
 
 
@@ -401,8 +404,12 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
     from lamina_tests.support.sample_repo import completed_processes
 
     ran = completed_processes(err)
-    assert sorted(p for p in ran if "files" in p) == [
-        "lamina: files layer of checks:ownbin", "lamina: files layer of checks:ownbin_lib"], ran
+    assert sorted(p for p in ran if "files" in p) == ["lamina: files layer of checks:ownbin",
+                                                      "lamina: files layer of checks:ownbin_lib",
+                                                      "lamina: files layer of checks:ownbin_scratch"], ran
+    alone = _findings(err, "checks:ownbin_scratch")
+    assert any(f.startswith("warning: /usr/local/bin/hello from [0] files of checks:ownbin_scratch (sha256:")
+               and "libfoo.so" in f and "not found on its library path" in f for f in alone), alone
     top = json.loads((repo.root / "dist" / "checks" / "ownbin.layers.json").read_text())["layers"][-1]
     assert top["selector"] == "files" and f"files of checks:ownbin ({top['digest'][:19]})" in own, (own, top)
     assert open_image(str(repo.root / "dist" / "checks" / "ownbin.tar")).diff_ids[-1] == top["diff_id"]

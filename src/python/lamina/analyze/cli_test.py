@@ -141,6 +141,7 @@ def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, 
     assert _run(capsys, "scan", str(tmp_path / "base"), "--out", base)[0] == 0
     rc, out, _ = _run(capsys, "check", "--index", base, "--index", str(tmp_path / "fl" / "index.json"))
     assert rc == 0 and "  warning: /bin/app from [1] files of //:img" in out and "libfoo.so.1" in out, out
+    assert f"  [1] files of //:img {made['digest'][:19]} lamina: files" in out, out  # no "layer -1" in the legend
 
     # compose takes the layer as it is
     (tmp_path / "spec.json").write_text(json.dumps(

@@ -120,7 +120,8 @@ class Report:
         for i, l in enumerate(self.stack if legend else ()):
             created = " ".join(l.created_by.split())
             created = created[:57] + "..." if len(created) > 60 else created
-            lines.append(f"  [{i}] {l.source} layer {l.index} {l.digest[:19]} {created}".rstrip())
+            where = l.source if l.on_top else f"{l.source} layer {l.index}"  # on top: made by lamina, no index
+            lines.append(f"  [{i}] {where} {l.digest[:19]} {created}".rstrip())
         for kind, heading in GROUPS:
             if kind not in kinds:
                 continue
