@@ -13,8 +13,9 @@ from pants.engine.rules import Get, MultiGet, collect_rules, goal_rule, rule
 from pants.engine.target import Target, Targets
 from pants.option.option_types import BoolOption
 
-from lamina_pants.goals.package import ComposedImageFieldSet
+from lamina_pants.goals.package import ComposedImageFieldSet, ComposedStack
 from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField, DockerLayerSelectorField
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 
@@ -29,7 +30,12 @@ class LayersSubsystem(GoalSubsystem):
 
     files = BoolOption(default=False, help="Also list each layer's entries (like `tar -tf`).")
     conflicts = BoolOption(
-        default=False, help="For composed images, also print the conflict report of the final stack."
+        default=False,
+        help=(
+            "For composed images, also print the composition check of the final stack (conflicts, "
+            "whiteouts, hard links, missing libraries), as `pants package` runs it: it reuses the "
+            "package's cached per-layer scans."
+        ),
     )
 
 
@@ -54,6 +60,7 @@ class LayerListing:
 async def list_layers(request: LayerListingRequest) -> LayerListing:
     target = request.target
     flags = ("--files",) if request.files else ()
+    report: Optional[CheckReport] = None
     if target.has_field(DockerLayerImageField):
         source = await Get(
             ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
@@ -62,12 +69,14 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         flags += (f"--select={target[DockerLayerSelectorField].value}",)
         env, scope = source.extra_env, source.cache_scope
     elif target.has_field(ComposedImageBaseField):
-        package = await Get(BuiltPackage, PackageFieldSet, ComposedImageFieldSet.create(target))
+        field_set = ComposedImageFieldSet.create(target)
+        package = await Get(BuiltPackage, PackageFieldSet, field_set)
         reference = next(a.relpath for a in package.artifacts if a.relpath)
         digest, extra, env = package.digest, (), ()
         scope = ProcessCacheScope.SUCCESSFUL
-        if request.conflicts:
-            flags += ("--conflicts",)
+        if request.conflicts:  # the package's own check: its scans (and usually the check) are cached
+            composed = await Get(ComposedStack, ComposedImageFieldSet, field_set)
+            report = await Get(CheckReport, CheckRequest, composed.check_request(field_set))
     else:
         return LayerListing(None)
     result = await Get(
@@ -82,8 +91,10 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
             cache_scope=scope,
         ),
     )
-    return LayerListing(result.stdout.decode(errors="replace"))
-
+    text = result.stdout.decode(errors="replace")
+    if report is not None:
+        text = text.rstrip("\n") + "\n\n" + report.text
+    return LayerListing(text)
 
 
 @goal_rule

@@ -1,16 +1,15 @@
 """`pants package` for `composed_image`: extract (cached per layer), then compose in one lamina process."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, PackageFieldSet
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
-from pants.engine.addresses import Addresses, UnparsedAddressInputs
+from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import SourcesField, Targets
@@ -130,13 +129,40 @@ def _file_destinations(fs: ComposedImageFieldSet, files: Iterable[str]) -> list[
     return out
 
 
-@rule(desc="Package a composed image")
-async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+@dataclass(frozen=True)
+class ComposedStack:
+    """What a composed image is made of, resolved: its base (None for scratch), the bundles of its
+    `layers` (with their targets) and the layer of its own `files` (None without files)."""
+
+    layer_addresses: Tuple[Address, ...]
+    layers: Tuple[Bundle, ...]
+    base: Optional[Bundle]
+    files_request: Optional[FilesLayerRequest]
+    files_layer: Optional[FilesLayer]
+
+    def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
+        """The composition check of this stack under the target's policy: one cached scan per
+        layer, and the files layer's own index on top."""
+        names = ([f"base image of {fs.address}"] if self.base is not None else []) + [
+            f"layer {a}" for a in self.layer_addresses
+        ]
+        stack = ([self.base] if self.base is not None else []) + list(self.layers)
+        return CheckRequest(
+            fs.address,
+            tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
+            fs.on_conflict.value or "warn",
+            tuple(fs.allowed_conflicts.value or ()),
+            fs.check_dependencies.value,
+            files=self.files_request,
+        )
+
+
+@rule(desc="Resolve a composed image's base, layers and files")
+async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
     layer_addresses, file_targets = await MultiGet(
         Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
         Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
     )
-    base_value = fs.base.value
     layer_bundles = await MultiGet(
         Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses
     )
@@ -148,19 +174,6 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             enable_codegen=True,
         ),
     )
-    inputs: list = []
-    # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
-    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(layer_bundles)]
-    spec: dict = {
-        "layers": [{"source": d, "target": str(a)} for (d, _), a in zip(bundles, layer_addresses)],
-        "config": fs.config(),
-        "tags": fs.image_refs(),
-        "format": fs.output_format.value,
-        "allow_platform_mismatch": fs.allow_platform_mismatch.value,
-        "target": str(fs.address),  # named in the audit trail for the base and files layers
-    }
-    if fs.platform.value:
-        spec["platform"] = fs.platform.value
     # The image's own files become one layer, made once in its own process: compose takes it as it
     # is and the check reads its index. It is made while the base is extracted.
     destinations = _file_destinations(fs, files.snapshot.files)
@@ -173,8 +186,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
         )
     base_request = None
-    if base_value != "scratch":
-        source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
+    if fs.base.value != "scratch":
+        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
         base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
     # (Gets stay in the rule's own body: Pants 2.17 finds a rule's dependencies there.)
     files_layer: Optional[FilesLayer] = None
@@ -187,38 +200,44 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
     elif base_request is not None:
         base = await Get(Bundle, BundleRequest, base_request)
-    if files_layer is not None:
-        files_dir = read_only_dir("files", files_layer.digest)
-        bundles.append((files_dir, files_layer.digest))
+    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_request, files_layer)
+
+
+@rule(desc="Package a composed image")
+async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+    composed = await Get(ComposedStack, ComposedImageFieldSet, fs)
+    inputs: list = []
+    # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
+    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(composed.layers)]
+    spec: dict = {
+        "layers": [{"source": d, "target": str(a)} for (d, _), a in zip(bundles, composed.layer_addresses)],
+        "config": fs.config(),
+        "tags": fs.image_refs(),
+        "format": fs.output_format.value,
+        "allow_platform_mismatch": fs.allow_platform_mismatch.value,
+        "target": str(fs.address),  # named in the audit trail for the base and files layers
+    }
+    if fs.platform.value:
+        spec["platform"] = fs.platform.value
+    if composed.files_layer is not None:
+        files_dir = read_only_dir("files", composed.files_layer.digest)
+        bundles.append((files_dir, composed.files_layer.digest))
         spec["files_layer"] = files_dir
-    stack = list(layer_bundles)
-    if base is None:
+    if composed.base is None:
         spec["base"] = "scratch"
     else:
-        base_dir = read_only_dir("base", base.digest)
-        bundles.append((base_dir, base.digest))
+        base_dir = read_only_dir("base", composed.base.digest)
+        bundles.append((base_dir, composed.base.digest))
         spec["base"] = {"source": base_dir}
-        stack.insert(0, base)
     inputs.append(
         await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
     )
     relpath = fs.output_relpath()
-    names = ([f"base image of {fs.address}"] if base_value != "scratch" else []) + [
-        f"layer {a}" for a in layer_addresses
-    ]
     # The scans and check run side by side with the compose; a failing check fails the package
     # before anything reaches dist/.
-    check_request = CheckRequest(
-        fs.address,
-        tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
-        fs.on_conflict.value or "warn",
-        tuple(fs.allowed_conflicts.value or ()),
-        fs.check_dependencies.value,
+    check_request = (
+        composed.check_request(fs) if lamina.check_compositions else CheckRequest(fs.address, (), "ignore", (), False)
     )
-    if files_request is not None and lamina.check_compositions:  # the image's own files are checked on top
-        check_request = dataclasses.replace(check_request, files=files_request)
-    if not lamina.check_compositions:
-        check_request = CheckRequest(fs.address, (), "ignore", (), False)
     report, result = await MultiGet(
         Get(CheckReport, CheckRequest, check_request),
         Get(

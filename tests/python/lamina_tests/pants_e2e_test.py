@@ -293,8 +293,14 @@ def test_layers_goal_lists_sources_and_composed_images(repo: SampleRepo) -> None
 def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> None:
     files = repo.pants("layers", "--layers-files", "apt:a").stdout
     assert "var/lib/dpkg/status" in files and "opt/apt_a/bin" in files, files
-    report = repo.pants("layers", "--layers-conflicts", "apt:warn").stdout
+    repo.pants("package", "apt:warn")
+    listed = repo.pants("layers", "--layers-conflicts", "apt:warn")
+    report = listed.stdout
     assert "var/lib/dpkg/status" in report and "package database" in report, report
+    assert "stack (" in report and "conflicts (" in report, report  # the package's own check report
+    # ... reused from the package: no layer is scanned again and the check is a cache hit
+    ran = completed_processes(listed.stderr)
+    assert not [p for p in ran if p.startswith(("lamina: scan", "lamina: check"))], ran
     quiet = repo.pants("layers", "apt:warn").stdout
     assert "var/lib/dpkg/status" not in quiet, quiet
 
