@@ -107,6 +107,8 @@ def test_load_from_a_registry_fetches_only_the_layers_the_engine_lacks(
         tmp_path: Path, built: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = connect(os.environ)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))  # no credentials
+    # its own blob-locations file: the user's is shared with the Pants publish tests running beside it
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "lamina-cache"))
     source = build_image(f"{PREFIX}/r:1", f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/r && echo {uuid.uuid4().hex} > /opt/r/id\n"
                                           "RUN echo arr > /opt/r/file\n")
     built["created"].append(source)
