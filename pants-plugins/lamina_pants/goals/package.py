@@ -41,12 +41,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import (
-    CheckReport,
-    CheckRequest,
-    ScanRequest,
-    log_findings,
-)
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
@@ -137,7 +132,6 @@ class ComposedStack:
     layer_addresses: Tuple[Address, ...]
     layers: Tuple[Bundle, ...]
     base: Optional[Bundle]
-    files_request: Optional[FilesLayerRequest]
     files_layer: Optional[FilesLayer]
 
     def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
@@ -153,7 +147,7 @@ class ComposedStack:
             fs.on_conflict.value or "warn",
             tuple(fs.allowed_conflicts.value or ()),
             fs.check_dependencies.value,
-            files=self.files_request,
+            files=self.files_layer,
         )
 
 
@@ -200,7 +194,7 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
         files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
     elif base_request is not None:
         base = await Get(Bundle, BundleRequest, base_request)
-    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_request, files_layer)
+    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer)
 
 
 @rule(desc="Package a composed image")

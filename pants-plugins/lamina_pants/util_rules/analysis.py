@@ -20,7 +20,7 @@ from pants.engine.fs import (
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
-from lamina_pants.util_rules.layers import Bundle, FilesLayer, FilesLayerRequest
+from lamina_pants.util_rules.layers import Bundle, FilesLayer
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class CheckRequest:
     on_conflict: str
     allowed: tuple[str, ...]
     check_dependencies: bool
-    files: Optional[FilesLayerRequest] = None  # the image's own files, on top of the stack
+    files: Optional[FilesLayer] = None  # the layer of the image's own files, on top of the stack
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ async def check_composition(request: CheckRequest) -> CheckReport:
         return CheckReport("", ())
     indexes = list(await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in request.scans))
     if request.files is not None:
-        files_layer = await Get(FilesLayer, FilesLayerRequest, request.files)
-        indexes.append(LayerIndex(await Get(Digest, DigestSubset(files_layer.digest, PathGlobs(["index.json"])))))
+        indexes.append(LayerIndex(await Get(Digest, DigestSubset(request.files.digest, PathGlobs(["index.json"])))))
     prefixed = await MultiGet(
         Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(indexes)
     )

@@ -110,23 +110,6 @@ def cmd_scan(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_scan_files(args: argparse.Namespace) -> int:
-    from lamina.analyze.index import write_index
-    from lamina.analyze.scan import scan_files
-    from lamina.build import collect_files
-    from lamina.spec import parse_files
-
-    with open(args.spec, "rb") as f:
-        data = parse_json(f.read(), args.spec)
-    files, file_dirs = parse_files(data)
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(out_dir, exist_ok=True)
-    index = scan_files(collect_files(files, file_dirs), args.name or f"files of {args.spec}", out_dir)
-    write_index([index], args.out)
-    print(json.dumps({"out": args.out, "digest": index.digest, "entries": len(index.entries)}, sort_keys=True))
-    return 0
-
-
 def cmd_files_layer(args: argparse.Namespace) -> int:
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_files_layer
@@ -277,12 +260,6 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--name", help="how the source is recorded in the index (default: a bundle's, else SOURCE)")
     sc.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
     sc.set_defaults(func=cmd_scan)
-
-    sf = sub.add_parser("scan-files", help="index the layer `compose` makes of a spec's files, for `check`")
-    sf.add_argument("spec", help="a compose spec, or a JSON object with just its files and file_dirs")
-    sf.add_argument("--out", required=True, help="the index file to write")
-    sf.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
-    sf.set_defaults(func=cmd_scan_files)
 
     fl = sub.add_parser(
         "files-layer",

@@ -87,7 +87,7 @@ def _files(value: Any, where: str, default_dest: Optional[str]) -> tuple[FileSpe
 
 def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
     """(files, file_dirs) of a spec, or of a files-only spec `{"files": [...], "file_dirs": [...]}`
-    (what `lamina scan-files` reads)."""
+    (what `lamina files-layer` reads)."""
     if not isinstance(data, dict):
         raise SpecError("a files spec is a JSON object with files and file_dirs")
     return _files(data.get("files", []), "files", None), _files(data.get("file_dirs", []), "file_dirs", "/")

@@ -134,22 +134,6 @@ def scan_source(text: str, selector: Optional[str] = None, name: Optional[str] =
     return ScanResult(tuple(scan_layer(l, label, image.layers[: l.index], found) for l in present), skipped)
 
 
-def scan_files(files: Sequence[tuple[str, str]], name: str, scratch_dir: str) -> LayerIndex:
-    """The index of the layer `compose` makes of `files` ((image path, local path) pairs): the
-    same layer, built the same way (in `scratch_dir`, then removed), scanned as it sits on top of
-    the composed stack (it knows every layer below it)."""
-    import shutil
-    import tempfile
-
-    from lamina.newlayer import build_files_layer
-
-    tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
-    try:
-        return scan_files_layer(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")), name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def scan_files_layer(layer: Layer, name: str) -> LayerIndex:
     """The index of an image's files layer, which sits on top of the composed stack: it was built
     knowing every layer below it, so what it replaces is not a conflict."""

@@ -265,18 +265,19 @@ def test_a_large_layer_is_scanned_in_bounded_memory(tmp_path: Path, gap: int) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def test_scan_files_indexes_the_layer_compose_makes(tmp_path: Path) -> None:
-    from lamina.analyze.scan import scan_files
+def test_the_files_layer_index_is_of_the_layer_compose_takes(tmp_path: Path) -> None:
+    from lamina.analyze.scan import scan_files_layer
     from lamina.build import build
+    from lamina.newlayer import write_files_layer_dir
     from lamina.spec import parse_spec
 
     (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "index.html").write_bytes(b"<html>")
     files = [("/usr/bin/app", str(tmp_path / "app")), ("/srv/index.html", str(tmp_path / "site" / "index.html"))]
-    index = scan_files(files, "files of //app:img", str(tmp_path))
-    assert sorted(os.listdir(tmp_path)) == ["app", "site"]  # its scratch layer is gone
+    index = scan_files_layer(write_files_layer_dir(files, str(tmp_path / "fl")), "files of //app:img")
 
+    # compose packing the same files itself makes the very layer that was indexed
     spec = parse_spec({"platform": "linux/amd64", "files": [{"src": str(tmp_path / "app"), "dest": "/usr/bin/app"}],
                        "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv"}], "format": "oci"})
     image = build(spec, str(tmp_path / "out"))
