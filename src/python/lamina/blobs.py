@@ -98,6 +98,49 @@ def verified(opener: Opener, digest: str, size: Optional[int], what: str,
     return io.BufferedReader(DiffIdCheckingReader(stream, diff_id[0], diff_id[1], what), CHUNK)  # type: ignore
 
 
+class Window(io.RawIOBase):
+    """At most `n` bytes of a stream from its current position, read in pieces of at most CHUNK,
+    never all in memory; short if the stream ends first. A tar member, or one upload chunk's body.
+
+    Closing it closes `stream` only if it `owns` it (an upload reads several windows of one stream)."""
+
+    def __init__(self, stream: BinaryIO, n: int, owns: bool = False) -> None:
+        super().__init__()
+        self._stream = stream
+        self._left = n
+        self._owns = owns
+
+    def readable(self) -> bool:
+        return True
+
+    def extent(self) -> Optional[tuple[int, int, int]]:
+        """(fd, offset, length) of the bytes left to read, when `stream` is a file (see file_extent)."""
+        try:
+            return self._stream.fileno(), self._stream.tell(), self._left
+        except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            return None
+
+    def read(self, size: Optional[int] = -1) -> bytes:  # type: ignore[override]
+        if self._left <= 0:
+            return b""
+        want = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._stream.read(min(want, CHUNK))
+        self._left -= len(data)
+        return data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            if self._owns:
+                self._stream.close()
+        finally:
+            super().close()
+
+
 def chunks(stream: BinaryIO, chunk: int = CHUNK) -> Iterator[bytes]:
     while True:
         data = stream.read(chunk)

@@ -1,13 +1,15 @@
-"""From a Spec to an image on disk: open sources, select layers, make the files layer, compose, write."""
+"""From a compose Spec to an Image: open sources, select layers, make the files layer, compose; and to disk."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import tempfile
-from typing import Optional, Sequence
+from contextlib import contextmanager
+from typing import Iterator, Optional, Sequence
 
-from lamina.compose import AddedLayer, ComposedImage, compose
+from lamina.compose import compose
 from lamina.errors import InvalidSource, SpecError
 from lamina.extract import read_selection
 from lamina.formats.write import write
@@ -15,39 +17,45 @@ from lamina.image import Image, Layer
 from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_dir
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
+from lamina.model import Platform
 from lamina.spec import FileSpec, LayerSpec, Spec
 
 
-def _open(spec: LayerSpec, platform) -> tuple[Image, tuple[Layer, ...], str, bool]:  # type: ignore[no-untyped-def]
-    """(image, selected layers, selector text, trusted) for one layer spec."""
+def _open(spec: LayerSpec, platform: Optional[Platform]) -> tuple[Image, tuple[Layer, ...], str]:
+    """(image, selected layers, selector text) for one layer spec."""
     ref = parse_source(spec.source)
     selection = read_selection(ref.path) if os.path.isdir(ref.path) else None
+    if spec.verified and selection is None:
+        raise SpecError(f"{spec.source}: \"verified\" vouches for a bundle `lamina extract` wrote, and this is "
+                        "not one; leave it out to have the layers checked as they are read")
     name = spec.name or (selection.source if selection else spec.source)
     image = open_image(spec.source, name=name, platform=platform)
+    if spec.verified:
+        image = dataclasses.replace(image, layers=tuple(
+            dataclasses.replace(l, verified_by="lamina extract") if l.has_bytes else l for l in image.layers))
     if spec.layer is None:
         if selection is None:
             raise SpecError(f"{spec.source}: name the layers to take with \"layer\" (e.g. \"-1\")")
-        layers = tuple(image.layers[i] for i in selection.indices)
-        return image, layers, selection.selector, True
+        return image, tuple(image.layers[i] for i in selection.indices), selection.selector
     selector = parse_selector(spec.layer)
-    return image, select(image, selector), str(selector), selection is not None
+    return image, select(image, selector), str(selector)
 
 
-def audit_trail(image: ComposedImage, base: Optional[Image], added: Sequence[AddedLayer],
-                new_layers: Sequence[Layer], base_target: str = "", target: str = "") -> dict:
-    """Where every layer of the composed image came from: the `<name>.layers.json` record. Each
+def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
+    """Where every layer of a composed image came from: the `<name>.layers.json` record. Each
     row: the source reference and the layer's index in it, the selector that took it ("base" for
     the base image's layers, "files" for the layer of new files), the build target that asked for
     it, and the layer's digest, diff_id, size and created_by in the composed image."""
     rows = []
-    for layer in base.layers if base else ():
-        rows.append({"source": base.source if base else "", "selector": "base", "target": base_target or target,
-                     "source_index": layer.index})
-    for a in added:
-        rows.append({"source": a.source, "selector": a.selector, "target": a.target, "source_index": a.layer.index})
-    for layer in new_layers:
-        rows.append({"source": "files", "selector": "files", "target": target, "source_index": None})
-    for i, (row, layer) in enumerate(zip(rows, image.layers)):
+    for i, layer in enumerate(image.layers):
+        if layer.taken is not None:
+            row = {"source": layer.source, "selector": layer.taken.selector, "target": layer.taken.target,
+                   "source_index": layer.index}
+        elif layer.index < 0:  # a new layer, of the image's own files
+            row = {"source": "files", "selector": "files", "target": target, "source_index": None}
+        else:  # a layer of the base image
+            row = {"source": layer.source, "selector": "base", "target": base_target or target,
+                   "source_index": layer.index}
         row.update({
             "index": i,
             "digest": layer.descriptor.digest,
@@ -55,65 +63,74 @@ def audit_trail(image: ComposedImage, base: Optional[Image], added: Sequence[Add
             "size": layer.descriptor.size,
             "created_by": layer.created_by,
         })
+        rows.append(row)
     return {"manifest": image.manifest_descriptor.digest, "config": image.config_descriptor.digest,
             "tags": list(image.tags), "layers": rows}
 
 
-def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> ComposedImage:
+@contextmanager
+def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
+    """The Image `spec` describes, composed without copying a layer: its layers read from their
+    sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
+    files, is packed into a temporary directory under `scratch_dir`, removed on exit."""
     base: Optional[Image] = None
-    base_trusted = False
     if spec.base is not None:
-        base_spec = spec.base if spec.base.layer is not None or _is_bundle(spec.base.source) else LayerSpec(spec.base.source, ":", spec.base.name)
-        base, base_layers, _, base_trusted = _open(base_spec, spec.platform)
+        base_spec = spec.base
+        if spec.base.layer is None and not _is_bundle(spec.base.source):
+            base_spec = dataclasses.replace(spec.base, layer=":")
+        base, base_layers, _ = _open(base_spec, spec.platform)
         if len(base_layers) != len(base.layers):
             raise SpecError(f"base {spec.base.source}: a base must be a whole image, not some of its layers")
-        missing = [l for l in base.layers if l.opener is None]
+        missing = [l for l in base.layers if not l.has_bytes]
         if missing:
             raise InvalidSource(f"base {spec.base.source}: layer {missing[0].index} has no bytes in this source")
-    added = []
+    layers = []
     for layer_spec in spec.layers:
-        image, layers, selector, trusted = _open(layer_spec, spec.platform or (base.platform if base else None))
-        added.extend(
-            AddedLayer(l, image.source, selector, image.platform, trusted, layer_spec.target or "",
-                       tuple(image.diff_ids[: l.index]))
-            for l in layers
-        )
-    scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
+        image, selected, selector = _open(layer_spec, spec.platform or (base.platform if base else None))
+        layers.extend(l.taken_from(image, selector, layer_spec.target or "") for l in selected)
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
-        new_layers = []
         files = collect_files(spec.files, spec.file_dirs)
         if spec.files_layer is not None:
-            new_layers.append(read_files_layer_dir(spec.files_layer))
+            # read from disk: checked (digest and diff_id) wherever it is read
+            layers.append(read_files_layer_dir(spec.files_layer))
         elif files:
-            new_layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
-        image = compose(
+            layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
+        yield compose(
             base,
-            added,
-            new_layers,
+            layers,
             spec.config,
             platform=spec.platform,
             allow_platform_mismatch=spec.allow_platform_mismatch,
             tags=spec.tags,
-            base_trusted=base_trusted,
-            # a files layer read from disk is checked (digest and diff_id) as it is written
-            new_layers_trusted=spec.files_layer is None,
-            new_layers_source=f"files_layer {spec.files_layer}" if spec.files_layer else "the new files layer",
+            name=spec.target or (spec.tags[0] if spec.tags else "the composed image"),
         )
-        if audit:
-            base_target = (spec.base.target if spec.base else None) or ""
-            trail = audit_trail(image, base, added, new_layers, base_target, spec.target or "")
-            data = json.dumps(trail, indent=2, sort_keys=True) + "\n"
-            tmp_audit = os.path.join(tmp, "audit.json")
-            with open(tmp_audit, "w") as f:
-                f.write(data)
-        write(image, spec.format, out)
-        if audit:
-            os.replace(tmp_audit, audit)
-        return image
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
+    """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically."""
+    scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
+    with composed(spec, scratch_dir) as image:
+        tmp_audit = None
+        if audit:
+            base_target = (spec.base.target if spec.base else None) or ""
+            data = json.dumps(audit_trail(image, base_target, spec.target or ""), indent=2, sort_keys=True) + "\n"
+            fd, tmp_audit = tempfile.mkstemp(prefix=".lamina-audit-", dir=scratch_dir)
+            with os.fdopen(fd, "w") as f:
+                f.write(data)
+        try:
+            write(image, spec.format, out)
+            if tmp_audit:
+                os.chmod(tmp_audit, 0o644)
+                os.replace(tmp_audit, audit)  # type: ignore[arg-type]
+                tmp_audit = None
+        finally:
+            if tmp_audit and os.path.exists(tmp_audit):
+                os.unlink(tmp_audit)
+        return image
 
 
 def collect_files(files: Sequence[FileSpec], file_dirs: Sequence[FileSpec]) -> list[tuple[str, str]]:

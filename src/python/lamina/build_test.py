@@ -42,7 +42,8 @@ def bundles(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
 
 
 def test_compose_from_bundles(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
-    spec = parse_spec({"base": bundles["base"], "layers": [bundles["yq"], {"source": "oci:" + bundles["jq"]}],
+    spec = parse_spec({"base": {"source": bundles["base"], "verified": True},
+                       "layers": [{"source": bundles["yq"], "verified": True}, {"source": "oci:" + bundles["jq"], "verified": True}],
                        "format": "oci", "tags": ["app:1"]})
     out = str(tmp_path / "out")
     composed = build(spec, out)
@@ -54,11 +55,21 @@ def test_compose_from_bundles(tmp_path, bundles: dict[str, str]) -> None:  # typ
     annotations = [dict(l.descriptor.annotations) for l in image.layers]
     assert annotations[:2] == [{}, {}]
     assert [(a[ANN_SOURCE], a[ANN_SELECTOR]) for a in annotations[2:]] == [("//images:tools", "-1"), ("//images:tools", "created_by=jq")]
-    assert composed.trusted == (True,) * 4  # every blob came verified from a bundle ...
+    assert [l.verified_by for l in composed.layers] == ["lamina extract"] * 4  # every blob came verified from a bundle ...
     jq_blob = os.path.join("blobs", "sha256", tools.layers[1].descriptor.hex)
     assert os.stat(os.path.join(out, jq_blob)).st_ino == os.stat(os.path.join(bundles["jq"], jq_blob)).st_ino  # ... so is linked
     assert validate(image).layers == 4
     assert leftovers(str(tmp_path)) == []
+
+
+def test_bundles_are_verified_unless_the_spec_vouches_for_them(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    # A bundle's lamina-selection.json says which layers it holds, not that anyone checked them.
+    plain = build(parse_spec({"base": bundles["base"], "layers": [bundles["yq"]], "format": "oci"}), str(tmp_path / "plain"))
+    assert [l.verified_by for l in plain.layers] == [""] * 3
+    with pytest.raises(SpecError, match="vouches for a bundle `lamina extract` wrote, and this is not one"):
+        build(parse_spec({"base": {"source": "oci:" + str(tmp_path / "base"), "verified": True}, "format": "oci"}),
+              str(tmp_path / "never"))
+    assert not os.path.exists(tmp_path / "never")
 
 
 def test_layer_selectors_on_plain_sources_and_names(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
@@ -68,7 +79,7 @@ def test_layer_selectors_on_plain_sources_and_names(tmp_path, bundles: dict[str,
                        "config": {"workdir": "/srv"}, "format": "docker-archive"})
     out = str(tmp_path / "nested" / "dir" / "out.tar")
     composed = build(spec, out)
-    assert composed.trusted == (False,) * 4
+    assert [l.verified_by for l in composed.layers] == [""] * 4
     image = open_image("oci-archive:" + out)  # the docker reader sees no annotations: manifest.json has none
     assert [dict(l.descriptor.annotations).get(ANN_SOURCE) for l in image.layers] == [None, None, "tools25", "tools25"]
     assert image.config["config"]["WorkingDir"] == "/srv"

@@ -5,12 +5,14 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Optional, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from lamina.errors import LaminaError
 from lamina.model import Platform, parse_json
 
 if TYPE_CHECKING:
+    from lamina.image import Image
     from lamina.registry.transport import RegistryOptions
 
 
@@ -41,11 +43,42 @@ def _registry(args: argparse.Namespace) -> "RegistryOptions":
     )
 
 
-def cmd_layers(args: argparse.Namespace) -> int:
-    from lamina.layerfs import entries
+def is_spec(source: str) -> bool:
+    """Whether an image argument names a compose spec (a .json file) rather than an image source."""
+    return source.endswith(".json") and os.path.isfile(source)
+
+
+@contextmanager
+def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None) -> Iterator["Image"]:
+    """The image `args.source` names: a source (archive, layout, registry), or a compose spec,
+    composed lazily: its layers are read from their sources by whatever consumes the image (a
+    push, a load), never written out first. Only a spec's files layer, if any, is packed into a
+    temporary directory."""
     from lamina.sources import open_image
 
-    image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
+    options = options or _registry(args)
+    if not is_spec(args.source):
+        yield open_image(args.source, platform=_platform(args.platform), registry=options)
+        return
+    import tempfile
+
+    from lamina.build import composed
+    from lamina.spec import parse_spec
+
+    with open(args.source, "rb") as f:
+        spec = parse_spec(parse_json(f.read(), args.source))
+    with composed(spec, tempfile.gettempdir()) as image:
+        yield image
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    with _image(args) as image:
+        return _layers(args, image)
+
+
+def _layers(args: argparse.Namespace, image: "Image") -> int:
+    from lamina.layerfs import entries
+
     selected: set = set()
     if args.select is not None:
         from lamina.select import parse_selector, select
@@ -177,10 +210,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from lamina.sources import open_image
     from lamina.validate import validate
 
-    report = validate(open_image(args.source, platform=_platform(args.platform), registry=_registry(args)))
+    with _image(args) as image:
+        report = validate(image)
     print(f"{args.source}: ok, {report.layers} layers, {report.bytes} bytes verified")
     return 0
 
@@ -188,13 +221,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_push(args: argparse.Namespace) -> int:
     from lamina.registry.locations import BlobLocations, default_path
     from lamina.registry.push import parse_targets, push
-    from lamina.sources import open_image
 
     targets = parse_targets(args.to)
     options = _registry(args)
-    image = open_image(args.source, platform=_platform(args.platform), registry=options)
-    for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
-        print(result.summary(), flush=True)
+    with _image(args, options) as image:
+        for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
+            print(result.summary(), flush=True)
     return 0
 
 
@@ -215,11 +247,10 @@ def cmd_daemon_export(args: argparse.Namespace) -> int:
 
 def cmd_load(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, load
-    from lamina.sources import open_image
 
     engine = connect(os.environ)
-    image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
-    print(load(engine, image, tuple(args.tag or ())).summary())
+    with _image(args) as image:
+        print(load(engine, image, tuple(args.tag or ())).summary())
     return 0
 
 
@@ -240,9 +271,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     src_help = ("image source: docker-archive:PATH[:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], "
                 "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), or a bare path (sniffed)")
+    any_help = src_help + ("; or a compose spec (SPEC.json, as `lamina compose` takes): the image it describes, "
+                           "composed on the fly, its layers read from their sources with nothing written first")
 
     layers = sub.add_parser("layers", help="list an image's layers (index, digest, diff_id, size, created_by)")
-    layers.add_argument("source", help=src_help)
+    layers.add_argument("source", help=any_help)
     layers.add_argument("--files", action="store_true", help="also list each layer's entries (like tar -tf)")
     layers.add_argument("--json", action="store_true", help="print JSON")
     layers.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
@@ -298,13 +331,13 @@ def parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_compose)
 
     va = sub.add_parser("validate", help="check every blob of an image against its digest, size and diff_id")
-    va.add_argument("source", help=src_help)
+    va.add_argument("source", help=any_help)
     va.add_argument("--platform", help="os/arch[/variant]")
     _registry_flags(va)
     va.set_defaults(func=cmd_validate)
 
     pu = sub.add_parser("push", help="push an image to registry tags (HEAD, cross-repo mount, upload; manifest last)")
-    pu.add_argument("source", help=src_help)
+    pu.add_argument("source", help=any_help)
     pu.add_argument("--to", action="append", required=True, metavar="HOST[:PORT]/REPO:TAG",
                     help="a tag to push to; repeatable")
     pu.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
@@ -322,7 +355,7 @@ def parser() -> argparse.ArgumentParser:
     de.set_defaults(func=cmd_daemon_export)
 
     lo = sub.add_parser("load", help="load an image into the Docker engine, sending only layers it lacks")
-    lo.add_argument("source", help=src_help)
+    lo.add_argument("source", help=any_help)
     lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
     lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(lo)

@@ -1,41 +1,25 @@
-"""compose(base, layers, overrides) -> a new image, at the manifest/config level: layer bytes never change."""
+"""compose(base, layers, overrides) -> a new Image, at the manifest/config level: no layer byte is read or changed."""
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 from lamina.errors import PlatformMismatch
-from lamina.image import Image, Layer
+from lamina.image import Image, Layer, Taken
 from lamina.model import (
     ANN_SELECTOR,
     ANN_SOURCE,
     ANN_SOURCE_DIGEST,
     EPOCH,
     OCI_CONFIG,
-    OCI_MANIFEST,
     Descriptor,
     Platform,
     canonical_json,
     oci_layer_media_type,
 )
 from lamina.select import describe
-
-
-@dataclass(frozen=True)
-class AddedLayer:
-    """A layer taken from a source image, with where it came from (for the audit trail)."""
-
-    layer: Layer
-    source: str
-    selector: str
-    platform: Platform
-    trusted: bool = False  # True when its blob was already verified (a lamina bundle)
-    target: str = ""  # the build target that asked for it, if any (named in errors)
-    # diff_ids of the layers below it in its source image (None: not known). The composed image
-    # records which of its own layers below this one are among them, so that a check of the
-    # composed image alone (`lamina layers --conflicts`) knows what the layer was built on.
-    below_diff_ids: Optional[tuple[str, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -49,30 +33,6 @@ class ConfigOverrides:
     exposed_ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     stop_signal: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class ComposedImage:
-    config_bytes: bytes
-    manifest_bytes: bytes
-    layers: tuple[Layer, ...]
-    trusted: tuple[bool, ...]
-    tags: tuple[str, ...] = field(default=())
-    sources: tuple[str, ...] = field(default=())  # per layer: the image it came from, for error messages
-
-    @property
-    def config_descriptor(self) -> Descriptor:
-        return _descriptor(OCI_CONFIG, self.config_bytes)
-
-    @property
-    def manifest_descriptor(self) -> Descriptor:
-        return _descriptor(OCI_MANIFEST, self.manifest_bytes)
-
-
-def _descriptor(media_type: str, data: bytes) -> Descriptor:
-    import hashlib
-
-    return Descriptor(media_type, "sha256:" + hashlib.sha256(data).hexdigest(), len(data))
 
 
 def scratch_config(platform: Platform) -> dict:
@@ -139,12 +99,12 @@ def _apply(config: dict, o: ConfigOverrides) -> None:
         c["StopSignal"] = o.stop_signal
 
 
-def _built_on(added: AddedLayer, stack: Sequence[str]) -> str:
+def _built_on(taken: Taken, stack: Sequence[str]) -> str:
     """"; built on layers 0-1,3": the positions of `stack` (diff_ids below the added layer in the
     composed image) that were below it in its source image too ("" when that is not known)."""
-    if added.below_diff_ids is None:
+    if taken.below_diff_ids is None:
         return ""
-    known = set(added.below_diff_ids)
+    known = set(taken.below_diff_ids)
     positions = [i for i, d in enumerate(stack) if d in known]
     if not positions:
         return "; built on no layer here"
@@ -159,20 +119,22 @@ def _built_on(added: AddedLayer, stack: Sequence[str]) -> str:
 
 def compose(
     base: Optional[Image],
-    added: Sequence[AddedLayer],
-    new_layers: Sequence[Layer] = (),
+    layers: Sequence[Layer],
     overrides: ConfigOverrides = ConfigOverrides(),
+    *,
     platform: Optional[Platform] = None,
     allow_platform_mismatch: bool = False,
     tags: Sequence[str] = (),
-    base_trusted: bool = False,
+    name: str = "the composed image",
     created: str = EPOCH,
-    new_layers_trusted: bool = True,
-    new_layers_source: str = "the new files layer",
-) -> ComposedImage:
-    """A new image: base's layers, then `added` in order, then `new_layers`; the config inherited from base.
-    `new_layers` were made in this process (trusted) unless `new_layers_trusted` is False, e.g. a
-    files layer read from disk: then their digest and diff_id are checked as they are written."""
+) -> Image:
+    """A new Image: base's layers, then `layers` in order; the config inherited from base.
+
+    A layer of `layers` that another image's `taken_from` marked is appended with annotations
+    naming its source and selector and a history entry saying so; an unmarked one (a new layer
+    lamina made) is appended with its own descriptor and history. Every layer keeps its opener
+    and what is known of it (source, `verified_by`), so writers, push and load read each blob
+    only from where it already is. Reads no layer bytes."""
     if base is None:
         if platform is None:
             raise PlatformMismatch("a scratch base needs an explicit platform, e.g. linux/amd64")
@@ -188,54 +150,39 @@ def compose(
             )
         platform = base.platform
     if not allow_platform_mismatch:
-        for a in added:
-            if not a.platform.matches(platform):
-                asked = f" (asked for by {a.target})" if a.target else ""
+        for layer in layers:
+            taken = layer.taken
+            if taken is not None and taken.platform is not None and not taken.platform.matches(platform):
+                asked = f" (asked for by {taken.target})" if taken.target else ""
                 raise PlatformMismatch(
-                    f"layer {describe(a.layer)} from {a.source}{asked} is for {a.platform}, "
+                    f"layer {describe(layer)} from {layer.source}{asked} is for {taken.platform}, "
                     f"but the image is for {platform}; pick a layer built for {platform} or allow the mismatch"
                 )
     history = [h for h in (config.get("history") or []) if isinstance(h, dict)]
+    out = [dataclasses.replace(l, descriptor=_oci(l.descriptor, l.descriptor.annotations)) for l in base_layers]
     diff_ids = [layer.diff_id for layer in base_layers]
-    descriptors = [
-        Descriptor(oci_layer_media_type(l.descriptor.media_type), l.descriptor.digest, l.descriptor.size,
-                   l.descriptor.annotations)
-        for l in base_layers
-    ]
-    for a in added:
-        d = a.layer.descriptor
-        descriptors.append(
-            Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size).with_annotations(
-                {ANN_SOURCE: a.source, ANN_SOURCE_DIGEST: d.digest, ANN_SELECTOR: a.selector}
-            )
-        )
-        diff_ids.append(a.layer.diff_id)
-        entry: dict[str, Any] = {
-            "created": created,
-            "created_by": a.layer.created_by or f"lamina: layer {d.digest}",
-            "comment": f"lamina: layer {d.digest} from {a.source} ({a.selector})" + _built_on(a, diff_ids[:-1]),
-        }
-        history.append(entry)
-    for layer in new_layers:
-        descriptors.append(layer.descriptor)
+    for layer in layers:
+        d = layer.descriptor
         diff_ids.append(layer.diff_id)
-        history.append({"created": created, **dict(layer.history[-1] if layer.history else {})})
+        taken = layer.taken
+        if taken is None:  # a new layer: as it was made
+            out.append(layer)
+            history.append({"created": created, **dict(layer.history[-1] if layer.history else {})})
+            continue
+        annotations = {ANN_SOURCE: layer.source, ANN_SOURCE_DIGEST: d.digest, ANN_SELECTOR: taken.selector}
+        out.append(dataclasses.replace(layer, descriptor=_oci(d, tuple(sorted(annotations.items())))))
+        history.append({
+            "created": created,
+            "created_by": layer.created_by or f"lamina: layer {d.digest}",
+            "comment": f"lamina: layer {d.digest} from {layer.source} ({taken.selector})" + _built_on(taken, diff_ids[:-1]),
+        })
     config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
     config["history"] = history
     config["created"] = created
     _apply(config, overrides)
     config_bytes = canonical_json(config)
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": _descriptor(OCI_CONFIG, config_bytes).to_json(),
-        "layers": [d.to_json() for d in descriptors],
-    }
-    layers = tuple(base_layers) + tuple(a.layer for a in added) + tuple(new_layers)
-    trusted = (base_trusted,) * len(base_layers) + tuple(a.trusted for a in added) + (new_layers_trusted,) * len(new_layers)
-    sources = (
-        (base.source if base else "",) * len(base_layers)
-        + tuple(a.source for a in added)
-        + (new_layers_source,) * len(new_layers)
-    )
-    return ComposedImage(config_bytes, canonical_json(manifest), layers, trusted, tuple(tags), sources)
+    return Image(name, config_bytes, Descriptor.of(OCI_CONFIG, config_bytes), tuple(out), tags=tuple(tags))
+
+
+def _oci(d: Descriptor, annotations: tuple[tuple[str, str], ...]) -> Descriptor:
+    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, annotations)

@@ -4,9 +4,11 @@ import json
 
 import pytest
 
-from lamina.compose import AddedLayer, ComposedImage, ConfigOverrides, compose
+import dataclasses
+
+from lamina.compose import ConfigOverrides, compose
 from lamina.errors import PlatformMismatch
-from lamina.image import Image
+from lamina.image import Image, Layer, Taken
 from lamina.model import ANN_SELECTOR, ANN_SOURCE, ANN_SOURCE_DIGEST, EPOCH, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Platform
 from lamina.select import describe
 from lamina.sources import open_image
@@ -39,12 +41,16 @@ def source(tmp_path) -> Image:  # type: ignore[no-untyped-def]
     return _open(tmp_path, "source", SOURCE)
 
 
-def _added(image: Image, selector: str = ":", indices=None) -> list[AddedLayer]:  # type: ignore[no-untyped-def]
+def _added(image: Image, selector: str = ":", indices=None) -> list[Layer]:  # type: ignore[no-untyped-def]
     layers = image.layers if indices is None else [image.layers[i] for i in indices]
-    return [AddedLayer(l, image.source, selector, image.platform) for l in layers]
+    return [dataclasses.replace(l, taken=Taken(selector, "", image.platform)) for l in layers]
 
 
-def _parts(composed: ComposedImage) -> tuple[dict, dict]:
+def _taken(layer: Layer, source: str, selector: str, image: Image, below=None) -> Layer:  # type: ignore[no-untyped-def]
+    return dataclasses.replace(layer, source=source, taken=Taken(selector, "", image.platform, below))
+
+
+def _parts(composed: Image) -> tuple[dict, dict]:
     return json.loads(composed.config_bytes), json.loads(composed.manifest_bytes)
 
 
@@ -87,12 +93,11 @@ def test_history_gets_one_entry_per_added_layer(base: Image, source: Image) -> N
 
 
 def test_history_records_which_layers_below_an_added_layer_it_was_built_on(base: Image, source: Image) -> None:
-    on_base = [AddedLayer(l, "s", ":", source.platform, below_diff_ids=tuple(base.diff_ids) + tuple(source.diff_ids[:i]))
+    on_base = [_taken(l, "s", ":", source, tuple(base.diff_ids) + tuple(source.diff_ids[:i]))
                for i, l in enumerate(source.layers)]
-    foreign = AddedLayer(source.layers[0], "f", "0", source.platform, below_diff_ids=("sha256:" + "0" * 64,))
-    unknown = AddedLayer(source.layers[0], "u", "0", source.platform)
-    skipping = AddedLayer(source.layers[0], "k", "0", source.platform,
-                          below_diff_ids=(base.diff_ids[0], source.diff_ids[0], source.diff_ids[2]))
+    foreign = _taken(source.layers[0], "f", "0", source, ("sha256:" + "0" * 64,))
+    unknown = _taken(source.layers[0], "u", "0", source)
+    skipping = _taken(source.layers[0], "k", "0", source, (base.diff_ids[0], source.diff_ids[0], source.diff_ids[2]))
     config, _ = _parts(compose(base, [*on_base, foreign, unknown, skipping]))
     comments = [h["comment"].split("; ", 1)[-1] if "; " in h["comment"] else "" for h in config["history"][3:]]
     n = len(base.layers)
@@ -198,5 +203,17 @@ def test_compose_is_deterministic_and_keeps_tags(base: Image, source: Image) -> 
     a = compose(base, _added(source), tags=["app:1", "app:latest"])
     b = compose(base, _added(source), tags=["app:1", "app:latest"])
     assert (a.config_bytes, a.manifest_bytes, a.tags) == (b.config_bytes, b.manifest_bytes, ("app:1", "app:latest"))
-    assert a.trusted == (False,) * 5
-    assert compose(base, _added(source), base_trusted=True).trusted == (True, True, False, False, False)
+    assert [l.verified_by for l in a.layers] == [""] * 5  # nobody checked them yet: writers will
+    vouched = dataclasses.replace(base, layers=tuple(dataclasses.replace(l, verified_by="x") for l in base.layers))
+    assert [l.verified_by for l in compose(vouched, _added(source)).layers] == ["x", "x", "", "", ""]
+
+
+def test_composed_layers_keep_their_openers_and_sources_and_compose_reads_no_bytes(base: Image, source: Image) -> None:
+    def refuse():  # type: ignore[no-untyped-def]
+        raise AssertionError("compose opened a blob")
+
+    lazy = dataclasses.replace(source, layers=tuple(dataclasses.replace(l, opener=refuse) for l in source.layers))
+    out = compose(base, _added(lazy), tags=["app:1"])
+    assert [l.opener for l in out.layers[2:]] == [refuse] * 3
+    assert [l.source for l in out.layers] == ["//images:base"] * 2 + ["//images:source"] * 3
+    assert [l.descriptor.digest for l in out.layers[2:]] == [l.descriptor.digest for l in source.layers]

@@ -8,7 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from lamina.blobs import CHUNK, Opener, chunks, verified
+from lamina.blobs import CHUNK, chunks
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
@@ -197,10 +197,6 @@ def _header(name: str, size: int) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT)
 
 
-def _file_opener(path: str) -> Opener:
-    return lambda: open(path, "rb")
-
-
 def _pad(size: int) -> bytes:
     return b"\0" * (-size % tarfile.BLOCKSIZE)
 
@@ -222,16 +218,11 @@ def load_tarball(image: Image, tags: Sequence[str], plan: LoadPlan) -> Iterator[
         if name in written:
             continue
         written.add(name)
-        if layer.opener is None and layer.path is None:
+        if not layer.has_bytes:
             raise InvalidSource(f"{image.source}: layer {i} ({layer.descriptor.digest}) has no bytes in this source "
                                 "and the Docker engine does not have it")
         yield _header(name, layer.descriptor.size)
-        what = f"{image.source}: layer {i} ({layer.descriptor.digest})"
-        if layer.opener is not None:
-            stream = layer.open_blob(what)
-        else:
-            stream = verified(_file_opener(str(layer.path)), layer.descriptor.digest, layer.descriptor.size, what)
-        with stream:
+        with layer.open_blob(f"{image.source}: layer {i} ({layer.descriptor.digest})") as stream:
             sent = 0
             for data in chunks(stream):
                 sent += len(data)

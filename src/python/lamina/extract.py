@@ -18,7 +18,7 @@ from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, replace_path
 from lamina.image import Image, Layer
-from lamina.model import OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type, parse_json
+from lamina.model import Descriptor, oci_layer_media_type, parse_json
 from lamina.progress import Progress
 
 SELECTION_FILE = "lamina-selection.json"
@@ -40,7 +40,7 @@ class Selection:
             "layers": [
                 {
                     "index": i,
-                    "descriptor": _oci_descriptor(image.layers[i].descriptor).to_json(),
+                    "descriptor": _oci(image.layers[i].descriptor).to_json(),
                     "diff_id": image.layers[i].diff_id,
                     "created_by": image.layers[i].created_by,
                 }
@@ -61,7 +61,7 @@ def read_selection(layout_dir: str) -> Optional[Selection]:
         raise InvalidSource(f"{path}: malformed selection file ({e})") from e
 
 
-def _oci_descriptor(d: Descriptor) -> Descriptor:
+def _oci(d: Descriptor) -> Descriptor:
     return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, d.annotations)
 
 
@@ -100,17 +100,6 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
         raise
 
 
-def source_manifest(image: Image) -> bytes:
-    """An OCI manifest of the whole source image (media types mapped to OCI, digests unchanged)."""
-    config = Descriptor(OCI_CONFIG, image.config_descriptor.digest, image.config_descriptor.size)
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": config.to_json(),
-        "layers": [_oci_descriptor(l.descriptor).to_json() for l in image.layers],
-    })
-
-
 def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) -> Selection:
     """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically."""
     selection = Selection(image.source, selector, tuple(l.index for l in layers))
@@ -126,10 +115,10 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) 
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             copy_layer_verified(layer, dest, f"{image.source}: layer {layer.index} ({layer.descriptor.digest})", progress)
-        manifest = source_manifest(image)
-        manifest_desc = Descriptor(OCI_MANIFEST, _sha(manifest), len(manifest))
+        # The manifest of the whole source image (media types mapped to OCI, digests unchanged).
+        manifest_desc = image.manifest_descriptor
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)
-        store.put_bytes(manifest_desc.digest, manifest)
+        store.put_bytes(manifest_desc.digest, image.manifest_bytes)
         files = dict(layout_files(manifest_desc, ()))
         files[SELECTION_FILE] = json.dumps(selection.to_json(image), indent=2, sort_keys=True).encode() + b"\n"
         for name, data in files.items():
@@ -142,12 +131,4 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) 
     finally:
         progress.close()
     return selection
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
 

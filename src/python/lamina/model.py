@@ -1,7 +1,9 @@
 """Value types of OCI/Docker images: media types, digests, descriptors, platforms, canonical JSON."""
 from __future__ import annotations
 
+import hashlib
 import json
+import platform as _host
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -76,6 +78,11 @@ def check_digest(value: Any, where: str) -> str:
     return value
 
 
+def sha256_digest(data: bytes) -> str:
+    """The sha256 digest ("sha256:<hex>") of bytes in memory (blobs are hashed as streams, in blobs.py)."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
 def canonical_json(value: Any) -> bytes:
     """Stable JSON bytes: sorted keys, compact separators, UTF-8."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -108,6 +115,12 @@ class Platform:
         if len(parts) not in (2, 3) or not all(parts):
             raise ValueError(f"{text!r} is not a platform; write os/arch[/variant], e.g. linux/amd64")
         return cls(parts[0], parts[1], parts[2] if len(parts) == 3 else "")
+
+    @classmethod
+    def host(cls) -> "Platform":
+        """linux/<this machine's architecture>: the default pick from a multi-platform image."""
+        machine = _host.machine().lower()
+        return cls("linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine))
 
     @classmethod
     def of_config(cls, config: Mapping[str, Any]) -> "Platform":
@@ -143,6 +156,11 @@ class Descriptor:
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         return out
+
+    @classmethod
+    def of(cls, media_type: str, data: bytes) -> "Descriptor":
+        """The descriptor of a small blob held in memory (a config, a manifest)."""
+        return cls(media_type, sha256_digest(data), len(data))
 
     @classmethod
     def from_json(cls, value: Any, where: str) -> "Descriptor":

@@ -89,6 +89,8 @@ def build_files_layer(files: Sequence[tuple[str, str]], out_path: str) -> Layer:
         history=({"created_by": "lamina: files", "comment": f"{len(wanted)} files"},),
         opener=lambda: open(out_path, "rb"),
         path=out_path,
+        source="the new files layer",
+        verified_by="lamina: made here",  # hashed as it was written
     )
 
 
@@ -157,6 +159,7 @@ def read_files_layer_dir(path: str) -> Layer:
         history=tuple(meta["history"]),
         opener=lambda: open(blob, "rb"),
         path=blob,
+        source=f"files_layer {path}",  # not verified: checked (digest and diff_id) wherever it is read
     )
 
 

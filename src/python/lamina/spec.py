@@ -15,6 +15,9 @@ class LayerSpec:
     layer: Optional[str]  # selector; None = the layers a bundle was extracted with
     name: Optional[str]  # how the source is recorded in annotations (default: the source text)
     target: Optional[str] = None  # the build target that asked for it, named in errors
+    # The caller vouches that `source` is a bundle `lamina extract` wrote, whose blobs it verified
+    # (the Pants plugin's own cached extractions): its layers are then not hashed again.
+    verified: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,9 +69,12 @@ def _layer(value: Any, where: str) -> LayerSpec:
         raise SpecError(f"{where}.layer must be a selector string or an index")
     name = value.get("name")
     target = value.get("target")
+    verified = value.get("verified", False)
+    if not isinstance(verified, bool):
+        raise SpecError(f"{where}.verified must be true or false, not {verified!r}")
     return LayerSpec(_str(value["source"], f"{where}.source"), None if layer is None else str(layer),
                      None if name is None else _str(name, f"{where}.name"),
-                     None if target is None else _str(target, f"{where}.target"))
+                     None if target is None else _str(target, f"{where}.target"), verified)
 
 
 def _files(value: Any, where: str, default_dest: Optional[str]) -> tuple[FileSpec, ...]:

@@ -1,7 +1,6 @@
 """`docker save` archives, both the classic layout and Docker 25+'s OCI-layout one: read and write."""
 from __future__ import annotations
 
-import hashlib
 import re
 from typing import Optional
 
@@ -9,7 +8,15 @@ from lamina.blobs import sha256_stream, sniff_compression
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.store import TarSource
 from lamina.image import Image, Layer, config_diff_ids, layer_history
-from lamina.model import COMPRESSION_MEDIA_TYPE, DOCKER_CONFIG, DOCKER_MANIFEST, Descriptor, expect_dict, parse_json
+from lamina.model import (
+    COMPRESSION_MEDIA_TYPE,
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    Descriptor,
+    expect_dict,
+    parse_json,
+    sha256_digest,
+)
 
 _BLOB_NAME = re.compile(r"^(?:.*/)?blobs/sha256/([0-9a-f]{64})$")
 _CONFIG_NAME = re.compile(r"^([0-9a-f]{64})\.json$")
@@ -46,7 +53,7 @@ def read_docker_archive(source: TarSource, name: str, tag: Optional[str] = None)
     ):
         raise InvalidSource(f"{where}: manifest.json entry needs Config and Layers")
     config_bytes = source.read_file(config_name, "config")
-    config_digest = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    config_digest = sha256_digest(config_bytes)
     named = _BLOB_NAME.match(config_name) or _CONFIG_NAME.match(config_name.rsplit("/", 1)[-1])
     if named and "sha256:" + named.group(1) != config_digest:
         raise DigestMismatch(f"{where}: config {config_name} has content {config_digest}")
@@ -76,6 +83,7 @@ def read_docker_archive(source: TarSource, name: str, tag: Optional[str] = None)
                 index=i,
                 history=histories[i],
                 opener=opener,
+                source=name,
             )
         )
     tags = tuple(t for t in (entry.get("RepoTags") or []) if isinstance(t, str))

@@ -97,6 +97,7 @@ def read_manifest_image(source: BlobSource, manifest_desc: Descriptor, where: st
             history=histories[i],
             opener=source.blob_opener(d.digest),
             path=source.blob_file(d.digest),
+            source=name,
         )
         for i, d in enumerate(descs)
     )
@@ -138,7 +139,7 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
             raise InvalidSource(f"{where}: index {desc.digest} has no manifests list")
         sub = [e for e in sub if (e.get("platform") or {}).get("architecture") != "unknown"]  # attestations
         if len(sub) > 1 and platform is None:
-            platform = Platform("linux", _host_arch())
+            platform = Platform.host()
         if platform is not None and len(sub) > 1 and not any(
             isinstance(e.get("platform"), dict) and platform.matches(Platform.of_config(e["platform"])) for e in sub
         ):
@@ -146,13 +147,6 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
             raise InvalidSource(f"{where}: no image for platform {platform} (it has {have})")
         desc = Descriptor.from_json(_pick(sub, where, None, platform), f"{where}: index")
     raise InvalidSource(f"{where}: indexes nested too deeply")
-
-
-def _host_arch() -> str:
-    import platform as _p
-
-    machine = _p.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine)
 
 
 def layout_files(manifest_desc: Descriptor, tags: tuple[str, ...]) -> dict[str, bytes]:

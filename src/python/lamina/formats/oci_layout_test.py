@@ -91,9 +91,9 @@ def test_picks_image_by_platform(tmp_path, nested: bool, wanted: str, arch: str)
 def test_nested_index_without_platform_uses_the_host(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "multi")
     write_oci_multi(path, [(_image("amd64"), None), (_image("arm64"), None)], nested=True, archive=True)
-    monkeypatch.setattr(oci_layout, "_host_arch", lambda: "arm64")
+    monkeypatch.setattr(Platform, "host", classmethod(lambda cls: Platform("linux", "arm64")))
     assert open_image("oci-archive:" + path).platform.architecture == "arm64"
-    monkeypatch.setattr(oci_layout, "_host_arch", lambda: "riscv64")
+    monkeypatch.setattr(Platform, "host", classmethod(lambda cls: Platform("linux", "riscv64")))
     with pytest.raises(InvalidSource, match=r"no image for platform linux/riscv64 \(it has linux/amd64, linux/arm64\)"):
         open_image("oci-archive:" + path)
 
@@ -101,7 +101,7 @@ def test_nested_index_without_platform_uses_the_host(tmp_path, monkeypatch) -> N
 def test_nested_index_skips_attestation_manifests(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "multi")
     write_oci_multi(path, [(_image("amd64"), None), (_image("unknown"), None)], nested=True)
-    monkeypatch.setattr(oci_layout, "_host_arch", lambda: "riscv64")  # no guessing: one real image is left
+    monkeypatch.setattr(Platform, "host", classmethod(lambda cls: Platform("linux", "riscv64")))  # no guessing: one real image is left
     image = open_image("oci:" + path, platform=None)
     assert image.platform.architecture == "amd64"
 

@@ -1,13 +1,12 @@
 """Random access to the members of an uncompressed tar file, refusing entries that escape its root."""
 from __future__ import annotations
 
-import io
-import os
 import posixpath
 import tarfile
 from dataclasses import dataclass
 from typing import BinaryIO, Optional
 
+from lamina.blobs import Window
 from lamina.errors import InvalidSource, UnsafeArchive
 
 
@@ -80,7 +79,7 @@ class TarIndex:
     def open(self, member: Member) -> BinaryIO:
         f = open(self.path, "rb")
         f.seek(member.offset)
-        return _Window(f, member.size)  # type: ignore[return-value]
+        return Window(f, member.size, owns=True)  # type: ignore[return-value]
 
     def head(self, member: Member, n: int = 4) -> bytes:
         with self.open(member) as f:
@@ -98,43 +97,3 @@ def _link_target(archive: str, info: tarfile.TarInfo, name: str) -> str:
     if target == ".." or target.startswith("../"):
         raise UnsafeArchive(f"{archive}: link {info.name!r} points outside the archive ({info.linkname!r})")
     return target
-
-
-class _Window(io.RawIOBase):
-    """`size` bytes of a file from its current position; short if the file is truncated."""
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        super().__init__()
-        self._f = f
-        self._left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def extent(self) -> Optional[tuple[int, int, int]]:
-        """(fd, offset, length) of the bytes left to read (see blobs.file_extent)."""
-        try:
-            return self._f.fileno(), self._f.tell(), self._left
-        except (OSError, ValueError, io.UnsupportedOperation):
-            return None
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        if self._left <= 0:
-            return 0
-        data = self._f.read(min(len(buffer), self._left))
-        self._left -= len(data)
-        buffer[: len(data)] = data
-        return len(data)
-
-    def close(self) -> None:
-        try:
-            self._f.close()
-        finally:
-            super().close()
-
-
-def is_tar(path: str) -> bool:
-    try:
-        return os.path.isfile(path) and tarfile.is_tarfile(path)
-    except OSError:
-        return False

@@ -1,7 +1,8 @@
-"""Writers of a composed image: OCI layout directory, OCI archive, `docker load` archive.
+"""Writers of any Image, read or composed: OCI layout directory, OCI archive, `docker load` archive.
 
 All are atomic (written beside the target under a temporary name, then renamed) and deterministic
-(sorted tar entries, fixed headers), and they copy layer bytes verbatim, checking each digest.
+(sorted tar entries, fixed headers), and they copy layer bytes verbatim, checking each digest (and
+the diff_id of a layer no one has verified yet) in the same pass.
 """
 from __future__ import annotations
 
@@ -10,46 +11,24 @@ import os
 import shutil
 import tarfile
 import tempfile
-from typing import BinaryIO, Iterator, Optional
+from typing import BinaryIO, Optional
 
 from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader, chunks, copy_extent_verified, fsync_outputs
-from lamina.compose import ComposedImage
 from lamina.errors import InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, blob_path, replace_path
-from lamina.image import Layer
+from lamina.image import Image, Layer
 from lamina.model import canonical_json
 from lamina.progress import NoProgress, Progress
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 
 
-def _unique_layers(image: ComposedImage) -> Iterator[tuple[Layer, bool]]:
-    seen = set()
-    for layer, trusted in zip(image.layers, image.trusted):
-        if layer.descriptor.digest not in seen:
-            seen.add(layer.descriptor.digest)
-            yield layer, trusted
+def _layer_bytes(image: Image) -> int:
+    return sum(l.descriptor.size for l in image.unique_layers())
 
 
-def _what(image: ComposedImage, layer: Layer) -> str:
-    """How a layer is named in errors: its source image, its index there and its digest."""
-    source = ""
-    for i, l in enumerate(image.layers):
-        if l is layer and i < len(image.sources):
-            source = image.sources[i]
-            break
-    where = f"{source}: " if source else ""
-    if layer.index < 0:  # a layer lamina made, of no source image
-        return f"{where}layer {layer.descriptor.digest}"
-    return f"{where}layer {layer.index} ({layer.descriptor.digest})"
-
-
-def _layer_bytes(image: ComposedImage) -> int:
-    return sum(l.descriptor.size for l, _ in _unique_layers(image))
-
-
-def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Progress] = None) -> None:
+def write_oci_layout(image: Image, out_dir: str, progress: Optional[Progress] = None) -> None:
     """An OCI layout directory at `out_dir`, replacing any there; blobs already there are reused."""
     progress = progress or NoProgress()
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -58,13 +37,14 @@ def write_oci_layout(image: ComposedImage, out_dir: str, progress: Optional[Prog
     try:
         store = BlobDir(tmp)
         old = BlobDir(out_dir) if os.path.isdir(out_dir) else None
-        for layer, trusted in _unique_layers(image):
+        for layer in image.unique_layers():
             d = layer.descriptor
             reuse = old.path(d.digest) if old else None
             if reuse and os.path.isfile(reuse) and os.path.getsize(reuse) == d.size:
                 store.put(d, None, reuse, f"{out_dir}: layer {d.digest}", trusted=True)
             else:
-                store.put(d, layer.opener, layer.path, _what(image, layer), trusted,
+                trusted = bool(layer.verified_by)
+                store.put(d, layer.opener, layer.path, layer.what, trusted,
                           None if trusted else (layer.compression, layer.diff_id))
             progress.add(d.size)
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)
@@ -171,7 +151,7 @@ class _TarWriter:
             self.f.write(tarfile.NUL * (tarfile.RECORDSIZE - rest))
 
 
-def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Optional[Progress]) -> None:
+def _write_tar(image: Image, out_path: str, docker: bool, progress: Optional[Progress]) -> None:
     progress = progress or NoProgress()
     config = image.config_descriptor
     manifest = image.manifest_descriptor
@@ -184,7 +164,7 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
             "RepoTags": list(image.tags),
             "Layers": [blob_path(l.descriptor.digest) for l in image.layers],
         }])
-    layers = {blob_path(l.descriptor.digest): (l, t) for l, t in _unique_layers(image)}
+    layers = {blob_path(l.descriptor.digest): l for l in image.unique_layers()}
     names = sorted(set(small) | set(layers))
     parent = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(parent, exist_ok=True)
@@ -198,14 +178,13 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
                 if name in small:
                     tar.add_bytes(_tarinfo(name, len(small[name])), small[name])
                     continue
-                layer, trusted = layers[name]
+                layer = layers[name]
                 d = layer.descriptor
-                what = _what(image, layer)
-                if layer.opener is None and layer.path is None:
-                    raise InvalidSource(f"{what}: blob {d.digest} has no bytes in its source")
-                opener = layer.opener if layer.opener is not None else (lambda p=layer.path: open(p, "rb"))
-                check_diff_id = not trusted and (layer.compression, layer.diff_id) != ("none", d.digest)
-                tar.add_blob(_tarinfo(name, d.size), layer, opener, check_diff_id, what, progress)
+                opener = layer.opener_or_file()
+                if opener is None:
+                    raise InvalidSource(f"{layer.what}: blob {d.digest} has no bytes in its source")
+                check_diff_id = not layer.verified_by and (layer.compression, layer.diff_id) != ("none", d.digest)
+                tar.add_blob(_tarinfo(name, d.size), layer, opener, check_diff_id, layer.what, progress)
             tar.close()
             raw.flush()
             if fsync_outputs():
@@ -220,16 +199,16 @@ def _write_tar(image: ComposedImage, out_path: str, docker: bool, progress: Opti
         progress.close()
 
 
-def write_oci_archive(image: ComposedImage, out_path: str, progress: Optional[Progress] = None) -> None:
+def write_oci_archive(image: Image, out_path: str, progress: Optional[Progress] = None) -> None:
     _write_tar(image, out_path, docker=False, progress=progress)
 
 
-def write_docker_archive(image: ComposedImage, out_path: str, progress: Optional[Progress] = None) -> None:
+def write_docker_archive(image: Image, out_path: str, progress: Optional[Progress] = None) -> None:
     """A tar `docker load` reads (manifest.json with RepoTags), which is also an OCI layout."""
     _write_tar(image, out_path, docker=True, progress=progress)
 
 
-def write(image: ComposedImage, fmt: str, out: str, progress_label: str = "") -> None:
+def write(image: Image, fmt: str, out: str, progress_label: str = "") -> None:
     progress = Progress(progress_label or f"writing {os.path.basename(out)}", _layer_bytes(image))
     if fmt == "oci":
         write_oci_layout(image, out, progress)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tarfile
@@ -7,10 +8,10 @@ import tarfile
 import pytest
 
 from lamina.build import build
-from lamina.compose import AddedLayer, ComposedImage, compose
+from lamina.compose import compose
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.write import FORMATS, write, write_docker_archive, write_oci_layout
-from lamina.image import Image
+from lamina.image import Image, Layer, Taken
 from lamina.sources import open_image
 from lamina.spec import parse_spec
 from lamina.testing.images import (
@@ -34,6 +35,12 @@ SOURCE = FakeImage([FakeLayer({"opt/a": b"a" * 3000}, "RUN a", "zstd"), FakeLaye
 TAGS = ("example.com/app:1", "example.com/app:latest")
 
 
+def _take(layer: Layer, source: str, selector: str, platform, trusted: bool = False) -> Layer:  # type: ignore[no-untyped-def]
+    """`layer` as a composition takes it from `source`; `trusted`: as if `lamina extract` verified it."""
+    return dataclasses.replace(layer, source=source, taken=Taken(selector, "", platform),
+                               verified_by="lamina extract" if trusted else "")
+
+
 def _sources(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     base, source = str(tmp_path / "base"), str(tmp_path / "source.tar")
     if not os.path.exists(base):
@@ -42,10 +49,10 @@ def _sources(tmp_path) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return base, source
 
 
-def _composed(tmp_path) -> ComposedImage:  # type: ignore[no-untyped-def]
+def _composed(tmp_path) -> Image:  # type: ignore[no-untyped-def]
     base_path, source_path = _sources(tmp_path)
     base, source = open_image("oci:" + base_path), open_image(source_path)
-    added = [AddedLayer(l, source.source, ":", source.platform) for l in source.layers]
+    added = [_take(l, source.source, ":", source.platform) for l in source.layers]
     return compose(base, added, tags=TAGS)
 
 
@@ -81,7 +88,7 @@ def test_docker_archive_is_also_an_oci_archive(tmp_path) -> None:  # type: ignor
                          "Layers": ["blobs/sha256/" + l.descriptor.hex for l in composed.layers]}]
 
 
-def _expected_files(composed: ComposedImage, fmt: str) -> set[str]:
+def _expected_files(composed: Image, fmt: str) -> set[str]:
     digests = {l.descriptor.hex for l in composed.layers} | {composed.config_descriptor.hex, composed.manifest_descriptor.hex}
     extra = {"manifest.json"} if fmt == "docker-archive" else set()
     return {"oci-layout", "index.json"} | {f"blobs/sha256/{d}" for d in digests} | extra
@@ -174,7 +181,7 @@ def _flipped_source(tmp_path) -> Image:  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_failing_write_leaves_nothing(tmp_path, fmt: str) -> None:  # type: ignore[no-untyped-def]
     source = _flipped_source(tmp_path)
-    composed = compose(None, [AddedLayer(l, "flipped", ":", source.platform) for l in source.layers],
+    composed = compose(None, [_take(l, "flipped", ":", source.platform) for l in source.layers],
                        platform=source.platform)
     out = _out(tmp_path / "dest", fmt)
     with pytest.raises(DigestMismatch, match=f"{source.layers[0].descriptor.digest}.*: blob content is sha256:"):
@@ -189,7 +196,7 @@ def test_failing_write_keeps_the_previous_output(tmp_path, fmt: str) -> None:  #
     write(_composed(tmp_path), fmt, out)
     before = _files(out)
     source = _flipped_source(tmp_path)
-    composed = compose(None, [AddedLayer(l, "flipped", ":", source.platform) for l in source.layers],
+    composed = compose(None, [_take(l, "flipped", ":", source.platform) for l in source.layers],
                        platform=source.platform)
     with pytest.raises(DigestMismatch):
         write(composed, fmt, out)
@@ -203,7 +210,7 @@ def test_layer_missing_from_a_bundle_is_a_clean_error(tmp_path, fmt: str) -> Non
     write_oci_dir(SOURCE, path)
     os.unlink(blob_file(path, oci_manifest(path)["layers"][1]["digest"]))
     source = open_image("oci:" + path)
-    composed = compose(None, [AddedLayer(source.layers[1], "sparse", "1", source.platform, trusted=True)],
+    composed = compose(None, [_take(source.layers[1], "sparse", "1", source.platform, trusted=True)],
                        platform=source.platform)
     out = _out(tmp_path, fmt)
     with pytest.raises(InvalidSource, match=f"blob {source.layers[1].descriptor.digest} has no bytes in its source"):
@@ -214,7 +221,7 @@ def test_layer_missing_from_a_bundle_is_a_clean_error(tmp_path, fmt: str) -> Non
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_repeated_layer_is_stored_once(tmp_path, fmt: str) -> None:  # type: ignore[no-untyped-def]
     base = open_image("oci:" + _sources(tmp_path)[0])
-    twice = compose(base, [AddedLayer(base.layers[1], "b", "1", base.platform)])
+    twice = compose(base, [_take(base.layers[1], "b", "1", base.platform)])
     out = _out(tmp_path, fmt)
     write(twice, fmt, out)
     image = open_image(out)
@@ -227,7 +234,7 @@ def test_untrusted_layer_is_checked_against_its_diff_id(tmp_path) -> None:  # ty
     write_oci_dir(FakeImage(SOURCE.layers, config_extra={"rootfs": {"type": "layers", "diff_ids": [sha(b"x"), sha(b"y")]}}), path)
     source = open_image("oci:" + path)
     for fmt in FORMATS:
-        composed = compose(None, [AddedLayer(source.layers[1], "lying", "1", source.platform)], platform=source.platform)
+        composed = compose(None, [_take(source.layers[1], "lying", "1", source.platform)], platform=source.platform)
         with pytest.raises(DigestMismatch, match="uncompressed content is " + sha(SOURCE.layers[1].tar) + ", the config says " + sha(b"y")):
             write(composed, fmt, _out(tmp_path / fmt, fmt))
         assert os.listdir(str(tmp_path / fmt)) == []
@@ -247,7 +254,7 @@ def test_kernel_copy_and_user_space_copy_write_the_same_bytes(tmp_path, fmt: str
     # Uncompressed layers straight from a `docker save` archive: the kernel copies them.
     write_docker_classic({"plain:1": PLAIN}, str(tmp_path / "plain.tar"))
     image = open_image(str(tmp_path / "plain.tar"))
-    composed = compose(None, [AddedLayer(l, image.source, ":", image.platform) for l in image.layers], tags=TAGS,
+    composed = compose(None, [_take(l, image.source, ":", image.platform) for l in image.layers], tags=TAGS,
                        platform=image.platform)
     copies = count_kernel_copies(monkeypatch)
     write(composed, fmt, _out(tmp_path, fmt, "kernel"))

@@ -12,7 +12,6 @@ which gives direct control of timeouts, streaming bodies and redirects.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -23,9 +22,9 @@ from typing import BinaryIO, Optional
 
 import urllib3
 
-from lamina.blobs import CHUNK, Opener, copy_stream, verified
+from lamina.blobs import CHUNK, Opener, Window, copy_stream, verified
 from lamina.errors import DigestMismatch
-from lamina.model import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Descriptor
+from lamina.model import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Descriptor, sha256_digest
 from lamina.registry.errors import NotFound, RegistryError, RegistryUnreachable
 from lamina.registry.reference import Reference
 from lamina.registry.retry import Attempts
@@ -62,8 +61,7 @@ class FetchedManifest:
     data: bytes
 
 
-def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+
 
 
 def _with_query(url: str, **params: str) -> str:
@@ -96,7 +94,7 @@ class RegistryClient:
             raise self._manifest_not_found(ref, error_codes(reply.body))
         if reply.status != 200:
             raise fail(reply, what, self.host)
-        digest = _sha256(reply.body)
+        digest = sha256_digest(reply.body)
         if ref.digest and digest != ref.digest:
             raise DigestMismatch(f"{what}: the registry sent a manifest whose digest is {digest}")
         header = reply.header("Docker-Content-Digest")
@@ -133,7 +131,7 @@ class RegistryClient:
     def put_manifest(self, ref: Reference, media_type: str, data: bytes) -> str:
         """Store a manifest under `ref`'s tag (or digest); returns its digest, checked against the registry's."""
         what = f"{ref.url}: manifest"
-        digest = _sha256(data)
+        digest = sha256_digest(data)
         reply = self.transport.request("PUT", f"/v2/{ref.repository}/manifests/{ref.target}",
                                        scopes=push_scope(ref.repository), what=what,
                                        headers={"Content-Type": media_type}, body=data)
@@ -251,7 +249,7 @@ class RegistryClient:
                     "PATCH", location, scopes=push_scope(repo), what=what,
                     headers={"Content-Type": "application/octet-stream", "Content-Length": str(n),
                              "Content-Range": f"{start}-{start + n - 1}"},
-                    body=_Window(stream, n))
+                    body=Window(stream, n))
                 if reply.status != 202 or not reply.header("Location"):
                     raise fail(reply, f"{what}: PATCH bytes {start}-{start + n - 1}", self.host)
                 location = self.transport.url(reply.header("Location"))
@@ -273,31 +271,6 @@ class RegistryClient:
 
 def _api_host(registry: str) -> str:
     return Reference(registry, "x").api_host
-
-
-class _Window(io.RawIOBase):
-    """At most `n` bytes of a stream: the body of one PATCH chunk, read in pieces, never all in memory."""
-
-    def __init__(self, stream: BinaryIO, n: int) -> None:
-        super().__init__()
-        self._stream = stream
-        self._left = n
-
-    def readable(self) -> bool:
-        return True
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        if self._left <= 0:
-            return b""
-        want = self._left if size is None or size < 0 else min(size, self._left)
-        data = self._stream.read(min(want, CHUNK))
-        self._left -= len(data)
-        return data
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
 
 
 class _BlobStream(io.RawIOBase):

@@ -1,4 +1,5 @@
-"""Push an image to registry tags: HEAD each blob, mount what another repository has, upload the rest, manifest last."""
+"""Push any Image (read or composed) to registry tags: HEAD each blob, mount what another repository has,
+upload the rest, manifest last."""
 from __future__ import annotations
 
 import io
@@ -9,7 +10,7 @@ from lamina.blobs import Opener
 from lamina.errors import InvalidSource
 from lamina.image import Image
 from lamina.registry.locations import BlobLocations
-from lamina.model import ANN_SOURCE, OCI_CONFIG, OCI_MANIFEST, Descriptor, canonical_json, oci_layer_media_type
+from lamina.model import ANN_SOURCE, OCI_MANIFEST, Descriptor
 from lamina.registry.client import RegistryClient, push_scope
 from lamina.registry.errors import BadReference
 from lamina.registry.reference import Reference, is_registry_ref, parse_reference
@@ -49,18 +50,6 @@ class PushResult:
                 f"skipped {self.skipped_bytes} bytes ({self.mounted} mounted)")
 
 
-def image_manifest(image: Image) -> bytes:
-    """The image's OCI manifest in lamina's canonical form (byte-identical to what `lamina compose` writes)."""
-    config = image.config_descriptor
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": Descriptor(OCI_CONFIG, config.digest, config.size).to_json(),
-        "layers": [Descriptor(oci_layer_media_type(l.descriptor.media_type), l.descriptor.digest,
-                              l.descriptor.size, l.descriptor.annotations).to_json() for l in image.layers],
-    })
-
-
 def _source_repo(text: str, registry: str) -> Optional[str]:
     """The repository of a `docker://` reference on `registry`, else None."""
     if not is_registry_ref(text):
@@ -79,10 +68,6 @@ class _Blob:
     mount_from: tuple[str, ...]  # repositories of the same registry that may hold it
 
 
-def _file_opener(path: str) -> Opener:
-    return lambda: open(path, "rb")
-
-
 def _bytes_opener(data: bytes) -> Opener:
     return lambda: io.BytesIO(data)  # type: ignore[return-value]
 
@@ -96,9 +81,11 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
         if d.digest in seen:
             continue
         seen.add(d.digest)
-        repos = [r for r in (_source_repo(dict(d.annotations).get(ANN_SOURCE, ""), registry), whole) if r]
-        opener = layer.opener or (_file_opener(layer.path) if layer.path else None)
-        out.append(_Blob(d, opener, tuple(dict.fromkeys(repos))))
+        # Where the layer came from: as the image knows it, or as an image read back from disk
+        # records it in the layer's annotation.
+        named = (layer.source, dict(d.annotations).get(ANN_SOURCE, ""))
+        repos = [r for r in (*(_source_repo(n, registry) for n in named), whole) if r]
+        out.append(_Blob(d, layer.opener_or_file(), tuple(dict.fromkeys(repos))))
     config = image.config_descriptor
     if config.digest not in seen:
         out.append(_Blob(config, _bytes_opener(image.config_bytes), (whole,) if whole else ()))
@@ -143,7 +130,7 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
     so a failure part-way never leaves a tag naming blobs the registry lacks.
     """
     clients = clients if clients is not None else {}
-    manifest = image_manifest(image)
+    manifest = image.manifest_bytes
     outcomes: dict[tuple[str, str], tuple[BlobOutcome, ...]] = {}
     pushed: dict[str, list[str]] = {}
     for target in targets:

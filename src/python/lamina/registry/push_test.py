@@ -2,11 +2,13 @@ from __future__ import annotations
 
 import pytest
 
-from lamina.compose import AddedLayer, compose
-from lamina.image import Image
+import dataclasses
+
+from lamina.compose import compose
+from lamina.image import Image, Layer, Taken
 from lamina.model import ANN_SOURCE
 from lamina.registry.errors import BadReference
-from lamina.registry.push import BlobOutcome, PushResult, _blobs, image_manifest, parse_targets
+from lamina.registry.push import BlobOutcome, PushResult, _blobs, parse_targets
 from lamina.registry.reference import Reference
 from lamina.sources import open_image
 from lamina.testing.images import FakeImage, FakeLayer, write_oci_dir
@@ -20,21 +22,25 @@ def _source(tmp_path) -> Image:  # type: ignore[no-untyped-def]
     return open_image("oci:" + path)
 
 
-def test_image_manifest_is_byte_identical_to_what_compose_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def _take(layer: Layer, source: str, selector: str, platform) -> Layer:  # type: ignore[no-untyped-def]
+    return dataclasses.replace(layer, source=source, taken=Taken(selector, "", platform))
+
+
+def test_the_pushed_manifest_of_an_image_read_back_is_byte_identical_to_the_composed_one(tmp_path) -> None:  # type: ignore[no-untyped-def]
     source = _source(tmp_path)
-    composed = compose(None, [AddedLayer(l, "docker://127.0.0.1:5000/base@sha256:" + "1" * 64, ":", source.platform)
+    composed = compose(None, [_take(l, "docker://127.0.0.1:5000/base@sha256:" + "1" * 64, ":", source.platform)
                               for l in source.layers], platform=source.platform)
     from lamina.formats.write import write_oci_layout
 
     out = str(tmp_path / "out")
     write_oci_layout(composed, out)
-    assert image_manifest(open_image("oci:" + out)) == composed.manifest_bytes
+    assert open_image("oci:" + out).manifest_bytes == composed.manifest_bytes
 
 
 def test_mount_candidates_come_from_layer_sources_on_the_same_registry(tmp_path) -> None:  # type: ignore[no-untyped-def]
     source = _source(tmp_path)
-    added = [AddedLayer(source.layers[0], "docker://127.0.0.1:5000/team/base@sha256:" + "1" * 64, "0", source.platform),
-             AddedLayer(source.layers[1], "docker://other.example/x/y:1", "1", source.platform)]
+    added = [_take(source.layers[0], "docker://127.0.0.1:5000/team/base@sha256:" + "1" * 64, "0", source.platform),
+             _take(source.layers[1], "docker://other.example/x/y:1", "1", source.platform)]
     composed = compose(None, added, platform=source.platform)
     out = str(tmp_path / "out")
     from lamina.formats.write import write_oci_layout
@@ -46,6 +52,8 @@ def test_mount_candidates_come_from_layer_sources_on_the_same_registry(tmp_path)
     assert [b.mount_from for b in blobs] == [("team/base",), (), ()]  # layer 0, layer 1, config
     assert all(b.opener is not None for b in blobs)
     assert [b.mount_from for b in _blobs(image, "other.example")] == [(), ("x/y",), ()]
+    # The composed image itself, never written, offers the same: its layers know their sources.
+    assert [b.mount_from for b in _blobs(composed, "127.0.0.1:5000")] == [("team/base",), (), ()]
 
 
 def test_a_registry_source_offers_its_own_repository_for_every_blob(tmp_path) -> None:  # type: ignore[no-untyped-def]

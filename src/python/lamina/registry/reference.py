@@ -58,12 +58,6 @@ class Reference:
         """The pinned form `REGISTRY/REPO@DIGEST`."""
         return replace(self, tag=None, digest=digest)
 
-    def with_tag(self, tag: str) -> "Reference":
-        return replace(self, tag=tag, digest=None)
-
-    def with_repository(self, repository: str) -> "Reference":
-        return replace(self, repository=repository, tag=None, digest=None)
-
     def __str__(self) -> str:
         text = self.name
         if self.tag:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import io
-import platform as _platform
 import sys
 from typing import Optional
 
@@ -17,12 +16,6 @@ from lamina.registry.reference import Reference, parse_reference
 from lamina.registry.transport import RegistryOptions
 
 _MAX_NESTING = 4
-
-
-def host_platform() -> Platform:
-    """linux/<this machine's architecture>, the default pick from a multi-platform image."""
-    machine = _platform.machine().lower()
-    return Platform("linux", {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}.get(machine, machine))
 
 
 def _warn(options: RegistryOptions, message: str) -> None:
@@ -104,7 +97,7 @@ def resolve_manifest(client: RegistryClient, ref: Reference, platform: Optional[
         media_type = _media_type(fetched, doc, where)
         if media_type in MANIFEST_TYPES:
             return fetched, media_type, top
-        chosen = pick_platform(doc, platform or host_platform(), where)
+        chosen = pick_platform(doc, platform or Platform.host(), where)
         fetched = client.get_manifest(ref.with_digest(chosen.digest))
     raise InvalidSource(f"{where}: image indexes nested more than {_MAX_NESTING} deep")
 
@@ -127,9 +120,3 @@ def open_registry_image(text: str, options: RegistryOptions, name: Optional[str]
     blobs = _RegistryBlobs(client, ref, {fetched.digest: fetched.data})
     return read_manifest_image(blobs, desc, ref.url, name or text, (ref.tag,) if ref.tag else ())
 
-
-def pin(text: str, options: RegistryOptions, client: Optional[RegistryClient] = None) -> Reference:
-    """`text` pinned to the digest its tag names now (the index's digest for a multi-platform image)."""
-    ref = parse_reference(text)
-    client = client or RegistryClient(ref.registry, options)
-    return ref.with_digest(client.get_manifest(ref).digest)

@@ -211,7 +211,8 @@ class Transport:
             where = self.options.docker_config or "no Docker config file"
             return AuthError(f"{by} requires credentials (HTTP {status}) and {where} has none for {self.host}; "
                              f"run `docker login {self.host}`")
-        user = creds.username or "an identity token"
+        user = creds.username or ("a registry token" if creds.registry_token and not creds.identity_token
+                                  else "an identity token")
         return AuthError(f"{by} refused the credentials of {user} from {creds.origin} (HTTP {status}); "
                          f"check them or run `docker login {self.host}`")
 
@@ -220,6 +221,11 @@ class Transport:
         bearer = next((c for c in challenges if c.scheme == "bearer"), None)
         basic = next((c for c in challenges if c.scheme == "basic"), None)
         creds = self.credentials()
+        if creds is not None and creds.registry_token and (bearer is not None or basic is not None):
+            # config.json's "registrytoken": a bearer token for this registry, sent as it is, as the
+            # Docker CLI sends it (no token endpoint is asked).
+            self._tokens[scopes] = (creds.registry_token, float("inf"))
+            return
         if bearer is not None:
             method, url, headers, body = token_request(bearer, scopes, creds)
             parsed = urllib.parse.urlsplit(url)

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import io
 
-from lamina.registry.client import _Window, _with_query
+from lamina.blobs import Window as _Window
+from lamina.registry.client import _with_query
 from lamina.registry.transport import RegistryOptions, Transport, error_codes
 
 
@@ -51,3 +52,49 @@ def test_window_reads_at_most_n_bytes_in_pieces() -> None:
     window = _Window(stream, 12)  # type: ignore[arg-type]
     assert window.read(5) == b"xxxxx" and window.read() == b"xxxxxyy" and window.read() == b""
     assert stream.read() == b"y" * 8
+
+
+def test_a_registry_token_from_the_docker_config_is_sent_as_the_bearer_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import http.server
+    import json
+    import threading
+
+    seen: list = []
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Authorization"))
+            ok = self.headers.get("Authorization") == "Bearer s3cret"
+            self.send_response(200 if ok else 401)
+            if not ok:
+                self.send_header("WWW-Authenticate", 'Bearer realm="http://127.0.0.1:1/token",service="r"')
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args) -> None:  # type: ignore[no-untyped-def]
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        config = tmp_path / "config.json"
+        config.write_text(json.dumps({"auths": {host: {"registrytoken": "s3cret"}}}))
+        t = Transport(host, RegistryOptions(docker_config=str(config), connect_timeout=2, read_timeout=5))
+        t._probed, t._scheme = True, "http"  # a plain loopback server: skip the TLS probe
+        assert t.request("GET", "/v2/", scopes=("repository:a:pull",), what="test").status == 200
+        # the first request is anonymous; the challenge is answered with the registry token, never
+        # by asking the (unreachable) token endpoint
+        assert seen == [None, "Bearer s3cret"]
+        config.write_text(json.dumps({"auths": {host: {"registrytoken": "wrong"}}}))
+        t = Transport(host, RegistryOptions(docker_config=str(config), connect_timeout=2, read_timeout=5))
+        t._probed, t._scheme = True, "http"
+        import pytest
+
+        from lamina.registry.errors import AuthError
+
+        with pytest.raises(AuthError, match="refused the credentials of a registry token"):
+            t.request("GET", "/v2/", scopes=("repository:a:pull",), what="test")
+    finally:
+        server.shutdown()
