@@ -15,10 +15,12 @@ from typing import Iterator, List
 import pytest
 
 import lamina.cli
-from lamina.compose import AddedLayer, compose
+from lamina.compose import compose
 from lamina.daemon import DaemonError, chain_ids, connect, export, load
 from lamina.formats.write import write_oci_layout
 from lamina.sources import open_image
+from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina_tests.support.cliproc import run_cli
 from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save, image_id
 from lamina_tests.support.services import docker, require_docker, start_registry
 
@@ -82,8 +84,8 @@ def test_incremental_load_sends_only_missing_layers_and_the_image_runs(
     z = open_image("docker-archive:" + export(engine, built["tags"]["z"], str(tmp_path / "z.tar")).path)
     base = open_image("docker-archive:" + export(engine, BASE_IMAGE, str(tmp_path / "base.tar")).path)
     # base + y's layer + z's two layers: the engine has (base, y1) as y's chain, but not (base, y1, z1, z2)
-    composed = compose(base, [AddedLayer(l, "y", "1", y.platform) for l in y.layers[1:]]
-                       + [AddedLayer(l, "z", "1:", z.platform) for l in z.layers[1:]], tags=(f"{PREFIX}/composed:1",))
+    composed = compose(base, [l.taken_from(y, "1") for l in y.layers[1:]]
+                       + [l.taken_from(z, "1:") for l in z.layers[1:]], tags=(f"{PREFIX}/composed:1",))
     layout = str(tmp_path / "composed")
     write_oci_layout(composed, layout)
     tag = f"{PREFIX}/composed:1"
@@ -135,6 +137,29 @@ def test_load_from_a_registry_fetches_only_the_layers_the_engine_lacks(
         fetched = {e.path.rsplit("/", 1)[-1] for e in registry.access_log_lines() if "/blobs/" in e.path}
         assert fetched == {image.config_descriptor.digest} | {l.descriptor.digest for l in image.layers[1:]}
     assert docker("run", "--rm", "--network", "none", tag, "cat", "/opt/r/file").stdout == "arr\n"
+
+
+def test_load_of_a_compose_spec_writes_no_archive_first_and_the_image_runs(tmp_path: Path, built: dict) -> None:
+    big_size = 24 << 20
+    engine = connect(os.environ)
+    base = export(engine, BASE_IMAGE, str(tmp_path / "base.tar")).path
+    big = FakeImage([FakeLayer({"opt/big/data": os.urandom(big_size)}, "ADD data /opt/big", "none")])
+    write_docker_classic({"big:1": big}, str(tmp_path / "big.tar"))
+    (tmp_path / "hello.txt").write_text("hello from a spec\n")
+    spec = {"base": base, "layers": [{"source": str(tmp_path / "big.tar"), "layer": "0", "name": "big"}],
+            "files": [{"src": str(tmp_path / "hello.txt"), "dest": "/etc/hello.txt"}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    tag = f"{PREFIX}/spec:1"
+    built["created"].append(tag)
+    run = run_cli(["load", "spec.json", "--tag", tag], cwd=str(tmp_path), env={**os.environ, "TMPDIR": str(tmp_path)})
+    assert run.returncode == 0, run.stderr
+    assert 0 <= run.write_bytes < big_size // 8, f"wrote {run.write_bytes} bytes to disk"
+    assert "(1 of 3 layers already in the engine)" in run.stdout  # the base's layer: not sent
+    inspected = json.loads(docker("image", "inspect", tag).stdout)[0]
+    source = open_image("docker-archive:" + str(tmp_path / "big.tar"))
+    assert inspected["RootFS"]["Layers"][1] == source.layers[0].diff_id  # the layer, digest-true
+    out = docker("run", "--rm", "--network", "none", tag, "sh", "-c", "cat /etc/hello.txt; wc -c < /opt/big/data")
+    assert out.stdout.split("\n")[:2] == ["hello from a spec", str(big_size)]
 
 
 def test_sparse_load_falls_back_to_the_full_image_when_the_engine_lacks_a_layer(tmp_path: Path, built: dict) -> None:

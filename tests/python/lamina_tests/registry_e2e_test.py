@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set
 import pytest
 
 import lamina.cli
-from lamina.compose import AddedLayer, compose
+from lamina.compose import compose
 from lamina.formats.write import write_oci_layout
 from lamina.model import OCI_INDEX, OCI_MANIFEST, Platform
 from lamina.registry.client import RegistryClient
@@ -29,8 +29,9 @@ from lamina.registry.reference import parse_reference
 from lamina.registry.retry import RetryPolicy
 from lamina.registry.transport import RegistryOptions
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_oci_dir
+from lamina.testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
 from lamina.validate import validate
+from lamina_tests.support.cliproc import run_cli
 from lamina_tests.support.faultproxy import Fault, FaultProxy
 from lamina_tests.support.services import Registry, free_port, start_registry
 
@@ -160,7 +161,7 @@ def test_tag_source_warns_with_the_digest_to_pin_or_fails_when_pinning_is_requir
 def test_composed_image_pushes_to_the_same_digest_compose_wrote(
         tmp_path: Path, registry: Registry, isolated_docker_config: str) -> None:
     source = open_image("oci:" + _layout(tmp_path, _image(), "src"))
-    composed = compose(None, [AddedLayer(l, "oci:src", ":", source.platform) for l in source.layers],
+    composed = compose(None, [l.taken_from(source, ":") for l in source.layers],
                        platform=source.platform, tags=("x:1",))
     out = str(tmp_path / "composed")
     write_oci_layout(composed, out)
@@ -168,6 +169,37 @@ def test_composed_image_pushes_to_the_same_digest_compose_wrote(
     [result] = push(open_image("oci:" + out), parse_targets([f"{registry.host}/composed:1"]), options)
     assert result.digest == composed.manifest_descriptor.digest
     assert _skopeo_inspect(f"docker://{registry.host}/composed:1")["Digest"] == result.digest
+
+
+BIG = 24 << 20  # one layer's size: a push from a spec must write nothing near it to disk
+
+
+def test_push_of_a_compose_spec_writes_no_archive_first(tmp_path: Path, registry: Registry,
+                                                       isolated_docker_config: str) -> None:
+    big = FakeImage([FakeLayer({"opt/big": os.urandom(BIG)}, "ADD big /opt", "none"),
+                     FakeLayer({"opt/small": b"s" * 100}, "RUN small", "gzip")])
+    write_docker_classic({"big:1": big}, str(tmp_path / "big.tar"))
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "hello.txt").write_text("hello\n")
+    spec = {"platform": "linux/amd64", "layers": [{"source": str(tmp_path / "big.tar"), "layer": ":", "name": "big"}],
+            "files": [{"src": str(tmp_path / "files" / "hello.txt"), "dest": "/etc/hello.txt"}], "tags": ["spec:1"]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    env = {**os.environ, "TMPDIR": str(tmp_path), "LAMINA_CACHE_DIR": str(tmp_path / "cache")}
+    run = run_cli(["push", "spec.json", "--to", f"{registry.host}/from/spec:1"], cwd=str(tmp_path), env=env)
+    assert run.returncode == 0, run.stderr
+    assert 0 <= run.write_bytes < BIG // 8, f"wrote {run.write_bytes} bytes to disk"  # the files layer, small JSON
+    assert run.read_bytes < 3 * BIG  # the source read once (page cache may hide some of it: never more)
+    digest = run.stdout.split()[2]
+    # what was pushed is what `lamina compose` writes from the same spec
+    code = lamina.cli.main(["compose", str(tmp_path / "spec.json"), "--out", str(tmp_path / "out"), "--format", "oci"])
+    assert code == 0
+    composed = open_image("oci:" + str(tmp_path / "out"))
+    assert digest == composed.manifest_descriptor.digest
+    pulled = open_image(f"docker://{registry.host}/from/spec@{digest}")
+    assert [l.descriptor.digest for l in pulled.layers] == [sha(big.layers[0].blob), sha(big.layers[1].blob),
+                                                           composed.layers[2].descriptor.digest]
+    assert validate(pulled).layers == 3
+    assert not list(tmp_path.glob(".lamina-files-*"))  # the files layer's temporary directory is gone
 
 
 def test_second_push_mounts_layers_another_repository_has(
@@ -187,7 +219,7 @@ def test_second_push_mounts_layers_another_repository_has(
 
     # 2. a composed image whose layers came from that repository (dev.lamina.layer.source): layers mounted
     image = open_image(source)
-    composed = compose(None, [AddedLayer(l, source, ":", image.platform) for l in image.layers[1:]],
+    composed = compose(None, [l.taken_from(image, ":") for l in image.layers[1:]],
                        platform=image.platform)
     layout = str(tmp_path / "composed")
     write_oci_layout(composed, layout)
