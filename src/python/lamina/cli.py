@@ -42,7 +42,7 @@ def _registry(args: argparse.Namespace) -> "RegistryOptions":
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from lamina.layerfs import entries
+    from lamina.layertar import entries
     from lamina.sources import open_image
 
     image = open_image(args.source, platform=_platform(args.platform), registry=_registry(args))
