@@ -1,4 +1,4 @@
-"""Tests of the layer tar walker: normalized entries, content on request, errors, and reading every layer to its end."""
+"""Tests of the layer tar walker: normalized entries, content on request, errors, every layer read to its end."""
 from __future__ import annotations
 
 import io
