@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lamina import cli
 from lamina.testing.big import write_bomb_oci
 
 INFLATED = 400 << 20  # zeros after the end-of-archive blocks: ~400 KB of gzip
@@ -22,7 +23,7 @@ _MEASURE = (
     "print(json.dumps({'rc': r.returncode, 'kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,\n"
     "                  'stdout': r.stdout.decode(), 'stderr': r.stderr.decode()}))\n"
 )
-_LAMINA = "import sys; from lamina.cli import main; sys.exit(main())"
+_LAMINA = f"import sys; from {cli.__name__} import main; sys.exit(main())"
 
 
 @pytest.fixture(scope="module")
