@@ -1,3 +1,4 @@
+"""Tests of streaming blob I/O: verified reads, decompression errors, diff_id hashing in any chunking."""
 from __future__ import annotations
 
 import gzip

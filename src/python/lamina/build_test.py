@@ -1,3 +1,4 @@
+"""Tests of building from a spec: bundles, selectors, the files layer, the audit trail, nothing left on failure."""
 from __future__ import annotations
 
 import json

@@ -77,7 +77,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 
 def _layers(args: argparse.Namespace, image: "Image") -> int:
-    from lamina.layerfs import entries
+    from lamina.layertar import entries
 
     selected: set = set()
     if args.select is not None:

@@ -1,3 +1,4 @@
+"""Tests of the command line: layers, extract and compose output, one-line errors with exit status 2."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,4 @@
+"""Tests of compose: digests and diff_ids kept, added layers' annotations and history, config overrides."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,4 @@
+"""Tests of incremental loads into the Docker engine: chain IDs, the plan of what to send, the sparse tarball."""
 from __future__ import annotations
 
 import hashlib

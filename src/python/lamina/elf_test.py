@@ -1,3 +1,4 @@
+"""Tests of the streaming ELF reader: dynamic facts in every class and byte order, limits, truncation, JSON."""
 from __future__ import annotations
 
 import os

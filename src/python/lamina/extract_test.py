@@ -1,3 +1,4 @@
+"""Tests of extract: a bundle holds the selected layers and describes the whole source; failures leave nothing."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,4 @@
+"""Tests of the Image and Layer nouns: history grouped per layer and the config's diff_ids."""
 from __future__ import annotations
 
 import pytest

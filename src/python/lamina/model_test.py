@@ -1,3 +1,4 @@
+"""Tests of the value types: platforms, media types, descriptors, digests and canonical JSON."""
 from __future__ import annotations
 
 import pytest

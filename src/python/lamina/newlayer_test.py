@@ -1,3 +1,4 @@
+"""Tests of deterministic new layers: same files same bytes, sorted root-owned entries, refused destinations."""
 from __future__ import annotations
 
 import gzip

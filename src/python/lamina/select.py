@@ -7,7 +7,7 @@ from typing import Union
 
 from lamina.errors import SelectorError
 from lamina.image import Image, Layer
-from lamina.layerfs import entries, normalize
+from lamina.layertar import entries, normalize
 
 _INDEX = re.compile(r"^-?\d+$")
 _SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
@@ -105,4 +105,8 @@ def select(image: Image, selector: Selector) -> tuple[Layer, ...]:
 
 
 def _adds(layer: Layer, path: str) -> bool:
-    return any(e.path == path and not e.is_whiteout and e.kind != "dir" for e in entries(layer))
+    """Whether the layer holds `path` (not as a directory); reads the whole layer, so it is verified."""
+    found = False
+    for e in entries(layer):
+        found = found or (e.path == path and not e.is_whiteout and e.kind != "dir")
+    return found

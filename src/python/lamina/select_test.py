@@ -1,3 +1,4 @@
+"""Tests of the layer selectors: index, slice, digest prefix, created_by and path, and their errors."""
 from __future__ import annotations
 
 import itertools

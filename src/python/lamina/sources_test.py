@@ -1,3 +1,4 @@
+"""Tests of source references: parsing, sniffing bare paths and opening them as images."""
 from __future__ import annotations
 
 import os

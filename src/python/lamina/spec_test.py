@@ -1,3 +1,4 @@
+"""Tests of the compose spec: a full spec, defaults and malformed specs."""
 from __future__ import annotations
 
 import pytest

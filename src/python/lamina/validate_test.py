@@ -1,3 +1,4 @@
+"""Tests of the validator: a valid image's report, a wrong diff_id and a missing layer blob."""
 from __future__ import annotations
 
 import os

@@ -4,7 +4,7 @@ from __future__ import annotations
 import fnmatch
 from typing import Optional, Sequence
 
-from lamina.analyze.fs import Applied, Node, Override, apply
+from lamina.analyze.stackfs import Applied, Node, Override, apply
 from lamina.analyze.index import LayerIndex
 from lamina.analyze.report import Finding, Policy, Report, layer_name
 

@@ -1,3 +1,4 @@
+"""Tests of the composition checks: conflicts and what is not one, policies, foreign whiteouts."""
 from __future__ import annotations
 
 from dataclasses import replace

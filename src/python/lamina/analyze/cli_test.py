@@ -1,3 +1,4 @@
+"""Tests of the analysis commands of the CLI: scan, check, layers --conflicts and files-layer."""
 from __future__ import annotations
 
 import json

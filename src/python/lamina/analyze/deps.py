@@ -6,7 +6,7 @@ import posixpath
 import re
 from typing import Optional
 
-from lamina.analyze.fs import FileSystem, Node
+from lamina.analyze.stackfs import FileSystem, Node
 from lamina.analyze.report import Finding, layer_name
 from lamina.elf import MACHINES, TRIPLETS, ElfInfo
 

@@ -1,3 +1,4 @@
+"""Tests of the completeness check: ELF interpreters and libraries, via RUNPATH, ld.so.conf, musl paths."""
 from __future__ import annotations
 
 from typing import Mapping

@@ -8,7 +8,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 from lamina.elf import ElfInfo
 from lamina.errors import InvalidIndex
-from lamina.layerfs import OPAQUE, WHITEOUT_PREFIX
+from lamina.layertar import OPAQUE, WHITEOUT_PREFIX
 
 FORMAT = "lamina.layer-index/1"
 KINDS = ("file", "dir", "symlink", "hardlink", "other")

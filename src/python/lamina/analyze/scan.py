@@ -5,17 +5,15 @@ import fnmatch
 import hashlib
 import os
 import re
-import tarfile
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Optional, Sequence
 
 from lamina.analyze.index import IndexEntry, LayerIndex
-from lamina.blobs import CHUNK, chunks
+from lamina.blobs import CHUNK
 from lamina.elf import MAGIC, ElfInfo, ElfScanner
-from lamina.errors import InvalidSource
 from lamina.extract import read_selection
 from lamina.image import Image, Layer
-from lamina.layerfs import kind_of, normalize
+from lamina.layertar import walk
 from lamina.model import ANN_SOURCE, Platform
 
 if TYPE_CHECKING:
@@ -65,33 +63,16 @@ def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str)
     what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
     entries: list[IndexEntry] = []
     texts: dict[str, str] = {}
-    with layer.open_uncompressed() as stream:
-        try:
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
-                for info in tf:
-                    path = normalize(info.name, what)
-                    if not path:
-                        continue  # the root directory itself
-                    kind = kind_of(info)
-                    linkname = normalize(info.linkname, what) if kind == "hardlink" else info.linkname
-                    sha, elf, text = "", None, None
-                    if kind == "file":
-                        f = tf.extractfile(info)
-                        if f is None:
-                            raise InvalidSource(f"{what}: cannot read {path}")
-                        sha, elf, text = _content(f, _wants_text(path, info.size))
-                    if text is not None:
-                        texts[path] = text
-                    else:
-                        texts.pop(path, None)  # a later entry of the same path replaces the earlier one
-                    entries.append(IndexEntry(path, kind, info.mode & 0o7777, info.uid, info.gid,
-                                              info.size if kind == "file" else 0, linkname, sha, elf))
-        except tarfile.TarError as e:
-            raise InvalidSource(f"{what}: not a readable tar layer ({e})") from e
-        except EOFError as e:
-            raise InvalidSource(f"{what}: truncated layer") from e
-        for _ in chunks(stream):  # the tar's trailing padding, so the digest check sees every byte
-            pass
+    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size))):
+        if not e.path:
+            continue  # the root directory itself
+        sha, elf, text = content if content is not None else ("", None, None)
+        if text is not None:
+            texts[e.path] = text
+        else:
+            texts.pop(e.path, None)  # a later entry of the same path replaces the earlier one
+        entries.append(IndexEntry(e.path, e.kind, e.mode & 0o7777, e.uid, e.gid,
+                                  e.size if e.kind == "file" else 0, e.linkname, sha, elf))
     return LayerIndex(
         source=source,
         index=layer.index,

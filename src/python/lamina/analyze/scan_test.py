@@ -1,3 +1,4 @@
+"""Tests of scanning layers into indexes: entries, hashes, whiteouts, loader texts, the JSON round trip."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,3 +1,4 @@
+"""Tests of reading `docker save` archives, classic and Docker 25+, by tag, and malformed ones."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,4 @@
+"""Tests of reading OCI layouts (directory and archive): picking by ref name and platform, malformed files."""
 from __future__ import annotations
 
 import json

@@ -1,3 +1,4 @@
+"""Tests of random access to tar members: safe member paths, links, hostile and truncated archives."""
 from __future__ import annotations
 
 import os

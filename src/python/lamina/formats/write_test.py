@@ -1,3 +1,4 @@
+"""Tests of the image writers: round trips through readers and validator, determinism, atomic failure."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,3 +1,4 @@
+"""Tests of registry credentials: the Docker config, credential helpers, challenges and token requests."""
 from __future__ import annotations
 
 import base64

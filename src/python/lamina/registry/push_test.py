@@ -1,3 +1,4 @@
+"""Tests of push: the manifest pushed is the one compose writes, mount candidates, targets, the summary."""
 from __future__ import annotations
 
 import pytest

@@ -1,3 +1,4 @@
+"""Tests of registry references: parsing, their forms and errors, push targets and loopback hosts."""
 from __future__ import annotations
 
 import pytest

@@ -1,3 +1,4 @@
+"""Tests of the retry policy: transient statuses, Retry-After, backoff, bounds by count and by time."""
 from __future__ import annotations
 
 import email.utils

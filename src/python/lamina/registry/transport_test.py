@@ -1,3 +1,4 @@
+"""Tests of the HTTP transport: when plain HTTP is used, registry error codes, upload URLs, bounded reads."""
 from __future__ import annotations
 
 import io

@@ -6,7 +6,8 @@ import json
 import os
 import tarfile
 import tempfile
-from typing import Sequence
+import zlib
+from typing import Mapping, Sequence
 
 CHUNK = 1 << 20
 
@@ -63,3 +64,63 @@ def write_big_docker_archive(path: str, sizes: Sequence[int], tag: str = "big:la
                 tf.add(layer_path, f"{digest[7:]}/layer.tar")
             tf.add(manifest_path, "manifest.json")
         return [d for d, _ in layers]
+
+
+def write_bomb_oci(path: str, files: Mapping[str, bytes], inflated: int) -> str:
+    """An OCI layout at `path` whose one gzip layer is a tar of `files`, its end-of-archive blocks,
+    then `inflated` zero bytes (a few hundred KB of gzip per 400 MiB), compressed as it is written,
+    with a true digest and diff_id; returns the layer's digest."""
+    from lamina.testing.images import layer_tar
+
+    blobs = os.path.join(path, "blobs", "sha256")
+    os.makedirs(blobs, exist_ok=True)
+    plain, packed = hashlib.sha256(), hashlib.sha256()
+    size = 0
+    gz = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip stream, mtime 0
+    tmp = os.path.join(blobs, "layer.partial")
+    with open(tmp, "wb") as out:
+        def put(data: bytes) -> None:
+            nonlocal size
+            plain.update(data)
+            piece = gz.compress(data)
+            packed.update(piece)
+            out.write(piece)
+            size += len(piece)
+
+        put(layer_tar(files))
+        zeros = bytes(CHUNK)
+        left = inflated
+        while left:
+            put(zeros[: min(CHUNK, left)])
+            left -= min(CHUNK, left)
+        tail = gz.flush()
+        packed.update(tail)
+        out.write(tail)
+        size += len(tail)
+    digest = "sha256:" + packed.hexdigest()
+    os.rename(tmp, os.path.join(blobs, digest[7:]))
+
+    def blob(data: bytes) -> dict:
+        d = "sha256:" + hashlib.sha256(data).hexdigest()
+        with open(os.path.join(blobs, d[7:]), "wb") as f:
+            f.write(data)
+        return {"digest": d, "size": len(data)}
+
+    config = json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + plain.hexdigest()]},
+        "history": [{"created_by": "a bomb: zeros after the last tar header"}],
+    }, sort_keys=True).encode()
+    manifest = json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(config)},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest, "size": size}],
+    }, sort_keys=True).encode()
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **blob(manifest)}]}
+    with open(os.path.join(path, "index.json"), "w") as f:
+        json.dump(index, f)
+    with open(os.path.join(path, "oci-layout"), "w") as f:
+        f.write('{"imageLayoutVersion":"1.0.0"}')
+    return digest

@@ -1,8 +1,9 @@
+"""Tests of the stacked filesystem: whiteouts, opaque markers, merges, replacements, symlinks, hard links."""
 from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
-from lamina.analyze.fs import Applied, apply
+from lamina.analyze.stackfs import Applied, apply
 from lamina.testing.images import FakeImage, FakeLayer, FileValue
 from lamina.testing.stacks import indexes
 
