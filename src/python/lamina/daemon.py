@@ -1,7 +1,6 @@
 """The Docker engine through the docker SDK: resolve a name to an image ID, export it, load incrementally."""
 from __future__ import annotations
 
-import hashlib
 import os
 import tarfile
 import tempfile
@@ -13,7 +12,7 @@ from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
 from lamina.image import Image
-from lamina.model import canonical_json
+from lamina.model import canonical_json, sha256_digest
 
 # Incremental load: `docker load` (tarexport's Load; checked on Docker 20.10) looks each layer up in the
 # engine's layer store by its chain ID *before* it opens that layer's file in the archive. So an archive
@@ -144,7 +143,7 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     """The chain ID of every prefix of a layer stack: the key the engine's layer store uses."""
     out: list[str] = []
     for diff_id in diff_ids:
-        out.append(diff_id if not out else "sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+        out.append(diff_id if not out else sha256_digest(f"{out[-1]} {diff_id}".encode()))
     return out
 
 
