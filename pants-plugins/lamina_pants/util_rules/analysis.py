@@ -20,7 +20,7 @@ from pants.engine.fs import (
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
-from lamina_pants.util_rules.layers import Bundle, FilesLayer
+from lamina_pants.util_rules.layers import INDEX_FILE, Bundle, FilesLayer
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +37,14 @@ class ScanRequest:
 
 @dataclass(frozen=True)
 class LayerIndex:
-    digest: Digest  # index.json at the digest's root
+    digest: Digest  # the index file at the digest's root
+    name: str = "index.json"
 
 
 @rule
 async def scan_bundle(request: ScanRequest) -> LayerIndex:
+    if request.bundle.indexed:  # indexed when it was extracted: no process reads the layers again
+        return LayerIndex(await Get(Digest, DigestSubset(request.bundle.digest, PathGlobs([INDEX_FILE]))), INDEX_FILE)
     # Keyed only on the bundle's content, so a layer is scanned once, like it is extracted once.
     bundle_dir = read_only_dir("bundle", request.bundle.digest)
     result = await Get(
@@ -84,7 +87,7 @@ async def check_composition(request: CheckRequest) -> CheckReport:
     prefixed = await MultiGet(
         Get(Digest, AddPrefix(index.digest, f"__indexes/{i}")) for i, index in enumerate(indexes)
     )
-    argv = ["check", *(f"--index=__indexes/{i}/index.json" for i in range(len(prefixed)))]
+    argv = ["check", *(f"--index=__indexes/{i}/{index.name}" for i, index in enumerate(indexes))]
     argv += [f"--on-conflict={request.on_conflict}", *(f"--allow={g}" for g in request.allowed)]
     if not request.check_dependencies:
         argv.append("--no-check-dependencies")

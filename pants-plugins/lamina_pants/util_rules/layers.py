@@ -9,6 +9,7 @@ from pants.engine.fs import EMPTY_DIGEST, Digest, RemovePrefix
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
+from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import DockerLayerImageField, DockerLayerSelectorField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
@@ -30,14 +31,21 @@ class BundleRequest:
 @dataclass(frozen=True)
 class Bundle:
     digest: Digest  # a sparse OCI layout at the digest's root
+    # Whether it holds INDEX_FILE, the scan index of its layers, made in the pass that copied them.
+    indexed: bool = False
+
+
+INDEX_FILE = "lamina-index.json"  # lamina.extract.INDEX_FILE
 
 
 @rule
-async def extract_bundle(request: BundleRequest) -> Bundle:
+async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bundle:
     # Only the source's files and the selector go in, so the process is cached on their content.
     # The source (often a large archive) is linked into the sandbox read-only, not copied, and
-    # shared by the extractions of several layers of one image.
+    # shared by the extractions of several layers of one image. When compositions are checked,
+    # the same pass indexes the layers for the check, so no process reads them again to scan.
     source = request.source
+    index = lamina.check_compositions
     source_dir = read_only_dir("source", source.digest)
     result = await Get(
         LaminaRunResult,
@@ -51,6 +59,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
                 f"--name={request.source.label}",
                 *request.source.extra_argv,
                 *((f"--platform={request.platform}",) if request.platform else ()),
+                *(("--index",) if index else ()),
             ),
             input_digest=EMPTY_DIGEST,
             read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
@@ -60,7 +69,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
             cache_scope=request.source.cache_scope,
         ),
     )
-    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)))
+    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index)
 
 
 @dataclass(frozen=True)

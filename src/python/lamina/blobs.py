@@ -86,6 +86,55 @@ class VerifiedReader(io.RawIOBase):
             super().close()
 
 
+class UncompressedCheckingReader(VerifiedReader):
+    """Reads a layer's uncompressed stream; at its end, checks that it hashes to the layer's diff_id."""
+
+    def __init__(self, raw: BinaryIO, diff_id: str, what: str) -> None:
+        super().__init__(raw, diff_id, None, what)
+
+    def _finish(self) -> None:
+        self._done = True
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest:
+            raise DigestMismatch(f"{self._what}: uncompressed content is {actual}, the config says {self._digest}")
+
+
+class TeeReader(io.RawIOBase):
+    """Reads `raw` and writes every byte it reads to `sink` (and counts it in `progress`, if given):
+    one pass both stores a blob and feeds whatever reads it (a hash, a tar walk)."""
+
+    def __init__(self, raw: BinaryIO, sink: BinaryIO, progress: Optional[Callable[[int], None]] = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sink = sink
+        self._progress = progress
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:
+            n = readinto(buffer) or 0
+        else:
+            data = self._raw.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        if n:
+            self._sink.write(memoryview(buffer)[:n])
+            self.count += n
+            if self._progress is not None:
+                self._progress(n)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
 def verified(opener: Opener, digest: str, size: Optional[int], what: str,
              diff_id: Optional[tuple[str, str]] = None) -> BinaryIO:
     """A buffered reader of `opener()` that checks digest and size when read to the end.
@@ -173,24 +222,56 @@ def copy_stream(src: BinaryIO, dst: BinaryIO) -> int:
 
 
 class _ZstdReader(io.RawIOBase):
+    """zstd decompression (frames one after another) that turns truncation and corruption into
+    InvalidSource; fed _ZSTD_FEED bytes at a time, so a bomb never yields much at once."""
+
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         import zstandard
 
-        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        self._zstd = zstandard
+        self._raw = raw
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._fed = False  # input went into the current frame
+        self._pending = b""  # compressed input read, from self._at on not yet fed
+        self._at = 0
+        self._out = b""
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        try:
-            data = self._reader.read(len(buffer))
-        except Exception as e:  # zstandard raises its own ZstdError; keep it one line for the user
-            if type(e).__name__ == "ZstdError":
+        while self._pos >= len(self._out):
+            if self._at >= len(self._pending):
+                self._pending, self._at = self._raw.read(CHUNK), 0
+                if not self._pending:
+                    if self._fed and not self._d.eof:
+                        raise InvalidSource("truncated zstd layer")
+                    return 0
+            if self._d.eof:  # the next frame
+                self._d = self._zstd.ZstdDecompressor().decompressobj()
+                self._fed = False
+            feed = self._pending[self._at:self._at + _ZSTD_FEED]
+            self._at += len(feed)
+            try:
+                self._out = self._d.decompress(feed)
+            except self._zstd.ZstdError as e:  # keep it one line for the user
                 raise InvalidSource(f"corrupt zstd layer: {e}") from e
-            raise
-        buffer[: len(data)] = data
-        return len(data)
+            self._pos = 0
+            self._fed = True
+            if self._d.eof and self._d.unused_data:
+                self._pending, self._at = self._d.unused_data + self._pending[self._at:], 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
 
 
 class _GzipReader(io.RawIOBase):

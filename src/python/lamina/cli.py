@@ -188,7 +188,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     image = open_image(args.source, name=args.name, platform=_platform(args.platform), registry=_registry(args))
     selector = parse_selector(args.layer)
     layers = select(image, selector)
-    selection = extract(image, layers, args.out, str(selector))
+    selection = extract(image, layers, args.out, str(selector), index=args.index)
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -320,6 +320,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--name", help="how the source is recorded in the output (default: SOURCE)")
     ex.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    ex.add_argument("--index", action="store_true",
+                    help="also index the selected layers (what `lamina scan` of the bundle writes) into "
+                         "lamina-index.json, in the same pass that copies them")
     _registry_flags(ex)
     ex.set_defaults(func=cmd_extract)
 

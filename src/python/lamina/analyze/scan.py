@@ -58,12 +58,16 @@ def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Opt
     return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None
 
 
-def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str) -> LayerIndex:
-    """The index of one layer; reads its blob once, to the end (so its digest is checked)."""
+def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
+               stream: Optional[IO[bytes]] = None) -> LayerIndex:
+    """The index of one layer; reads its blob once, to the end (so its digest is checked).
+
+    `stream`: the layer's uncompressed bytes as a caller that stores the blob reads them (see
+    extract), so that storing and indexing are one pass."""
     what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
     entries: list[IndexEntry] = []
     texts: dict[str, str] = {}
-    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size))):
+    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size)), stream):
         if not e.path:
             continue  # the root directory itself
         sha, elf, text = content if content is not None else ("", None, None)
