@@ -346,8 +346,10 @@ class ComposedImageSkipPushField(BoolField):
     help = "If true, `pants publish` skips this image."
 
 
-OUTPUT_FORMATS = ("docker-archive", "oci", "oci-archive")
-FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar"}
+FILE_FORMATS = ("docker-archive", "oci", "oci-archive")  # written to dist/
+OUTPUT_FORMATS = (*FILE_FORMATS, "docker-daemon")
+# docker-daemon writes no image file: its ending only names the audit trail's stem.
+FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar", "docker-daemon": "image"}
 
 
 class ComposedImageOutputFormatField(StringField):
@@ -356,13 +358,20 @@ class ComposedImageOutputFormatField(StringField):
     valid_choices = OUTPUT_FORMATS
     help = help_text(
         """
-        What `pants package` writes to `dist/`: `"docker-archive"` (a `.tar` for `docker load`),
-        `"oci"` (an OCI layout directory, `.oci`), or `"oci-archive"` (a tar of one, `.oci.tar`).
+        What `pants package` makes: `"docker-archive"` (a `.tar` in `dist/` for `docker load`),
+        `"oci"` (an OCI layout directory, `.oci`), `"oci-archive"` (a tar of one, `.oci.tar`), or
+        `"docker-daemon"`: the image loaded straight into the local Docker engine (`DOCKER_HOST`)
+        under its `repository:tag`s, sending only the layers the engine does not already have on
+        that stack, with no image file in `dist/` (only the `<name>.layers.json` audit trail).
 
-        For large images, `"oci"` is the cheapest to rebuild: its blobs are the layers' own bytes,
-        which Pants' cache already holds, so after one source changes only that layer is new;
-        an archive format is a new file as large as the whole image every time. `pants run`
-        and `pants publish` work from any of the three.
+        For large images, `"oci"` and `"docker-daemon"` are the cheapest to rebuild: an `"oci"`
+        layout's blobs are the layers' own bytes, which Pants' cache already holds, and the
+        engine already has the unchanged layers; an archive format is a new file as large as
+        the whole image every time. `pants run` and `pants publish` work from any of them, and
+        read the layers from Pants' cache, not from the packaged image.
+
+        Example: `composed_image(name="dev", base="ubuntu.tar", layers=[":tools"],
+        output_format="docker-daemon")`, then `pants package :dev` and `docker run dev:latest`.
         """
     )
 

@@ -10,13 +10,16 @@ from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, Package
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import SourcesField, Targets
 from pants.engine.unions import UnionRule
 
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import (
+    FILE_FORMATS,
     FORMAT_ENDINGS,
     ComposedImageAllowedConflictsField,
     ComposedImageAllowPlatformMismatchField,
@@ -47,6 +50,8 @@ from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedIma
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
 
 OUT_DIR = "__out"
+# What a process that talks to the local Docker engine gets of the environment.
+DOCKER_ENV_VARS = ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
 
 
 @dataclass(frozen=True)
@@ -197,20 +202,35 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
     return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer)
 
 
-@rule(desc="Package a composed image")
-async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+@dataclass(frozen=True)
+class ComposeInputs:
+    """What a lamina process needs to make the image: `__spec.json` (in `spec`) and the bundles
+    and files layer it names, which reach the process read-only (linked, never copied, into its
+    sandbox). `lamina compose`, `push` and `load` all take these, so `pants publish` and `pants run`
+    read the layers from where Pants already keeps them, not from the packaged archive."""
+
+    spec: Digest
+    read_only: Tuple[Tuple[str, Digest], ...]
+    stack: ComposedStack
+
+
+SPEC_FILE = "__spec.json"
+
+
+@rule(desc="Write a composed image's compose spec")
+async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
     composed = await Get(ComposedStack, ComposedImageFieldSet, fs)
-    inputs: list = []
-    # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
+    # The bundles (layer bytes) reach the process read-only: linked, not copied, into its sandbox.
     # They are this build's own `lamina extract` outputs, which verified every blob they hold: the
     # spec vouches for them ("verified"), so compose does not hash them again.
     bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(composed.layers)]
+    fmt = fs.output_format.value or "docker-archive"
     spec: dict = {
         "layers": [{"source": d, "target": str(a), "verified": True}
                    for (d, _), a in zip(bundles, composed.layer_addresses)],
         "config": fs.config(),
         "tags": fs.image_refs(),
-        "format": fs.output_format.value,
+        "format": fmt if fmt in FILE_FORMATS else "oci",  # docker-daemon: loaded, never written
         "allow_platform_mismatch": fs.allow_platform_mismatch.value,
         "target": str(fs.address),  # named in the audit trail for the base and files layers
     }
@@ -226,31 +246,55 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         base_dir = read_only_dir("base", composed.base.digest)
         bundles.append((base_dir, composed.base.digest))
         spec["base"] = {"source": base_dir, "verified": True}
-    inputs.append(
-        await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
-    )
+    digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())]))
+    return ComposeInputs(digest, tuple(bundles), composed)
+
+
+@rule(desc="Package a composed image")
+async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     relpath = fs.output_relpath()
-    # The scans and check run side by side with the compose; a failing check fails the package
-    # before anything reaches dist/.
-    check_request = (
-        composed.check_request(fs) if lamina.check_compositions else CheckRequest(fs.address, (), "ignore", (), False)
-    )
-    report, result = await MultiGet(
-        Get(CheckReport, CheckRequest, check_request),
-        Get(
-        LaminaRunResult,
-        LaminaRun(
+    into_engine = fs.output_format.value == "docker-daemon"
+    if into_engine:
+        # Into the local engine, sending only the layers it lacks; it is asked what it has now, so
+        # this runs afresh every session. dist/ gets the audit trail only.
+        env = await Get(EnvironmentVars, EnvironmentVarsRequest(DOCKER_ENV_VARS))
+        run = LaminaRun(
             address=fs.address,
-            argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
-            input_digest=await Get(Digest, MergeDigests(inputs)),
-            read_only_inputs=tuple(bundles),
+            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in fs.image_refs()), f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
+            output_directory=OUT_DIR,
+            description=f"lamina: load {fs.address} into the Docker engine",
+            extra_env=tuple(sorted(env.items())),
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        )
+    else:
+        run = LaminaRun(
+            address=fs.address,
+            argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
             description=f"lamina: compose {fs.address}",
-        ),
-        ),
+        )
+    # The check runs side by side with the compose: a failing check fails the package before
+    # anything reaches dist/. A load waits for it, so that a failing check leaves the engine as it was.
+    check_request = (
+        inputs.stack.check_request(fs) if lamina.check_compositions else CheckRequest(fs.address, (), "ignore", (), False)
     )
+    if into_engine:
+        report = await Get(CheckReport, CheckRequest, check_request)
+        result = await Get(LaminaRunResult, LaminaRun, run)
+    else:
+        report, result = await MultiGet(
+            Get(CheckReport, CheckRequest, check_request), Get(LaminaRunResult, LaminaRun, run)
+        )
     log_findings(fs.address, report)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
+    if into_engine:
+        lines = (result.stdout.decode(errors="replace").strip(),)
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
     summary = json.loads(result.stdout.decode() or "{}")
     lines = (
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",

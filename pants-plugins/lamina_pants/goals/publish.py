@@ -1,6 +1,7 @@
 """`pants publish` for `composed_image`: `lamina push` to each registry, no Docker engine needed."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -14,9 +15,11 @@ from pants.core.goals.publish import (
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
-from pants.engine.unions import UnionRule
+from pants.engine.target import WrappedTarget, WrappedTargetRequest
 from pants.backend.python.util_rules.pex import VenvPexProcess
+from pants.util.frozendict import FrozenDict
 
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import (
     ComposedImageBaseField,
@@ -68,18 +71,24 @@ async def publish_composed_image(
         return PublishProcesses(
             [PublishPackages(names=(), description=f"(no `registries` on {fs.address})")]
         )
-    relpath = next(a.relpath for p in request.packages for a in p.artifacts if a.relpath)
+    # Pushed from the compose spec: the layers are read from the bundles Pants keeps (linked into
+    # the process read-only), not from a copy of the packaged archive.
+    wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, ComposedImageFieldSet.create(wrapped.target))
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
     process = await Get(
         Process,
         VenvPexProcess(
             core.pex,
-            argv=("push", relpath, *(f"--to={r}" for r in refs), *lamina.registry_args()),
-            input_digest=request.packages[0].digest,
+            argv=("push", SPEC_FILE, *(f"--to={r}" for r in refs), *lamina.registry_args()),
+            input_digest=inputs.spec,
             description=f"lamina: push {fs.address}",
             extra_env=dict(env),
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
+    )
+    process = dataclasses.replace(
+        process, immutable_input_digests=FrozenDict({**process.immutable_input_digests, **dict(inputs.read_only)})
     )
     return PublishProcesses(
         [

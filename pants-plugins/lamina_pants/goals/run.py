@@ -5,7 +5,6 @@ import logging
 from dataclasses import dataclass
 from typing import Iterable
 
-from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
@@ -13,9 +12,10 @@ from pants.engine.fs import EMPTY_DIGEST
 from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
-from pants.engine.unions import UnionRule
 
-from lamina_pants.goals.package import ComposedImageFieldSet
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
+from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, log_findings
 from lamina_pants.target_types import ComposedImageBaseField, ComposedImageRepositoryField, ComposedImageTagsField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 
@@ -34,20 +34,29 @@ class ComposedImageRunFieldSet(RunFieldSet):
 
 
 @rule(desc="Run a composed image")
-async def run_composed_image(fs: ComposedImageRunFieldSet) -> RunRequest:
+async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsystem) -> RunRequest:
     wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
     package_fs = ComposedImageFieldSet.create(wrapped.target)
-    package = await Get(BuiltPackage, PackageFieldSet, package_fs)
-    relpath = next(a.relpath for a in package.artifacts if a.relpath)
     refs = package_fs.image_refs()
+    if not refs:
+        raise LaminaBuildError(
+            f"{fs.address}: `pants run` needs a tag to run the image by, and `image_tags` is empty; "
+            "give it one, e.g. image_tags=[\"latest\"]"
+        )
+    # Loaded from the compose spec: the layers are read from the bundles Pants keeps (linked into
+    # the process read-only), never from a packaged archive. The check still has to pass first.
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, package_fs)
+    if lamina.check_compositions:
+        log_findings(fs.address, await Get(CheckReport, CheckRequest, inputs.stack.check_request(package_fs)))
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(_DOCKER_ENV))
     # Loading asks the engine what it has now, so it is done afresh every run.
     loaded = await Get(
         LaminaRunResult,
         LaminaRun(
             address=fs.address,
-            argv=("load", relpath, *(f"--tag={r}" for r in refs)),
-            input_digest=package.digest,
+            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in refs)),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
             output_directory="__none",
             description=f"lamina: load {fs.address} into the Docker engine",
             extra_env=tuple(sorted((k, v) for k, v in env.items() if k != "PATH")),

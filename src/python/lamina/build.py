@@ -110,26 +110,36 @@ def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def audit_bytes(spec: Spec, image: Image) -> bytes:
+    """The `<name>.layers.json` of the image `spec` composed (see audit_trail)."""
+    base_target = (spec.base.target if spec.base else None) or ""
+    return (json.dumps(audit_trail(image, base_target, spec.target or ""), indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_small_file(path: str, data: bytes) -> None:
+    """A small output file, written whole under a temporary name beside it, then renamed into place."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
     """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically."""
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
     with composed(spec, scratch_dir) as image:
-        tmp_audit = None
-        if audit:
-            base_target = (spec.base.target if spec.base else None) or ""
-            data = json.dumps(audit_trail(image, base_target, spec.target or ""), indent=2, sort_keys=True) + "\n"
-            fd, tmp_audit = tempfile.mkstemp(prefix=".lamina-audit-", dir=scratch_dir)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-        try:
-            write(image, spec.format, out)
-            if tmp_audit:
-                os.chmod(tmp_audit, 0o644)
-                os.replace(tmp_audit, audit)  # type: ignore[arg-type]
-                tmp_audit = None
-        finally:
-            if tmp_audit and os.path.exists(tmp_audit):
-                os.unlink(tmp_audit)
+        trail = audit_bytes(spec, image) if audit else None
+        write(image, spec.format, out)
+        if audit and trail is not None:
+            write_small_file(audit, trail)
         return image
 
 

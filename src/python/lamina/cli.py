@@ -8,7 +8,7 @@ import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, SpecError
 from lamina.model import Platform, parse_json
 
 if TYPE_CHECKING:
@@ -249,9 +249,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, load
 
     engine = connect(os.environ)
+    if args.audit and not is_spec(args.source):
+        raise SpecError("--audit records where a composed image's layers came from: give a compose spec (SPEC.json)")
     with _image(args) as image:
         print(load(engine, image, tuple(args.tag or ())).summary())
+        if args.audit:
+            _write_audit(args.source, image, args.audit)
     return 0
+
+
+def _write_audit(spec_path: str, image: "Image", out: str) -> None:
+    """The audit trail (`<name>.layers.json`) of the image a spec composed, as compose writes it."""
+    from lamina.build import audit_bytes, write_small_file
+    from lamina.spec import parse_spec
+
+    with open(spec_path, "rb") as f:
+        spec = parse_spec(parse_json(f.read(), spec_path))
+    write_small_file(out, audit_bytes(spec, image))
 
 
 def _registry_flags(p: argparse.ArgumentParser) -> None:
@@ -360,6 +374,8 @@ def parser() -> argparse.ArgumentParser:
     lo = sub.add_parser("load", help="load an image into the Docker engine, sending only layers it lacks")
     lo.add_argument("source", help=any_help)
     lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
+    lo.add_argument("--audit", metavar="PATH", help="with a compose spec: also write its audit trail (where each "
+                                                    "layer came from, as `compose --audit` writes it)")
     lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(lo)
     lo.set_defaults(func=cmd_load)
