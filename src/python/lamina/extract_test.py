@@ -12,10 +12,10 @@ from lamina.image import Image
 from lamina.model import Platform
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
-from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina_testing.kernel import count_kernel_copies
 
 FAKE = FakeImage([
     FakeLayer({"etc/os-release": b"ID=fake\n"}, "ADD rootfs /"),
