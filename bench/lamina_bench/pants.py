@@ -21,10 +21,11 @@ def offline_toml(wheels: Path) -> str:
 [python-repos]
 indexes = []
 find_links = ["file://{wheels}"]
-
-[lamina]
-interpreter_constraints = ["CPython==3.9.*"]
 """
+
+
+# Lines of the sample repo's `[lamina]` table (SampleRepo writes the table, with its core_target).
+LAMINA_TOML = 'interpreter_constraints = ["CPython==3.9.*"]'
 
 
 class PantsRepo:
@@ -33,7 +34,7 @@ class PantsRepo:
     def __init__(self, tools: Tools, root: Path, caches: Path, wheels: Path, extra_toml: str = "",
                  extra_flags: Sequence[str] = ()) -> None:
         self.tools = tools
-        self.sample = SampleRepo(root, extra_toml=offline_toml(wheels) + extra_toml)
+        self.sample = SampleRepo(root, extra_toml=offline_toml(wheels) + extra_toml, lamina_toml=LAMINA_TOML)
         self.root = root
         self.caches = caches
         self.extra_flags = list(extra_flags)

@@ -15,9 +15,9 @@ from lamina.model import ANN_SELECTOR, ANN_SOURCE
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
 from lamina.spec import parse_spec
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, write_docker_classic, write_docker_oci, write_oci_dir
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, write_docker_classic, write_docker_oci, write_oci_dir
 
 BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"), FakeLayer({"bin/sh": b"sh"}, "RUN sh", "gzip")])
 TOOLS = FakeImage([FakeLayer({"usr/": None}, "ADD tools /"), FakeLayer({"usr/bin/jq": b"jq" * 99}, "RUN apk add jq", "gzip"),

@@ -13,7 +13,7 @@ from lamina.image import Image, Layer, Taken
 from lamina.model import ANN_SELECTOR, ANN_SOURCE, ANN_SOURCE_DIGEST, EPOCH, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Platform
 from lamina.select import describe
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
 
 BASE = FakeImage(
     [FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"), FakeLayer({"bin/sh": b"sh"}, "RUN install sh", "gzip")],

@@ -8,7 +8,7 @@ import tarfile
 
 from lamina.daemon import LoadPlan, chain_ids, load_tarball, plan_load
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_oci_dir
 
 FAKE = FakeImage([FakeLayer({"a": b"a"}, "ADD a /"), FakeLayer({"b": b"b" * 900}, "RUN b", "gzip"),
                   FakeLayer({"c": b"c"}, "RUN c")])

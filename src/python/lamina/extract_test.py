@@ -14,10 +14,10 @@ from lamina.image import Image
 from lamina.model import Platform
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
-from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina_testing.kernel import count_kernel_copies
 
 FAKE = FakeImage([
     FakeLayer({"etc/os-release": b"ID=fake\n"}, "ADD rootfs /"),
@@ -166,13 +166,13 @@ def test_index_is_made_in_the_copying_pass_and_equals_a_scan_of_the_bundle(tmp_p
 
 @pytest.mark.parametrize("lie", ["digest", "diff_id"])
 def test_an_indexed_copy_that_does_not_verify_leaves_nothing(tmp_path, lie: str) -> None:  # type: ignore[no-untyped-def]
-    from lamina.testing.images import write_oci_dir
+    from lamina_testing.images import write_oci_dir
 
     diff_ids = {"rootfs": {"type": "layers", "diff_ids": [sha(l.tar) for l in FAKE.layers[:2]] + [sha(b"lie")]}}
     fake = FakeImage(FAKE.layers, config_extra=diff_ids if lie == "diff_id" else {})
     write_oci_dir(fake, str(tmp_path / "src"))
     if lie == "digest":
-        from lamina.testing.images import blob_file, flip_byte, oci_manifest
+        from lamina_testing.images import blob_file, flip_byte, oci_manifest
 
         flip_byte(blob_file(str(tmp_path / "src"), oci_manifest(str(tmp_path / "src"))["layers"][2]["digest"]), 20)
     image = open_image("oci:" + str(tmp_path / "src"))

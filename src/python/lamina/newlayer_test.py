@@ -11,8 +11,8 @@ from lamina.errors import SpecError
 from lamina.image import Image
 from lamina.model import OCI_LAYER_GZIP, Descriptor
 from lamina.newlayer import build_files_layer, files_from_dir
-from lamina.testing.images import sha
 from lamina.validate import validate
+from lamina_testing.images import sha
 
 
 def _tree(root, files: dict[str, bytes], mtime: int, order=sorted) -> None:  # type: ignore[no-untyped-def]

@@ -420,7 +420,7 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
 def test_pants_package_fails_on_a_hard_link_whose_target_is_not_in_the_stack(images: Images,
                                                                              tmp_path: Path) -> None:
     from lamina.sources import open_image
-    from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+    from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
     from lamina_tests.support.sample_repo import SampleRepo
 
     # An archive made from files: its top layer hard-links a file that its lower layer holds.

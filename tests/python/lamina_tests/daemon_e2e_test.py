@@ -19,7 +19,7 @@ from lamina.compose import compose
 from lamina.daemon import DaemonError, chain_ids, connect, export, load
 from lamina.formats.write import write_oci_layout
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina_tests.support.cliproc import run_cli
 from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save, image_id
 from lamina_tests.support.services import docker, require_docker, start_registry

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save
 from lamina_tests.support.sample_repo import SampleRepo, completed_processes
 from lamina_tests.support.services import docker, require_docker

@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from lamina.sources import open_image
-from lamina.testing.big import write_big_docker_archive
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina.validate import validate
+from lamina_testing.big import write_big_docker_archive
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina_tests.support.sample_repo import SampleRepo, completed_processes
 
 

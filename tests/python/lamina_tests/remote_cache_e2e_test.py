@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina.testing.big import write_big_docker_archive
+from lamina_testing.big import write_big_docker_archive
 from lamina_tests.support.buildgrid import BuildGrid, require_bgd
 from lamina_tests.support.sample_repo import SampleRepo, completed_processes
 

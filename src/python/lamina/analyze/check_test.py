@@ -10,8 +10,8 @@ from lamina.analyze.check import check, package_database
 from lamina.analyze.index import LayerIndex
 from lamina.analyze.report import Policy, Report
 from lamina.errors import SpecError
-from lamina.testing.images import FakeImage, FakeLayer, FileValue
-from lamina.testing.stacks import indexes
+from lamina_testing.images import FakeImage, FakeLayer, FileValue
+from lamina_testing.stacks import indexes
 
 BASE = FakeLayer({"etc/": None, "etc/passwd": b"root\n", "bin/": None, "bin/echo": b"echo", "bin/cat": b"cat"},
                  "ADD rootfs /")

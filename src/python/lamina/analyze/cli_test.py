@@ -10,7 +10,7 @@ import pytest
 from lamina.analyze.index import read_index
 from lamina.cli import main
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
 
 BASE = FakeLayer({"bin/": None, "bin/sh": b"sh"}, "ADD rootfs /")
 DPKG = {"var/": None, "var/lib/": None, "var/lib/dpkg/": None}
@@ -101,7 +101,7 @@ def test_layers_conflicts_on_a_composed_image(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from lamina.testing.elffiles import make_elf
+    from lamina_testing.elffiles import make_elf
 
     (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
     (tmp_path / "files.json").write_text(json.dumps({"files": [{"src": str(tmp_path / "app"), "dest": "/bin/app"}]}))

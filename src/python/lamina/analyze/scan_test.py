@@ -22,10 +22,10 @@ from lamina.image import Layer
 from lamina.model import Descriptor
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
-from lamina.testing.elffiles import make_elf
-from lamina.testing.images import (MEDIA, FakeImage, FakeLayer, blob_file, flip_byte, oci_manifest, sha,
+from lamina_testing.elffiles import make_elf
+from lamina_testing.images import (MEDIA, FakeImage, FakeLayer, blob_file, flip_byte, oci_manifest, sha,
                                    write_oci_dir)
-from lamina.testing.stacks import indexes
+from lamina_testing.stacks import indexes
 
 LIB = make_elf(needed=["libc.so.6"], soname="libfoo.so.1")
 FILES = {

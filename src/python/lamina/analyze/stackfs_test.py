@@ -4,8 +4,8 @@ from __future__ import annotations
 from typing import Mapping, Optional, Sequence
 
 from lamina.analyze.stackfs import Applied, apply
-from lamina.testing.images import FakeImage, FakeLayer, FileValue
-from lamina.testing.stacks import indexes
+from lamina_testing.images import FakeImage, FakeLayer, FileValue
+from lamina_testing.stacks import indexes
 
 
 def _apply(*layers: Mapping[str, FileValue]) -> Applied:

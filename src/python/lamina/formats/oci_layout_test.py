@@ -11,7 +11,8 @@ from lamina.formats import oci_layout
 from lamina.formats.oci_layout import layout_files
 from lamina.model import ANN_REF_NAME, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor, Platform
 from lamina.sources import open_image
-from lamina.testing.images import (
+from lamina.validate import validate
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     blob_file,
@@ -22,7 +23,6 @@ from lamina.testing.images import (
     write_oci_dir,
     write_oci_multi,
 )
-from lamina.validate import validate
 
 
 def _image(arch: str = "amd64", variant: str = "") -> FakeImage:

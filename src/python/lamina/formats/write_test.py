@@ -15,7 +15,8 @@ from lamina.formats.write import FORMATS, write, write_docker_archive, write_oci
 from lamina.image import Image, Layer, Taken
 from lamina.sources import open_image
 from lamina.spec import parse_spec
-from lamina.testing.images import (
+from lamina.validate import validate
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     blob_file,
@@ -27,8 +28,7 @@ from lamina.testing.images import (
     write_docker_classic,
     write_oci_dir,
 )
-from lamina.testing.kernel import count_kernel_copies
-from lamina.validate import validate
+from lamina_testing.kernel import count_kernel_copies
 
 BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"),
                   FakeLayer({"bin/sh": b"#!sh\n" * 50}, "RUN sh", "gzip")])
