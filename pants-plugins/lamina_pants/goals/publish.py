@@ -1,7 +1,6 @@
 """`pants publish` for `composed_image`: `lamina push` to each registry, no Docker engine needed."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -17,7 +16,7 @@ from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 from pants.backend.python.util_rules.pex import VenvPexProcess
-from pants.util.frozendict import FrozenDict
+from pants.option.global_options import KeepSandboxes
 
 from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
 from lamina_pants.subsystem import LaminaSubsystem
@@ -61,7 +60,7 @@ class PublishComposedImageFieldSet(PublishFieldSet):
 
 @rule(desc="Push composed images")
 async def publish_composed_image(
-    request: PublishComposedImageRequest, core: LaminaCore, lamina: LaminaSubsystem
+    request: PublishComposedImageRequest, core: LaminaCore, lamina: LaminaSubsystem, keep_sandboxes: KeepSandboxes
 ) -> PublishProcesses:
     fs = request.field_set
     refs = fs.refs()
@@ -87,14 +86,19 @@ async def publish_composed_image(
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
-    process = dataclasses.replace(
-        process, immutable_input_digests=FrozenDict({**process.immutable_input_digests, **dict(inputs.read_only)})
+    interactive = InteractiveProcess(
+        process.argv,
+        env=process.env,
+        input_digest=process.input_digest,
+        append_only_caches=process.append_only_caches,
+        immutable_input_digests={**process.immutable_input_digests, **dict(inputs.read_only)},
+        keep_sandboxes=keep_sandboxes,
     )
     return PublishProcesses(
         [
             PublishPackages(
                 names=refs,
-                process=InteractiveProcess.from_process(process),
+                process=interactive,
                 description=", ".join(sorted(set(r.split("/", 1)[0] for r in refs))),
                 data=fs.get_output_data(),
             )
