@@ -240,12 +240,13 @@ class LoadReport:
     skipped_bytes: int  # of layer blobs left out because the engine had them
     layers_sent: int
     layers_skipped: int
-    fell_back: bool = False  # the sparse tarball was refused and the full one sent
+    fell_back: str = ""  # why the sparse tarball was refused, when it was and the full one was sent
 
     def summary(self) -> str:
         named = ", ".join(self.tags) if self.tags else "(untagged)"
         total = self.layers_sent + self.layers_skipped
-        note = "; the engine lost a layer meanwhile, so the full image was sent" if self.fell_back else ""
+        note = (f"; the engine refused the load without the layers it has ({self.fell_back}), so the full "
+                "image was sent") if self.fell_back else ""
         return (f"loaded {self.image_id} as {named} \u2014 sent {self.sent_bytes} bytes, skipped {self.skipped_bytes} "
                 f"bytes ({self.layers_skipped} of {total} layers already in the engine){note}")
 
@@ -274,15 +275,16 @@ def load(engine: Engine, image: Image, tags: Sequence[str] = (), present: Option
     """
     tags = tuple(tags) or image.tags
     plan = plan_load(image, engine_chain_ids(engine) if present is None else present)
-    fell_back = False
+    fell_back = ""
     try:
         _post_load(engine, load_tarball(image, tags, plan))
     except DaemonError as e:
-        missing = [_layer_name(image, i) for i in plan.skip]
-        if not any(name in str(e) for name in missing):
+        if not plan.skip:
             raise DaemonError(f"loading {image.source} into the Docker engine at {engine.name} failed: {e}") from e
+        # Whatever the engine's words (Docker's own layer store names the missing file; the
+        # containerd image store of newer engines says it differently): send everything once.
         plan = LoadPlan(tuple(range(len(image.layers))), ())
-        fell_back = True
+        fell_back = " ".join(str(e).split())[:200] or "no reason given"
         try:
             _post_load(engine, load_tarball(image, tags, plan))
         except DaemonError as again:

@@ -102,7 +102,7 @@ def test_incremental_load_sends_only_missing_layers_and_the_image_runs(
     # loading it again sends no layer at all
     report = load(engine, open_image("oci:" + layout), (f"{PREFIX}/composed:2",))
     built["created"].append(f"{PREFIX}/composed:2")
-    assert (report.sent_bytes, report.layers_skipped, report.fell_back) == (0, 4, False)
+    assert (report.sent_bytes, report.layers_skipped, report.fell_back) == (0, 4, "")
 
 
 def test_load_from_a_registry_fetches_only_the_layers_the_engine_lacks(
@@ -174,6 +174,32 @@ def test_sparse_load_falls_back_to_the_full_image_when_the_engine_lacks_a_layer(
     assert report.fell_back and report.layers_skipped == 0 and report.sent_bytes == sum(
         l.descriptor.size for l in image.layers)
     assert docker("run", "--rm", "--network", "none", tag, "cat", "/fresh").returncode == 0
+
+
+def test_a_partial_load_refused_in_any_words_falls_back_once_and_says_so(
+        tmp_path: Path, built: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lamina.daemon
+
+    engine = connect(os.environ)
+    tag = f"{PREFIX}/anywords:1"
+    built["created"].append(tag)
+    y = open_image("docker-archive:" + export(engine, built["tags"]["y"], str(tmp_path / "y.tar")).path)
+    real, calls = lamina.daemon._post_load, []
+
+    def containerd_words(engine, body):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # the sparse tarball: refused as the containerd image store words it
+            for _ in body:
+                pass
+            raise DaemonError("failed to get reader: content digest sha256:abc: not found")
+        return real(engine, body)
+
+    monkeypatch.setattr(lamina.daemon, "_post_load", containerd_words)
+    report = load(engine, y, (tag,))  # the engine has all of y: the first try sends no layer
+    assert len(calls) == 2 and report.layers_skipped == 0
+    assert report.summary().count("refused the load without the layers it has (failed to get reader: content "
+                                  "digest sha256:abc: not found), so the full image was sent") == 1
+    assert image_id(tag) == y.config_descriptor.digest
 
 
 def test_missing_image_and_unreachable_engine_are_clear_errors(
