@@ -49,6 +49,27 @@ def is_spec(source: str) -> bool:
 
 
 @contextmanager
+def _engine_source(source: str) -> Iterator[str]:
+    """`source`, or for `docker-daemon:NAME` (an image in the local engine, DOCKER_HOST) a
+    `docker-archive:` of it streamed from the engine into a temporary file, removed on exit:
+    nothing of it is kept, only what the command makes of it."""
+    if not source.startswith("docker-daemon:"):
+        yield source
+        return
+    import shutil
+    import tempfile
+
+    from lamina.daemon import connect, export
+
+    tmp = tempfile.mkdtemp(prefix="lamina-engine-")
+    try:
+        exported = export(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image.tar"))
+        yield "docker-archive:" + exported.path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None) -> Iterator["Image"]:
     """The image `args.source` names: a source (archive, layout, registry), or a compose spec,
     composed lazily: its layers are read from their sources by whatever consumes the image (a
@@ -58,7 +79,8 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     options = options or _registry(args)
     if not is_spec(args.source):
-        yield open_image(args.source, platform=_platform(args.platform), registry=options)
+        with _engine_source(args.source) as source:
+            yield open_image(source, name=args.source, platform=_platform(args.platform), registry=options)
         return
     import tempfile
 
@@ -83,11 +105,11 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
     if args.select is not None:
         from lamina.select import parse_selector, select
 
-        selected = {layer.index for layer in select(image, parse_selector(args.select))}
+        selected = {id(layer) for layer in select(image, parse_selector(args.select))}
     rows = []
-    for layer in image.layers:
+    for position, layer in enumerate(image.layers):  # a composed image's layers: their place in it
         row = {
-            "index": layer.index,
+            "index": position,
             "digest": layer.descriptor.digest,
             "diff_id": layer.diff_id,
             "size": layer.descriptor.size,
@@ -95,8 +117,8 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
             "created_by": layer.created_by,
         }
         if args.select is not None:
-            row["selected"] = layer.index in selected
-        if args.files and layer.opener is not None:
+            row["selected"] = id(layer) in selected
+        if args.files and layer.has_bytes:
             row["files"] = [
                 e.path + ("/" if e.kind == "dir" else "") + (f" -> {e.linkname}" if e.linkname else "")
                 for e in entries(layer)
@@ -136,7 +158,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_source
 
-    result = scan_source(args.source, args.layer, args.name, _platform(args.platform), _registry(args))
+    with _engine_source(args.source) as source:
+        name = args.name or (args.source if source != args.source else None)  # an engine image: as named
+        result = scan_source(source, args.layer, name, _platform(args.platform), _registry(args))
     write_index(result.layers, args.out)
     print(json.dumps({"out": args.out, "skipped": list(result.skipped), "layers": [
         {"index": l.index, "digest": l.digest, "entries": len(l.entries)} for l in result.layers]}, sort_keys=True))
@@ -185,10 +209,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lamina.select import parse_selector, select
     from lamina.sources import open_image
 
-    image = open_image(args.source, name=args.name, platform=_platform(args.platform), registry=_registry(args))
-    selector = parse_selector(args.layer)
-    layers = select(image, selector)
-    selection = extract(image, layers, args.out, str(selector), index=args.index)
+    with _engine_source(args.source) as source:
+        image = open_image(source, name=args.name or args.source, platform=_platform(args.platform),
+                           registry=_registry(args))
+        selector = parse_selector(args.layer)
+        layers = select(image, selector)
+        selection = extract(image, layers, args.out, str(selector), index=args.index)
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -284,7 +310,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     src_help = ("image source: docker-archive:PATH[:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], "
-                "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), or a bare path (sniffed)")
+                "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), docker-daemon:NAME (the local engine, "
+                "DOCKER_HOST: streamed into a temporary file, nothing kept), or a bare path (sniffed)")
     any_help = src_help + ("; or a compose spec (SPEC.json, as `lamina compose` takes): the image it describes, "
                            "composed on the fly, its layers read from their sources with nothing written first")
 

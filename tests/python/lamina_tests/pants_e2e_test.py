@@ -229,7 +229,7 @@ def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo:
     assert (repo.root / "dist" / "apt" / "quiet.tar").is_file()
 
 
-def test_layer_from_the_docker_engine_is_exported_once_per_image_id(repo: SampleRepo) -> None:
+def test_layer_from_the_docker_engine_is_extracted_once_per_image_id_straight_from_the_engine(repo: SampleRepo) -> None:
     tag = f"{PREFIX}/daemon-src:latest"
     build_image(tag, f"FROM {BASE_IMAGE}\nRUN echo engine-1 {PREFIX} > /engine\n")  # new content, new ID
     repo.write(
@@ -241,7 +241,8 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
     )
     try:
         first = completed_processes(repo.pants("package", "daemon:img").stderr)
-        assert any(p.startswith("lamina: export") for p in first), first
+        # The extraction reads the engine's export stream itself: no whole image is stored first.
+        assert not any(p.startswith("lamina: export") for p in first), first
         assert any(p.startswith("lamina: extract layer of daemon:d") for p in first), first
 
         second = completed_processes(repo.pants("package", "daemon:img").stderr)
@@ -251,7 +252,6 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
         third = completed_processes(repo.pants("package", "daemon:img").stderr)
         extracted = [p for p in third if p.startswith("lamina: extract")]
         assert extracted == [f"lamina: extract layer of daemon:d from docker-daemon:{tag}"], third
-        assert any(p.startswith("lamina: export") for p in third), third
         docker("load", "-i", str(repo.root / "dist" / "daemon" / "img.tar"))
         out = docker("run", "--rm", "--network", "none", f"{PREFIX}/daemon-img:latest", "cat", "/engine").stdout
         assert out.strip() == f"engine-2 {PREFIX}"
