@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # Small loader configuration files whose text goes into the index (glob, on normalized paths).
 TEXT_FILES = ("etc/ld.so.conf", "etc/ld.so.conf.d/*.conf", "etc/ld-musl-*.path")
 TEXT_LIMIT = 64 << 10
+SHEBANG_LIMIT = 256  # bytes of a `#!` line kept, as the kernel's BINPRM_BUF_SIZE
 _LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)(?:; built on (no layer here|layers [0-9,-]+))?$")
 
 
@@ -37,11 +38,19 @@ def _wants_text(path: str, size: int) -> bool:
     return size <= TEXT_LIMIT and any(fnmatch.fnmatchcase(path, g) for g in TEXT_FILES)
 
 
-def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Optional[str]]:
-    """(sha256 hex, ELF facts, text) of one file's content, read in chunks."""
+def _shebang(head: bytes) -> str:
+    """A file's first line when it starts with `#!` (at most SHEBANG_LIMIT bytes), else ""."""
+    if head[:2] != b"#!":
+        return ""
+    return head[:SHEBANG_LIMIT].split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Optional[str], str]:
+    """(sha256 hex, ELF facts, text, `#!` line) of one file's content, read in chunks."""
     h = hashlib.sha256()
     scanner: Optional[ElfScanner] = None
     text = bytearray() if want_text else None
+    shebang = ""
     first = True
     while True:
         data = f.read(CHUNK)
@@ -52,12 +61,13 @@ def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Opt
             first = False
             if data[:4] == MAGIC:
                 scanner = ElfScanner()
+            shebang = _shebang(data)
         if scanner is not None:
             scanner.feed(data)
         if text is not None:
             text += data
     elf = scanner.result() if scanner is not None else None
-    return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None
+    return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None, shebang
 
 
 def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str) -> LayerIndex:
@@ -74,18 +84,18 @@ def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str)
                         continue  # the root directory itself
                     kind = kind_of(info)
                     linkname = normalize(info.linkname, what) if kind == "hardlink" else info.linkname
-                    sha, elf, text = "", None, None
+                    sha, elf, text, shebang = "", None, None, ""
                     if kind == "file":
                         f = tf.extractfile(info)
                         if f is None:
                             raise InvalidSource(f"{what}: cannot read {path}")
-                        sha, elf, text = _content(f, _wants_text(path, info.size))
+                        sha, elf, text, shebang = _content(f, _wants_text(path, info.size))
                     if text is not None:
                         texts[path] = text
                     else:
                         texts.pop(path, None)  # a later entry of the same path replaces the earlier one
                     entries.append(IndexEntry(path, kind, info.mode & 0o7777, info.uid, info.gid,
-                                              info.size if kind == "file" else 0, linkname, sha, elf))
+                                              info.size if kind == "file" else 0, linkname, sha, elf, shebang))
         except tarfile.TarError as e:
             raise InvalidSource(f"{what}: not a readable tar layer ({e})") from e
         except EOFError as e:
