@@ -272,10 +272,62 @@ class ComposedImageOnConflictField(StringField):
         What to do when two layers of the final stack provide a path with different content
         (e.g. both rewrite `var/lib/dpkg/status`) and the upper one was not built on the lower:
         `"warn"` (report and build), `"error"` (fail; nothing is written to `dist/`), `"ignore"`.
-        Broken hard links always fail; whiteouts that would delete other images' files and ELF
-        files missing libraries are always warnings.
+        Broken hard links always fail; whiteouts that would delete other images' files, ELF
+        files missing libraries and scripts missing their interpreter are always warnings. A
+        start command that would not start has its own policy, `on_start_failure`.
         """
     )
+
+
+ON_START_FAILURE = ("warn", "error", "ignore")
+
+
+class ComposedImageOnStartFailureField(StringField):
+    alias = "on_start_failure"
+    default = "warn"
+    help = help_text(
+        """
+        What to do when the image's start command would not start: the check resolves
+        `entrypoint` + `cmd` (set here or inherited from the base) as the engine does (a bare
+        name on the image's `PATH`, a relative path from `workdir`) and reports, naming the
+        layer that provides it (or that none does), an executable that is missing, is not a
+        regular file, is not executable for `user`, is an ELF whose interpreter or libraries are
+        missing, or is a `#!` script whose interpreter (or `#!/usr/bin/env NAME`'s NAME) is
+        missing. `"warn"` (report and build), `"error"` (fail; nothing is written to `dist/`),
+        `"ignore"` (do not check the start command). An image without `entrypoint` and `cmd`
+        has nothing to check.
+
+        Example:
+
+            composed_image(
+                name="app",
+                base="//images:debian",
+                layers=[":tools"],
+                cmd=["/usr/local/bin/greet"],
+                on_start_failure="error",
+            )
+
+        Scripts any layer (or `files`) adds are checked for their `#!` interpreter too; those
+        are warnings, under `check_dependencies`.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
+        if raw_value is not None and not isinstance(raw_value, str):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} must be a string, not {raw_value!r}: "
+                f"use one of {', '.join(repr(c) for c in ON_START_FAILURE)}, e.g. on_start_failure=\"error\"."
+            )
+        value = super().compute_value(raw_value, address)
+        assert value is not None
+        if value not in ON_START_FAILURE:
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} is {value!r}, which is not one of "
+                f"{', '.join(repr(c) for c in ON_START_FAILURE)}: use \"error\" to fail the build when the "
+                "start command would not start, \"warn\" to report it, \"ignore\" to skip the check."
+            )
+        return value
 
 
 class ComposedImageAllowedConflictsField(StringSequenceField):
@@ -290,7 +342,8 @@ class ComposedImageCheckDependenciesField(BoolField):
         """
         Check that every ELF executable and library in the composed filesystem finds its
         interpreter and the shared libraries it needs (DT_NEEDED, on the standard paths, RUNPATH
-        and the image's ld.so.conf). Missing ones are reported as warnings. The image's own
+        and the image's ld.so.conf), and that every executable `#!` script finds its interpreter
+        (`#!/usr/bin/env NAME`: NAME on the image's PATH). Missing ones are reported as warnings. The image's own
         `files` are checked too: their binaries need their libraries in the stack, and they
         override what is below them without a conflict (as a Dockerfile's COPY does).
         """
@@ -402,6 +455,7 @@ class ComposedImageTarget(Target):
         ComposedImageOnConflictField,
         ComposedImageAllowedConflictsField,
         ComposedImageCheckDependenciesField,
+        ComposedImageOnStartFailureField,
         ComposedImageRepositoryField,
         ComposedImageTagsField,
         ComposedImageOutputFormatField,

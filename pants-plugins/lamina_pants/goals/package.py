@@ -25,6 +25,7 @@ from lamina_pants.target_types import (
     ComposedImageAllowPlatformMismatchField,
     ComposedImageCheckDependenciesField,
     ComposedImageOnConflictField,
+    ComposedImageOnStartFailureField,
     ComposedImageBaseField,
     ComposedImageCmdField,
     ComposedImageEntrypointField,
@@ -44,7 +45,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, StartCheck, log_findings
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
@@ -76,6 +77,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     on_conflict: ComposedImageOnConflictField
     allowed_conflicts: ComposedImageAllowedConflictsField
     check_dependencies: ComposedImageCheckDependenciesField
+    on_start_failure: ComposedImageOnStartFailureField
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
     output_format: ComposedImageOutputFormatField
@@ -146,6 +148,11 @@ class ComposedStack:
             f"layer {a}" for a in self.layer_addresses
         ]
         stack = ([self.base] if self.base is not None else []) + list(self.layers)
+        policy = fs.on_start_failure.value or "warn"
+        start = None
+        if policy != "ignore":  # the config compose writes: the base's, with this target's overrides
+            config = json.dumps(fs.config(), sort_keys=True)
+            start = StartCheck(policy, config, fs.platform.value, self.base)
         return CheckRequest(
             fs.address,
             tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
@@ -153,6 +160,7 @@ class ComposedStack:
             tuple(fs.allowed_conflicts.value or ()),
             fs.check_dependencies.value,
             files=self.files_layer,
+            start=start,
         )
 
 

@@ -192,7 +192,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lamina.errors import CheckFailed
 
     stack = [layer for path in args.index for layer in read_index(path)]
-    report = check(stack, Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies))
+    start = None
+    if args.image_spec:
+        from lamina.analyze.start import start_config_of_spec
+
+        with open(args.image_spec, "rb") as f:
+            start = start_config_of_spec(parse_json(f.read(), args.image_spec))
+    policy = Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies, args.on_start_failure)
+    report = check(stack, policy, start)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -352,6 +359,11 @@ def parser() -> argparse.ArgumentParser:
                     help="a path glob whose conflicts are allowed, e.g. 'etc/*' (repeatable)")
     ck.add_argument("--no-check-dependencies", action="store_true",
                     help="skip the check that ELF files find their interpreter and libraries")
+    ck.add_argument("--image-spec", metavar="SPEC",
+                    help="the compose spec of the image the stack makes (its base, platform and config are "
+                         "used): also check that its entrypoint + cmd would start")
+    ck.add_argument("--on-start-failure", choices=("warn", "error", "ignore"), default="warn",
+                    help="how to treat a start command that would not start (default: warn)")
     ck.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
     ck.set_defaults(func=cmd_check)
 

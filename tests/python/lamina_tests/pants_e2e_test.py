@@ -333,3 +333,30 @@ def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRe
     finally:
         for path in kept.values():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_the_examples_package_without_findings_and_can_start_what_they_name(tmp_path: Path) -> None:
+    """The README's first command on the repo's own examples/: Docker-free, no finding, and an
+    example image that names a start command holds it, with its interpreter (today none does)."""
+    from lamina.analyze.check import check
+    from lamina.analyze.scan import scan_image
+    from lamina.analyze.start import StartConfig
+    from lamina.sources import open_image
+    from lamina_tests.support.sample_repo import _checkout_dir
+
+    repo = SampleRepo(tmp_path / "repo")
+    shutil.copytree(_checkout_dir("examples"), repo.root / "examples")
+    result = repo.pants("package", "examples::")
+    assert "composition check found" not in result.stderr, result.stderr
+    images = sorted(p for p in (repo.root / "dist").rglob("*") if p.name.endswith((".tar", ".oci")))
+    assert [p.name for p in images] == ["app.tar", "base.tar", "data.oci.tar", "tools.tar"], images
+    for path in images:  # the final image, scanned whole: another road than the package's per-layer scans
+        image = open_image(str(path))
+        start = StartConfig.from_image_config(image.config)
+        report = check(scan_image(image), start=start)
+        assert not report.of_kind("start") and not report.of_kind("interpreter"), (path, report.text())
+    app = open_image(str(repo.root / "dist" / "examples.app" / "app.tar"))
+    assert StartConfig.from_image_config(app.config).argv == ()  # text files only: nothing to run
+    files = [e.path for layer in scan_image(app) for e in layer.entries if e.kind == "file"]
+    assert files == ["etc/os-release", "etc/passwd", "usr/local/share/lamina/greeting.txt",
+                     "usr/share/lamina/data.txt", "app/config/app.toml"], files  # as the README lists them

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from lamina.analyze.stackfs import Applied, Node, Override, apply
 from lamina.analyze.index import LayerIndex
 from lamina.analyze.report import Finding, Policy, Report, layer_name
+
+if TYPE_CHECKING:
+    from lamina.analyze.start import StartConfig
 
 # (tool, globs) of files that record which packages are installed.
 PACKAGE_DATABASES = (
@@ -112,12 +115,23 @@ def hardlinks(applied: Applied) -> list[Finding]:
     return out
 
 
-def check(stack: Sequence[LayerIndex], policy: Policy = Policy()) -> Report:
-    """Every check on a stack of layers (base first), graded by `policy`."""
+def check(stack: Sequence[LayerIndex], policy: Policy = Policy(), start: Optional[StartConfig] = None) -> Report:
+    """Every check on a stack of layers (base first), graded by `policy`; with the image's `start`
+    config, also whether its entrypoint + cmd would start (and scripts use its PATH)."""
     from lamina.analyze.deps import missing_libraries
+    from lamina.analyze.start import script_interpreters, start_executable, start_findings
+    from lamina.analyze.startable import User
 
     applied = apply(stack)
+    fs = applied.fs
     findings = conflicts(applied, policy) + whiteouts(applied) + hardlinks(applied)
+    checks_start = start is not None and policy.on_start_failure != "ignore"
     if policy.check_dependencies:
-        findings += missing_libraries(applied.fs)
-    return Report(applied.fs.stack, tuple(findings), policy)
+        findings += missing_libraries(fs)
+        # A start script's interpreter is reported once, as the start command's problem.
+        skip = start_executable(fs, start) if start is not None and checks_start else None
+        findings += script_interpreters(fs, start, skip)
+    if start is not None and checks_start:
+        findings += start_findings(fs, start, policy)
+        return Report(fs.stack, tuple(findings), policy, start.argv, User.parse(start.user).describe())
+    return Report(fs.stack, tuple(findings), policy)

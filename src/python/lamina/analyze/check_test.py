@@ -169,7 +169,9 @@ def test_the_text_report_groups_findings_one_line_each() -> None:
         "whiteouts: none",  # b was built on base: removing its cat is expected
         "hard links: none",
         "missing libraries: none",
+        "script interpreters: none",  # no start command group: the check had no image config
     ]
     doc = report.to_json()
-    assert doc["counts"] == {"conflict": 1, "whiteout": 0, "hardlink": 0, "missing-library": 0}
+    assert doc["counts"] == {"conflict": 1, "whiteout": 0, "hardlink": 0, "missing-library": 0, "interpreter": 0,
+                             "start": 0}
     assert doc["stack"][2]["source"] == "b" and doc["findings"][0]["winner"] == 2 and doc["errors"] == 0
