@@ -7,7 +7,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
-from lamina.analyze.fs import FileSystem
+from lamina.analyze.stackfs import FileSystem
 from lamina.analyze.report import Finding, Policy, layer_name
 from lamina.analyze.startable import ANY_EXEC, DEFAULT_PATH, ExecContext, User
 from lamina.errors import SpecError

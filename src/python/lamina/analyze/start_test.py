@@ -14,9 +14,9 @@ from lamina.analyze.start import StartConfig, start_config_of_spec
 from lamina.analyze.startable import Shebang, User
 from lamina.cli import main
 from lamina.errors import SpecError
-from lamina.testing.elffiles import make_elf
-from lamina.testing.images import FakeImage, FakeLayer, FileValue, write_oci_dir
-from lamina.testing.stacks import indexes
+from lamina_testing.elffiles import make_elf
+from lamina_testing.images import FakeImage, FakeLayer, FileValue, write_oci_dir
+from lamina_testing.stacks import indexes
 
 LOADER = "/lib/ld-musl-x86_64.so.1"
 STATIC = make_elf(type="exec")

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from lamina.analyze.deps import unresolved
-from lamina.analyze.fs import FileSystem, Node
+from lamina.analyze.stackfs import FileSystem, Node
 from lamina.analyze.index import IndexEntry
 from lamina.analyze.report import layer_name
 
