@@ -50,6 +50,17 @@ class LaminaSubsystem(Subsystem):
         help="Requirements of the lamina core, resolved from PyPI into its PEX.",
         advanced=True,
     )
+    report_io = BoolOption(
+        default=False,
+        help=softwrap(
+            """
+            Log how many bytes each lamina process read and wrote (its /proc/self/io counters),
+            e.g. `pants --lamina-report-io package ::`. For measuring (the bench uses it); the
+            processes it reports on are keyed apart from the usual ones, so they run again.
+            """
+        ),
+        advanced=True,
+    )
     require_pinned_sources = BoolOption(
         default=False,
         help=softwrap(

@@ -136,7 +136,7 @@ class LaminaRunResult:
 
 
 @rule
-async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
+async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubsystem) -> LaminaRunResult:
     process = await Get(
         Process,
         VenvPexProcess(
@@ -148,7 +148,8 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
             level=LogLevel.INFO,
             cache_scope=request.cache_scope,
             # Pants takes the outputs over into its store; an fsync in the sandbox only costs.
-            extra_env={"LAMINA_NO_FSYNC": "1", **dict(request.extra_env)},
+            extra_env={"LAMINA_NO_FSYNC": "1", **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
+                       **dict(request.extra_env)},
         ),
     )
     if request.read_only_inputs:
@@ -162,6 +163,8 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
     for line in result.stderr.decode(errors="replace").splitlines():
         if line.startswith("lamina: warning: "):
             logger.warning(f"{request.address}: {line[len('lamina: warning: '):]}")
+        elif line.startswith("lamina: io: ") and subsystem.report_io:
+            logger.info(f"lamina: io of {request.description}: {line[len('lamina: io: '):]}")
     if result.exit_code != 0:
         lines = [l for l in result.stderr.decode(errors="replace").splitlines() if l.strip()]
         # The error is the last "lamina: error: " line and what follows it (a failed check lists

@@ -421,7 +421,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _report_io() -> None:
+    """With LAMINA_REPORT_IO=1: the process's own I/O counters (/proc/self/io) on stderr, for the
+    bench: rchar/wchar count every byte read and written through system calls (page cache
+    included, kernel copies too), read_bytes/write_bytes what reached the storage layer."""
+    try:
+        with open("/proc/self/io") as f:
+            counters = dict(line.split(": ", 1) for line in f.read().splitlines())
+    except OSError:
+        return
+    keys = ("rchar", "wchar", "read_bytes", "write_bytes")
+    print("lamina: io: " + " ".join(f"{k}={counters[k].strip()}" for k in keys if k in counters), file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if os.environ.get("LAMINA_REPORT_IO") == "1":
+        import atexit
+
+        atexit.register(_report_io)
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
