@@ -100,10 +100,10 @@ class UncompressedCheckingReader(VerifiedReader):
 
 
 class TeeReader(io.RawIOBase):
-    """Reads `raw` and writes every byte it reads to `sink` (and counts it in `progress`, if given):
-    one pass both stores a blob and feeds whatever reads it (a hash, a tar walk)."""
+    """Reads `raw` and writes every byte it reads to `sink`, if any (and counts it in `progress`, if
+    given): one pass both stores a blob and feeds whatever reads it (a hash, a tar walk)."""
 
-    def __init__(self, raw: BinaryIO, sink: BinaryIO, progress: Optional[Callable[[int], None]] = None) -> None:
+    def __init__(self, raw: BinaryIO, sink: Optional[BinaryIO], progress: Optional[Callable[[int], None]] = None) -> None:
         super().__init__()
         self._raw = raw
         self._sink = sink
@@ -122,7 +122,8 @@ class TeeReader(io.RawIOBase):
             n = len(data)
             buffer[:n] = data
         if n:
-            self._sink.write(memoryview(buffer)[:n])
+            if self._sink is not None:
+                self._sink.write(memoryview(buffer)[:n])
             self.count += n
             if self._progress is not None:
                 self._progress(n)
@@ -328,12 +329,11 @@ def file_extent(stream: BinaryIO) -> Optional[tuple[int, int, int]]:
     return (fd, pos, st.st_size - pos) if stat.S_ISREG(st.st_mode) else None
 
 
-def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, what: str) -> bool:
-    """Copy a blob of known digest and size from `src` (see file_extent) to `dst`'s position by
-    copy_file_range, inside the kernel, then hash the bytes as written to `dst`: DigestMismatch
-    if they are not the blob. False, with nothing written, when `src` is not such a range of the
-    right length or the file systems cannot do it; the caller then copies through user space
-    (whose errors name a wrong size precisely)."""
+def copy_extent(src: BinaryIO, dst: BinaryIO, size: int, what: str) -> bool:
+    """Copy a blob of known size from `src` (see file_extent) to `dst`'s position by
+    copy_file_range, inside the kernel, for a blob already verified (the bytes are copied
+    exactly; a short source is an error). False, with nothing written, when `src` is not such a
+    range of the right length or the file systems cannot do it."""
     extent = file_extent(src)
     copy_range = getattr(os, "copy_file_range", None)
     if extent is None or extent[2] != size or copy_range is None:
@@ -353,6 +353,18 @@ def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, w
         dst.seek(start)
         return False
     dst.seek(start + size)
+    return True
+
+
+def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, what: str) -> bool:
+    """copy_extent, then hash the bytes as written to `dst`: DigestMismatch if they are not the
+    blob. False, with nothing written, when the kernel cannot copy it; the caller then copies
+    through user space (whose errors name a wrong size precisely)."""
+    dst.flush()
+    start = dst.tell()
+    if not copy_extent(src, dst, size, what):
+        return False
+    dst_fd = dst.fileno()
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)

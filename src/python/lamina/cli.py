@@ -51,19 +51,19 @@ def is_spec(source: str) -> bool:
 @contextmanager
 def _engine_source(source: str) -> Iterator[str]:
     """`source`, or for `docker-daemon:NAME` (an image in the local engine, DOCKER_HOST) a
-    `docker-archive:` of it streamed from the engine into a temporary file, removed on exit:
-    nothing of it is kept, only what the command makes of it."""
+    `docker-archive:` of it, unpacked from the engine's export stream into a temporary directory
+    removed on exit: nothing of it is kept, only what the command makes of it."""
     if not source.startswith("docker-daemon:"):
         yield source
         return
     import shutil
     import tempfile
 
-    from lamina.daemon import connect, export
+    from lamina.daemon import connect, export_unpacked
 
     tmp = tempfile.mkdtemp(prefix="lamina-engine-")
     try:
-        exported = export(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image.tar"))
+        exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"))
         yield "docker-archive:" + exported.path
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,7 +1,9 @@
 """The Docker engine through the docker SDK: resolve a name to an image ID, export it, load incrementally."""
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -137,6 +139,79 @@ def export(engine: Engine, name: str, out_path: str) -> Exported:
             os.unlink(tmp)
         raise
     return Exported(image_id, out_path, size)
+
+
+class _Stream(io.RawIOBase):
+    """The engine's export stream (an iterator of chunks) as a file to read from."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._data = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while self._pos >= len(self._data):
+            try:
+                self._data, self._pos = next(self._chunks), 0
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._data) - self._pos)
+        buffer[:n] = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
+    """`docker save` of `name`, unpacked as it streams into the new directory `out_dir` (each member
+    written once, in chunks; links kept inside it), for reading as `docker-archive:out_dir`: the
+    layers are then files of their own, which an extraction links instead of copying. Checked to
+    hold the image ID `name` resolved to. For a temporary read: nothing is synced to disk."""
+    from lamina.formats.store import DirSource
+    from lamina.formats.tarindex import safe_member_path
+
+    image_id = resolve(engine, name)
+    tag = _saved_name(engine, name, image_id)
+    os.makedirs(out_dir)
+    size = 0
+    links: list[tuple[str, str]] = []
+    try:
+        stream = io.BufferedReader(_Stream(iter(engine.client.api.get_image(tag or image_id, chunk_size=CHUNK))), CHUNK)
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            for info in tf:
+                member = safe_member_path(info.name, f"the export of {name}")
+                path = os.path.join(out_dir, member)
+                if info.isdir():
+                    os.makedirs(path, exist_ok=True)
+                elif info.isreg():
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    f = tf.extractfile(info)
+                    with open(path, "wb") as out:
+                        for data in chunks(f):  # type: ignore[arg-type]
+                            out.write(data)
+                            size += len(data)
+                elif info.issym() or info.islnk():
+                    target = info.linkname if info.islnk() else posixpath.join(posixpath.dirname(member), info.linkname)
+                    links.append((member, safe_member_path(posixpath.normpath(target), f"the export of {name}")))
+        for member, target in links:  # docker save links a layer it holds twice to its first copy
+            path = os.path.join(out_dir, member)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.link(os.path.join(out_dir, target), path)
+    except _api_errors() as e:
+        raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
+    except (tarfile.TarError, EOFError) as e:
+        raise DaemonError(f"the export of {name!r} from the Docker engine at {engine.name} is not a readable "
+                          f"tar ({e})") from e
+    except FileNotFoundError as e:
+        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
+    saved = read_docker_archive(DirSource(out_dir), name)
+    if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
+        raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
+                          f"{saved.config_descriptor.digest}); run the export again")
+    return Exported(image_id, out_dir, size)
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:

@@ -6,6 +6,7 @@ It is the cached intermediate the Pants plugin keeps per `docker_layer`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -116,9 +117,10 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
 
 
 def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image: Image) -> "LayerIndex":
-    """Copy a layer blob to `dest` and index it (the scan: entries, content hashes, ELF facts) in
-    one pass over its bytes: read once from the source, written once, decompressed once, and
-    checked against its digest, size and diff_id on the way."""
+    """Store a layer blob at `dest` and index it (the scan: entries, content hashes, ELF facts) in
+    one pass over its bytes, checking its digest, size and diff_id on the way. A blob that is a
+    file of its own (a layout's blob, an unpacked export's layer) is hard-linked when it can be and
+    then read once; any other is read once from its source while it is written."""
     from lamina.analyze.scan import scan_layer
 
     opener = layer.opener_or_file()
@@ -127,8 +129,16 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
     d = layer.descriptor
     tmp = dest + ".tmp"
     try:
-        with open(tmp, "wb") as out:
-            blob = io.BufferedReader(VerifiedReader(TeeReader(opener(), out, progress.add), d.digest, d.size, what), CHUNK)
+        linked = False
+        if layer.path is not None:
+            try:
+                os.link(layer.path, tmp)
+                linked = True
+            except OSError:  # another file system, or links not allowed: copy it
+                pass
+        with contextlib.nullcontext(None) if linked else open(tmp, "wb") as out:
+            raw = open(tmp, "rb") if linked else opener()
+            blob = io.BufferedReader(VerifiedReader(TeeReader(raw, out, progress.add), d.digest, d.size, what), CHUNK)
             with blob:
                 plain = io.BufferedReader(UncompressedCheckingReader(decompressed(blob, layer.compression),
                                                                      layer.diff_id, what), CHUNK)
@@ -137,7 +147,7 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
                     pass
         os.replace(tmp, dest)
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
     return index

@@ -180,3 +180,17 @@ def test_an_indexed_copy_that_does_not_verify_leaves_nothing(tmp_path, lie: str)
     with pytest.raises(Exception, match=message or "blob content is sha256:|corrupt zstd|not a readable tar"):
         extract(image, image.layers[2:], str(tmp_path / "out" / "b"), "-1", index=True)
     assert not (tmp_path / "out" / "b").exists() and leftovers(str(tmp_path / "out")) == []
+    assert os.path.isfile(str(image.layers[2].path))  # the source's blob, hard-linked to be checked, stays
+
+
+def test_a_blob_that_is_a_file_is_linked_into_the_bundle_and_read_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.extract import INDEX_FILE
+    from lamina_testing.images import write_oci_dir
+
+    write_oci_dir(FAKE, str(tmp_path / "src"))
+    image = open_image("oci:" + str(tmp_path / "src"))
+    extract(image, image.layers, str(tmp_path / "b"), ":", index=True)
+    for layer in image.layers:
+        stored = tmp_path / "b" / "blobs" / "sha256" / layer.descriptor.hex
+        assert os.stat(stored).st_ino == os.stat(str(layer.path)).st_ino
+    assert (tmp_path / "b" / INDEX_FILE).is_file()

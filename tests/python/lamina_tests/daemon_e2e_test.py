@@ -69,6 +69,26 @@ def test_export_equals_docker_save(tmp_path: Path, built: dict, capsys: pytest.C
     assert [n for n in os.listdir(tmp_path) if n.startswith(".lamina-tmp")] == []
 
 
+def test_extract_straight_from_the_engine_equals_extract_from_docker_save_and_keeps_nothing_else(
+        tmp_path: Path, built: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = built["tags"]["z"]
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    code, out, err = _cli(capsys, "extract", f"docker-daemon:{tag}", "--layer=1:", "--out", str(tmp_path / "engine"),
+                          "--index")
+    assert code == 0, err
+    docker_save(tag, tmp_path / "saved.tar")
+    code, out2, err = _cli(capsys, "extract", str(tmp_path / "saved.tar"), "--layer=1:", "--out", str(tmp_path / "saved"),
+                           "--index", f"--name=docker-daemon:{tag}")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(out2)  # the same selection, recorded under the same name
+    blobs = sorted(os.listdir(tmp_path / "engine" / "blobs" / "sha256"))
+    assert blobs == sorted(os.listdir(tmp_path / "saved" / "blobs" / "sha256"))
+    for name in ("lamina-index.json", "lamina-selection.json", "index.json"):
+        assert (tmp_path / "engine" / name).read_bytes() == (tmp_path / "saved" / name).read_bytes(), name
+    assert os.listdir(tmp_path / "tmp") == []  # the unpacked export is gone
+
+
 def test_export_by_id_has_no_tag(tmp_path: Path, built: dict) -> None:
     engine = connect(os.environ)
     image = image_id(built["tags"]["y"])

@@ -87,6 +87,24 @@ class DirSource:
         path = self.blob_file(digest)
         return os.path.getsize(path) if path else None
 
+    # A `docker save` archive unpacked into a directory (the engine's export stream, see
+    # daemon.export_unpacked) is read through these, as TarSource reads one still packed.
+    def member_file(self, name: str, what: str) -> str:
+        path = self._path(name)
+        if not os.path.isfile(path):
+            raise InvalidSource(f"{self.root}: {what} {name!r} is not in the archive")
+        if not os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep):
+            raise InvalidSource(f"{self.root}: {what} {name!r} points outside the archive")
+        return path
+
+    def member_opener(self, name: str, what: str) -> tuple[Opener, int]:
+        path = self.member_file(name, what)
+        return (lambda: open(path, "rb")), os.path.getsize(path)
+
+    def head(self, name: str) -> bytes:
+        with open(self.member_file(name, "layer"), "rb") as f:
+            return f.read(4)
+
 
 class TarSource:
     """A tar archive: an OCI archive or a `docker save` archive."""

@@ -282,3 +282,23 @@ def test_archive_bytes_are_what_tarfile_writes(tmp_path) -> None:  # type: ignor
             dst.addfile(info, src.extractfile(info) if info.isreg() else None)
     with open(out, "rb") as a, open(again, "rb") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_a_verified_layer_is_copied_by_the_kernel_without_reading_it_back(tmp_path, fmt: str,  # type: ignore[no-untyped-def]
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write_docker_classic({"plain:1": PLAIN}, str(tmp_path / "plain.tar"))
+    image = open_image(str(tmp_path / "plain.tar"))
+    read_back: list = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, pos: read_back.append(pos) or real(fd, bufs, pos))
+    copies = count_kernel_copies(monkeypatch)
+    vouched = compose(None, [_take(l, image.source, ":", image.platform, trusted=True) for l in image.layers],
+                      platform=image.platform)
+    write(vouched, fmt, _out(tmp_path, fmt, "vouched"))
+    assert sorted(copies) == sorted(len(l.blob) for l in PLAIN.layers) and read_back == []
+    checked = compose(None, [_take(l, image.source, ":", image.platform) for l in image.layers], platform=image.platform)
+    write(checked, fmt, _out(tmp_path, fmt, "checked"))
+    assert read_back  # a layer nobody verified is hashed as it was written
+    with open(_out(tmp_path, fmt, "vouched"), "rb") as a, open(_out(tmp_path, fmt, "checked"), "rb") as b:
+        assert a.read() == b.read()
