@@ -45,7 +45,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, StartCheck, log_findings
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, StartCheck, finding_lines
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
@@ -298,14 +298,17 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         report, result = await MultiGet(
             Get(CheckReport, CheckRequest, check_request), Get(LaminaRunResult, LaminaRun, run)
         )
-    log_findings(fs.address, report)
+    # The findings go in the package's summary lines, which `pants package` prints on every run,
+    # also when a warm pantsd serves the unchanged package from memory (a log line would not).
+    findings = finding_lines(fs.address, report)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     if into_engine:
-        lines = (result.stdout.decode(errors="replace").strip(),)
+        lines = (result.stdout.decode(errors="replace").strip(), *findings)
         return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
     summary = json.loads(result.stdout.decode() or "{}")
     lines = (
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
+        *findings,
     )
     return BuiltPackage(
         digest,

@@ -140,11 +140,19 @@ async def check_composition(request: CheckRequest) -> CheckReport:
     return CheckReport(result.stdout.decode(errors="replace"), counts)
 
 
-def log_findings(address: Address, report: CheckReport) -> None:
-    """Warn once per finding line, so `pants package` shows what the check found."""
+def finding_lines(address: Address, report: CheckReport) -> tuple[str, ...]:
+    """The check's findings as lines to show the user: a heading, then one line per finding."""
     findings = [l.strip() for l in report.text.splitlines() if l.strip().startswith(("warning:", "error:"))]
-    if findings:
-        logger.warning(f"{address}: composition check found {len(findings)} issue(s):\n  " + "\n  ".join(findings))
+    if not findings:
+        return ()
+    return (f"{address}: composition check found {len(findings)} issue(s):", *(f"  {f}" for f in findings))
+
+
+def log_findings(address: Address, report: CheckReport) -> None:
+    """Warn with the check's findings (where no summary line can carry them, e.g. `pants run`)."""
+    lines = finding_lines(address, report)
+    if lines:
+        logger.warning("\n".join(lines))
 
 
 def rules() -> Iterable:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tarfile
@@ -204,6 +205,24 @@ def test_bad_build_input_fails_with_one_clear_error(repo: SampleRepo, case: str)
         assert text in output, f"{text!r} not in:\n{output}"
     assert "Traceback" not in output, output
     assert not list((repo.root / "dist").glob(f"bad.{case}/*")), "partial output left in dist/"
+
+
+def test_findings_show_on_every_package_also_from_a_warm_pantsd(repo: SampleRepo) -> None:
+    import glob
+    import signal
+
+    try:
+        first = repo.pants("--pantsd", "package", "apt:warn")
+        second = repo.pants("--pantsd", "package", "apt:warn")  # served from pantsd's memory
+        assert completed_processes(second.stderr) == [], second.stderr
+        for run in (first, second):
+            assert "composition check found" in run.stderr and "var/lib/dpkg/status" in run.stderr, run.stderr
+    finally:
+        for pid_file in glob.glob(str(repo.root / ".pids" / "*" / "pantsd" / "pid")):
+            try:
+                os.kill(int(Path(pid_file).read_text().strip()), signal.SIGTERM)
+            except (OSError, ValueError):
+                pass
 
 
 def test_conflicting_package_databases_are_reported_and_can_fail_the_build(repo: SampleRepo) -> None:
