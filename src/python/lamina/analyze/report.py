@@ -12,6 +12,7 @@ ON_CONFLICT = ("warn", "error", "ignore")
 # (kind, heading) in report order.
 GROUPS = (
     ("conflict", "conflicts"),
+    ("replacement", "replaced symlinks and directories"),
     ("whiteout", "whiteouts"),
     ("hardlink", "hard links"),
     ("missing-library", "missing libraries"),
@@ -21,6 +22,7 @@ MAX_ERRORS_LISTED = 20  # error findings an error message lists
 # kind -> how the error summary counts it (one, many).
 _COUNTED = {
     "conflict": ("conflict", "conflicts"),
+    "replacement": ("replaced symlink or directory", "replaced symlinks or directories"),
     "whiteout": ("foreign whiteout", "foreign whiteouts"),
     "hardlink": ("broken hard link", "broken hard links"),
     "missing-library": ("binary with missing libraries", "binaries with missing libraries"),
@@ -46,7 +48,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # conflict | whiteout | hardlink | missing-library
+    kind: str  # conflict | replacement | whiteout | hardlink | missing-library
     severity: str  # warning | error
     message: str  # one line, complete on its own
     paths: tuple[str, ...]  # the paths concerned, no leading '/'
