@@ -100,12 +100,13 @@ def test_files_become_one_new_top_layer(tmp_path, bundles: dict[str, str]) -> No
     assert image.layers[2].created_by == "lamina: files"
     with image.layers[2].open_uncompressed() as f, tarfile.open(fileobj=f, mode="r|") as tf:
         names = [m.name for m in tf]
-    assert names == ["etc", "etc/app.conf", "srv", "srv/www", "srv/www/index.html"]
+    assert names == ["etc/app.conf", "srv", "srv/www", "srv/www/index.html"]  # the base's /etc is kept as it is
     assert validate(image).layers == 3
     assert leftovers(str(tmp_path)) == []
 
 
 def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    from lamina.analyze.below import from_layers
     from lamina.newlayer import FILES_LAYER_BLOB, write_files_layer_dir
 
     (tmp_path / "site").mkdir()
@@ -114,8 +115,9 @@ def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict
     files = {"files": [{"src": str(tmp_path / "conf"), "dest": "/etc/app.conf"}],
              "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv/www"}]}
     direct = build(parse_spec({"base": bundles["base"], **files, "format": "oci"}), str(tmp_path / "direct"))
+    below = from_layers(open_image(bundles["base"]).layers)  # as `lamina files-layer --below` reads the scans
     write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf")), ("/srv/www/index.html", str(tmp_path / "site" / "index.html"))],
-                          str(tmp_path / "fl"))
+                          str(tmp_path / "fl"), below)
     audit = str(tmp_path / "pre.layers.json")
     pre = build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": "oci"}),
                 str(tmp_path / "pre"), audit=audit)
@@ -238,3 +240,17 @@ def test_hostile_source_fails_compose_and_leaves_nothing(tmp_path, case: hostile
     assert re.search(case.message, str(e.value)), str(e.value)
     assert not out.exists()
     assert not (tmp_path / "dest").exists() or leftovers(str(tmp_path / "dest")) == []
+
+
+def test_files_go_through_the_symlinks_of_a_usr_merged_base_as_copy_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.testing.images import FakeImage, FakeLayer
+
+    base = FakeImage([FakeLayer({"usr/": None, "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"})])
+    write_oci_dir(base, str(tmp_path / "base"))
+    (tmp_path / "tool").write_bytes(b"tool")
+    spec = parse_spec({"base": "oci:" + str(tmp_path / "base"), "files": [{"src": str(tmp_path / "tool"), "dest": "/bin/tool"}],
+                       "format": "oci"})
+    build(spec, str(tmp_path / "out"))
+    with open_image("oci:" + str(tmp_path / "out")).layers[-1].open_uncompressed() as f, \
+            tarfile.open(fileobj=f, mode="r|") as tf:
+        assert [m.name for m in tf] == ["usr/bin/tool"]  # no bin/ entry to replace the symlink with

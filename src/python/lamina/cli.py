@@ -153,7 +153,12 @@ def cmd_files_layer(args: argparse.Namespace) -> int:
     with open(args.spec, "rb") as f:
         data = parse_json(f.read(), args.spec)
     files, file_dirs = parse_files(data)
-    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out)
+    below = None
+    if args.below:
+        from lamina.analyze.below import from_indexes
+
+        below = from_indexes(args.below)
+    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out, below)
     index = os.path.join(args.out, "index.json")
     write_index([scan_files_layer(layer, args.name or f"files of {args.spec}")], index)
     print(json.dumps({"out": args.out, "digest": layer.descriptor.digest, "diff_id": layer.diff_id,
@@ -301,6 +306,10 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--out", required=True,
                     help="directory to write: files-layer.tar.gz, files-layer.json (its description), index.json")
     fl.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
+    fl.add_argument("--below", action="append", default=[], metavar="INDEX",
+                    help="an index (from `lamina scan`) of layers the new layer goes on; repeat, base first. "
+                         "The files are then laid on them as a Dockerfile COPY writes: through their symlinks "
+                         "(/bin/x into /usr/bin/x on a usr-merged base), existing directories kept as they are")
     fl.set_defaults(func=cmd_files_layer)
 
     ck = sub.add_parser("check", help="check a stack of layer indexes (base first) for composition problems")

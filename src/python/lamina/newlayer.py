@@ -1,4 +1,5 @@
-"""Deterministic new layers from files: sorted entries, uid/gid 0, mtime 0, gzip with mtime 0."""
+"""Deterministic new layers from files: sorted entries, uid/gid 0, mtime 0, gzip with mtime 0; laid on
+the layers below as a Dockerfile's COPY writes (through their symlinks, into their directories)."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,12 +10,43 @@ import os
 import posixpath
 import stat
 import tarfile
-from typing import BinaryIO, Sequence
-
+from typing import BinaryIO, Optional, Protocol, Sequence
 
 from lamina.errors import SpecError
 from lamina.image import Layer
 from lamina.model import OCI_LAYER_GZIP, Descriptor
+
+
+class Below(Protocol):
+    """The filesystem of the layers a new layer goes on (analyze.stackfs.FileSystem is one)."""
+
+    def place(self, path: str) -> str: ...
+
+    def kind(self, path: str) -> Optional[str]: ...
+
+
+def _landing(dest: str, below: Optional[Below]) -> tuple[str, set[str]]:
+    """(the path the file lands at, the parent directories the layer must hold for it)."""
+    path = posixpath.normpath("/" + dest).lstrip("/")
+    if not path or path.startswith(".."):
+        raise SpecError(f"file destination {dest!r} is not a path inside the image")
+    if below is not None:
+        path = below.place(path)  # its parents' symlinks followed: /bin/x lands in /usr/bin/x
+        if below.kind(path) == "dir":
+            raise SpecError(f"file destination {dest!r}: /{path} is a directory in the layers below; "
+                            "name the file's own path in it")
+    dirs = set()
+    parent = posixpath.dirname(path)
+    while parent:
+        kind = below.kind(parent) if below is not None else None
+        if kind == "dir":
+            break  # it and its parents exist below: kept as they are (mode, owner), no entry
+        if kind is not None:
+            raise SpecError(f"file destination {dest!r}: /{parent} is a {kind} in the layers below, not a "
+                            "directory, so nothing can go under it")
+        dirs.add(parent)
+        parent = posixpath.dirname(parent)
+    return path, dirs
 
 
 class _HashingWriter:
@@ -46,24 +78,28 @@ def _info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
     return info
 
 
-def build_files_layer(files: Sequence[tuple[str, str]], out_path: str) -> Layer:
-    """A gzip layer at `out_path` holding each (image path, local file); the same files give the same bytes."""
+def build_files_layer(files: Sequence[tuple[str, str]], out_path: str, below: Optional[Below] = None) -> Layer:
+    """A gzip layer at `out_path` holding each (image path, local file); the same files (and layers
+    below) give the same bytes.
+
+    With `below`, the filesystem of the layers it goes on, the layer is laid out as a Dockerfile's
+    COPY writes: a destination's parent directories are followed through the symlinks below (on a
+    usr-merged base /bin/x lands in /usr/bin/x, the /bin symlink kept), and a parent directory that
+    exists below gets no entry (so /tmp keeps its 1777 and /home/app its owner). Parent
+    directories that do not exist are written root:root 0755."""
     wanted: dict[str, str] = {}
+    asked: dict[str, str] = {}  # landing path -> the destination that asked for it
+    dirs: set[str] = set()
     for dest, src in files:
-        path = posixpath.normpath("/" + dest).lstrip("/")
-        if not path or path.startswith(".."):
-            raise SpecError(f"file destination {dest!r} is not a path inside the image")
+        path, parents = _landing(dest, below)
         if not os.path.isfile(src):
             raise SpecError(f"file {src!r} for {dest!r} does not exist")
         if path in wanted and wanted[path] != src:
-            raise SpecError(f"two files want the same image path /{path}: {wanted[path]!r} and {src!r}")
+            also = "" if asked[path] == dest else f" (as {asked[path]!r} and {dest!r})"
+            raise SpecError(f"two files want the same image path /{path}{also}: {wanted[path]!r} and {src!r}")
         wanted[path] = src
-    dirs = set()
-    for path in wanted:
-        parent = posixpath.dirname(path)
-        while parent:
-            dirs.add(parent)
-            parent = posixpath.dirname(parent)
+        asked[path] = dest
+        dirs |= parents
     clash = dirs & set(wanted)
     if clash:
         raise SpecError(f"/{sorted(clash)[0]} is both a file and a directory in the new layer")
@@ -98,8 +134,8 @@ FILES_LAYER_BLOB = "files-layer.tar.gz"
 FILES_LAYER_META = "files-layer.json"
 
 
-def write_files_layer_dir(files: Sequence[tuple[str, str]], out_dir: str) -> Layer:
-    """`build_files_layer` into `out_dir`, beside a description of it (digest, size, diff_id,
+def write_files_layer_dir(files: Sequence[tuple[str, str]], out_dir: str, below: Optional[Below] = None) -> Layer:
+    """`build_files_layer` (on `below`) into `out_dir`, beside a description of it (digest, size, diff_id,
     history), so that `compose` can take the layer as it is (spec key "files_layer") instead of
     packing the files again. The description is written last: a directory without it is not a
     files layer."""
@@ -113,7 +149,7 @@ def write_files_layer_dir(files: Sequence[tuple[str, str]], out_dir: str) -> Lay
     # A new file, then renamed: an image composed earlier in `oci` format may hard-link the old blob.
     tmp_blob = blob + ".tmp"
     try:
-        made = build_files_layer(files, tmp_blob)
+        made = build_files_layer(files, tmp_blob, below)
         os.replace(tmp_blob, blob)
     except BaseException:
         if os.path.lexists(tmp_blob):

@@ -77,6 +77,11 @@ class FileSystem:
     def get(self, path: str) -> Optional[Node]:
         return self.nodes.get(path.strip("/"))
 
+    def kind(self, path: str) -> Optional[str]:
+        """What is at `path` itself (no symlink followed): 'file', 'dir', 'symlink', ...; None if nothing."""
+        node = self.nodes.get(path.strip("/"))
+        return None if node is None else node.kind
+
     def resolve(self, path: str) -> Optional[Node]:
         """The node `path` leads to, following symlinks in every component; None if it leads nowhere."""
         real, found = _walk(self.nodes, path)
