@@ -22,29 +22,31 @@ class Below(Protocol):
 
     def place(self, path: str) -> str: ...
 
-    def kind(self, path: str) -> Optional[str]: ...
+    def stat(self, path: str) -> Optional[tuple[str, int, int, int]]: ...  # (kind, mode, uid, gid)
 
 
-def _landing(dest: str, below: Optional[Below]) -> tuple[str, set[str]]:
-    """(the path the file lands at, the parent directories the layer must hold for it)."""
+NEW_DIR = (0o755, 0, 0)  # (mode, uid, gid) of a parent directory nothing below has
+
+
+def _landing(dest: str, below: Optional[Below]) -> tuple[str, dict[str, tuple[int, int, int]]]:
+    """(the path the file lands at, {parent directory: (mode, uid, gid) of its entry})."""
     path = posixpath.normpath("/" + dest).lstrip("/")
     if not path or path.startswith(".."):
         raise SpecError(f"file destination {dest!r} is not a path inside the image")
     if below is not None:
         path = below.place(path)  # its parents' symlinks followed: /bin/x lands in /usr/bin/x
-        if below.kind(path) == "dir":
+        found = below.stat(path)
+        if found is not None and found[0] == "dir":
             raise SpecError(f"file destination {dest!r}: /{path} is a directory in the layers below; "
                             "name the file's own path in it")
-    dirs = set()
+    dirs: dict[str, tuple[int, int, int]] = {}
     parent = posixpath.dirname(path)
     while parent:
-        kind = below.kind(parent) if below is not None else None
-        if kind == "dir":
-            break  # it and its parents exist below: kept as they are (mode, owner), no entry
-        if kind is not None:
-            raise SpecError(f"file destination {dest!r}: /{parent} is a {kind} in the layers below, not a "
+        found = below.stat(parent) if below is not None else None
+        if found is not None and found[0] != "dir":
+            raise SpecError(f"file destination {dest!r}: /{parent} is a {found[0]} in the layers below, not a "
                             "directory, so nothing can go under it")
-        dirs.add(parent)
+        dirs[parent] = (found[1], found[2], found[3]) if found is not None else NEW_DIR
         parent = posixpath.dirname(parent)
     return path, dirs
 
@@ -67,13 +69,13 @@ class _HashingWriter:
         self._out.flush()
 
 
-def _info(name: str, kind: bytes, mode: int, size: int = 0) -> tarfile.TarInfo:
+def _info(name: str, kind: bytes, mode: int, size: int = 0, uid: int = 0, gid: int = 0) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = mode
     info.size = size
     info.mtime = 0
-    info.uid = info.gid = 0
+    info.uid, info.gid = uid, gid
     info.uname = info.gname = ""
     return info
 
@@ -85,11 +87,13 @@ def build_files_layer(files: Sequence[tuple[str, str]], out_path: str, below: Op
     With `below`, the filesystem of the layers it goes on, the layer is laid out as a Dockerfile's
     COPY writes: a destination's parent directories are followed through the symlinks below (on a
     usr-merged base /bin/x lands in /usr/bin/x, the /bin symlink kept), and a parent directory that
-    exists below gets no entry (so /tmp keeps its 1777 and /home/app its owner). Parent
-    directories that do not exist are written root:root 0755."""
+    exists below is written with its mode and owner there (so /tmp keeps its 1777 and /home/app
+    its owner). It must be written, not left out: Docker's overlay2 unpack creates a parent the
+    layer lacks as root 0755, and overlayfs shows the upper layer's directory. Parent directories
+    that do not exist below are written root:root 0755."""
     wanted: dict[str, str] = {}
     asked: dict[str, str] = {}  # landing path -> the destination that asked for it
-    dirs: set[str] = set()
+    dirs: dict[str, tuple[int, int, int]] = {}
     for dest, src in files:
         path, parents = _landing(dest, below)
         if not os.path.isfile(src):
@@ -99,8 +103,8 @@ def build_files_layer(files: Sequence[tuple[str, str]], out_path: str, below: Op
             raise SpecError(f"two files want the same image path /{path}{also}: {wanted[path]!r} and {src!r}")
         wanted[path] = src
         asked[path] = dest
-        dirs |= parents
-    clash = dirs & set(wanted)
+        dirs.update(parents)
+    clash = dirs.keys() & wanted.keys()
     if clash:
         raise SpecError(f"/{sorted(clash)[0]} is both a file and a directory in the new layer")
     with open(out_path, "wb") as raw:
@@ -108,9 +112,10 @@ def build_files_layer(files: Sequence[tuple[str, str]], out_path: str, below: Op
         with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0, compresslevel=6) as gz:  # type: ignore[arg-type]
             plain = _HashingWriter(gz)  # type: ignore[arg-type]
             with tarfile.open(fileobj=plain, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-                for path in sorted(dirs | set(wanted)):
+                for path in sorted(dirs.keys() | wanted.keys()):
                     if path in dirs:
-                        tf.addfile(_info(path + "/", tarfile.DIRTYPE, 0o755))
+                        mode, uid, gid = dirs[path]
+                        tf.addfile(_info(path + "/", tarfile.DIRTYPE, mode, uid=uid, gid=gid))
                         continue
                     src = wanted[path]
                     executable = os.stat(src).st_mode & stat.S_IXUSR

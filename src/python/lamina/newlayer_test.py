@@ -138,11 +138,16 @@ def test_on_layers_below_files_follow_their_symlinks_and_keep_their_directories(
     f = str(tmp_path / "f")
     files = [("/bin/tool", f), ("/tmp/scratch", f), ("/home/app/app.conf", f), ("/opt/new/thing", f)]
     build_files_layer(files, str(tmp_path / "l.tgz"), USR_MERGED)
-    assert [(m.name, m.type, m.mode) for m in _members(str(tmp_path / "l.tgz"))] == [
-        ("home/app/app.conf", tarfile.REGTYPE, 0o644),
-        ("opt", tarfile.DIRTYPE, 0o755), ("opt/new", tarfile.DIRTYPE, 0o755), ("opt/new/thing", tarfile.REGTYPE, 0o644),
-        ("tmp/scratch", tarfile.REGTYPE, 0o644),
-        ("usr/bin/tool", tarfile.REGTYPE, 0o644),  # /bin stays a symlink
+    # parents that exist below are written as they are there (overlay2 shows the upper layer's
+    # directory), new ones root 0755; /bin stays a symlink
+    assert [(m.name, m.type, m.mode, m.uid) for m in _members(str(tmp_path / "l.tgz"))] == [
+        ("home", tarfile.DIRTYPE, 0o755, 0), ("home/app", tarfile.DIRTYPE, 0o750, 1000),
+        ("home/app/app.conf", tarfile.REGTYPE, 0o644, 0),
+        ("opt", tarfile.DIRTYPE, 0o755, 0), ("opt/new", tarfile.DIRTYPE, 0o755, 0),
+        ("opt/new/thing", tarfile.REGTYPE, 0o644, 0),
+        ("tmp", tarfile.DIRTYPE, 0o1777, 0), ("tmp/scratch", tarfile.REGTYPE, 0o644, 0),
+        ("usr", tarfile.DIRTYPE, 0o755, 0), ("usr/bin", tarfile.DIRTYPE, 0o755, 0),
+        ("usr/bin/tool", tarfile.REGTYPE, 0o644, 0),
     ]
     # without the layers below, the layer is as before: every parent directory written
     build_files_layer(files, str(tmp_path / "plain.tgz"))

@@ -77,10 +77,13 @@ class FileSystem:
     def get(self, path: str) -> Optional[Node]:
         return self.nodes.get(path.strip("/"))
 
-    def kind(self, path: str) -> Optional[str]:
-        """What is at `path` itself (no symlink followed): 'file', 'dir', 'symlink', ...; None if nothing."""
+    def stat(self, path: str) -> Optional[tuple[str, int, int, int]]:
+        """(kind, mode, uid, gid) of what is at `path` itself (no symlink followed); None if nothing."""
         node = self.nodes.get(path.strip("/"))
-        return None if node is None else node.kind
+        if node is None:
+            return None
+        f = node.facts
+        return node.kind, f.mode, f.uid, f.gid
 
     def resolve(self, path: str) -> Optional[Node]:
         """The node `path` leads to, following symlinks in every component; None if it leads nowhere."""
