@@ -171,6 +171,25 @@ def test_files_layer_spec_errors(tmp_path, bundles: dict[str, str]) -> None:  # 
         build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "bad")}), str(tmp_path / "o.tar"))
 
 
+@pytest.mark.parametrize("key", ["digest", "diff_id"])
+@pytest.mark.parametrize("fmt", ["oci", "oci-archive"])
+def test_a_files_layer_description_naming_a_path_not_a_digest_is_refused(tmp_path, bundles: dict[str, str],  # type: ignore[no-untyped-def]
+                                                                         key: str, fmt: str) -> None:
+    from lamina.newlayer import FILES_LAYER_META, write_files_layer_dir
+
+    (tmp_path / "conf").write_bytes(b"c=1")
+    write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf"))], str(tmp_path / "fl"))
+    meta = json.loads((tmp_path / "fl" / FILES_LAYER_META).read_text())
+    meta[key] = "sha256:../../../../escaped"
+    (tmp_path / "fl" / FILES_LAYER_META).write_text(json.dumps(meta))
+    out = tmp_path / "dest" / "out"
+    with pytest.raises(InvalidSource, match=re.escape(f"files_layer '{tmp_path}/fl': files-layer.json {key}: "
+                                                      "'sha256:../../../../escaped' is not a sha256 digest")):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": fmt}), str(out))
+    assert not out.exists() and leftovers(str(tmp_path / "dest")) == []
+    assert [p for p in tmp_path.rglob("*escaped*")] == []
+
+
 def test_audit_trail_records_where_every_layer_came_from(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "conf").write_bytes(b"c=1")
     spec = parse_spec({"base": {"source": bundles["base"], "target": "//images:base"}, "target": "//images:app",

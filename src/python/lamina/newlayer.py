@@ -14,7 +14,7 @@ from typing import BinaryIO, Optional, Protocol, Sequence
 
 from lamina.errors import SpecError
 from lamina.image import Layer
-from lamina.model import OCI_LAYER_GZIP, Descriptor
+from lamina.model import OCI_LAYER_GZIP, Descriptor, check_digest
 
 
 class Below(Protocol):
@@ -185,12 +185,12 @@ def read_files_layer_dir(path: str) -> Layer:
     except (OSError, ValueError) as e:
         raise SpecError(f"files_layer {path!r}: cannot read {FILES_LAYER_META}: {e}") from None
     ok = (isinstance(meta, dict) and meta.get("mediaType") == OCI_LAYER_GZIP
-          and isinstance(meta.get("digest"), str) and str(meta["digest"]).startswith("sha256:")
-          and isinstance(meta.get("diff_id"), str) and str(meta["diff_id"]).startswith("sha256:")
-          and isinstance(meta.get("size"), int) and isinstance(meta.get("history"), list)
-          and all(isinstance(h, dict) for h in meta["history"]))
+          and isinstance(meta.get("size"), int) and not isinstance(meta.get("size"), bool) and meta["size"] >= 0
+          and isinstance(meta.get("history"), list) and all(isinstance(h, dict) for h in meta["history"]))
     if not ok:
         raise SpecError(f"files_layer {path!r}: {FILES_LAYER_META} is not a description `lamina files-layer` writes")
+    for key in ("digest", "diff_id"):  # they become blob paths in the written image: digests, nothing else
+        check_digest(meta.get(key), f"files_layer {path!r}: {FILES_LAYER_META} {key}")
     if not os.path.isfile(blob):
         raise SpecError(f"files_layer {path!r} has no {FILES_LAYER_BLOB}")
     return Layer(
