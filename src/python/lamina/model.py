@@ -6,7 +6,7 @@ import json
 import platform as _host
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from lamina.errors import InvalidSource
 
@@ -48,6 +48,9 @@ ANN_SOURCE_DIGEST = "dev.lamina.layer.source-digest"
 ANN_SELECTOR = "dev.lamina.layer.selector"
 
 EPOCH = "1970-01-01T00:00:00Z"
+
+# The variant an architecture's images have when they name none (containerd's defaults).
+DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -131,14 +134,30 @@ class Platform:
         )
 
     def normalized(self) -> "Platform":
-        """arm64's v8 variant is the default one, so 'linux/arm64/v8' equals 'linux/arm64'."""
-        if self.architecture == "arm64" and self.variant == "v8":
-            return Platform(self.os, self.architecture)
-        return self
+        """With its architecture's default variant when it names none ("7" read as "v7"), as
+        containerd normalizes: linux/arm is linux/arm/v7, linux/arm64 is linux/arm64/v8."""
+        variant = self.variant
+        if variant and not variant.startswith("v") and variant.isdigit():
+            variant = "v" + variant
+        return Platform(self.os, self.architecture, variant or DEFAULT_VARIANTS.get(self.architecture, ""))
 
     def matches(self, other: "Platform") -> bool:
+        """Whether an image for `other` serves a request for this platform: same os and
+        architecture, and, when this one names a variant, the same variant (defaults filled in);
+        a request without a variant takes any variant (see `best`)."""
         a, b = self.normalized(), other.normalized()
-        return (a.os, a.architecture, a.variant) == (b.os, b.architecture, b.variant)
+        if (a.os, a.architecture) != (b.os, b.architecture):
+            return False
+        return not self.variant or a.variant == b.variant
+
+    def best(self, platforms: Sequence["Platform"]) -> list[int]:
+        """The positions of `platforms` a request for this platform picks: those it matches, and
+        of those, when there are several, the ones of the requested (or else the default) variant.
+        The one picking rule of every multi-platform source (registry indexes, OCI layouts)."""
+        matching = [i for i, p in enumerate(platforms) if self.matches(p)]
+        wanted = self.normalized().variant
+        exact = [i for i in matching if platforms[i].normalized().variant == wanted]
+        return exact or matching
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)

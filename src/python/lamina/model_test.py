@@ -44,8 +44,23 @@ def test_platform_parse_rejects_malformed(text: str) -> None:
 
 def test_platform_arm64_v8_is_the_default_arm64_variant() -> None:
     assert Platform.parse("linux/arm64/v8").matches(Platform.parse("linux/arm64"))
-    assert not Platform.parse("linux/arm/v7").matches(Platform.parse("linux/arm"))
+    assert Platform.parse("linux/arm64").matches(Platform.parse("linux/arm64/v8"))
     assert not Platform.parse("linux/amd64").matches(Platform.parse("linux/arm64"))
+
+
+def test_a_platform_without_variant_takes_any_preferring_the_default_one() -> None:
+    arm = Platform.parse("linux/arm")
+    assert arm.matches(Platform.parse("linux/arm/v7")) and arm.matches(Platform.parse("linux/arm/v6"))
+    assert Platform.parse("linux/arm/v7").matches(arm)  # an image naming no variant is the default one
+    assert not Platform.parse("linux/arm/v6").matches(arm)
+    assert Platform("linux", "arm", "7").matches(Platform.parse("linux/arm/v7"))
+    found = [Platform.parse(t) for t in ("linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", "linux/amd64")]
+    assert arm.best(found) == [1]
+    assert Platform.parse("linux/arm/v6").best(found) == [0]
+    assert Platform.parse("linux/arm64").best(found) == [2]
+    assert Platform.parse("linux/riscv64").best(found) == []
+    v2, v3 = Platform("linux", "amd64", "v2"), Platform("linux", "amd64", "v3")
+    assert Platform.parse("linux/amd64").best([v2, v3]) == [0, 1]  # no default: both, so the caller asks
 
 
 def test_platform_of_config_reads_os_architecture_variant() -> None:
