@@ -17,7 +17,6 @@ from lamina.model import (
     Descriptor,
     Platform,
     canonical_json,
-    oci_layer_media_type,
 )
 from lamina.select import describe
 
@@ -185,4 +184,4 @@ def compose(
 
 
 def _oci(d: Descriptor, annotations: tuple[tuple[str, str], ...]) -> Descriptor:
-    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, annotations)
+    return d.as_oci_layer(annotations)

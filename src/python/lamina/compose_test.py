@@ -115,6 +115,18 @@ def test_docker_media_types_become_oci_ones(tmp_path, base: Image) -> None:  # t
     assert [d["digest"] for d in manifest["layers"][2:]] == [sha(l.blob) for l in SOURCE.layers]
 
 
+def test_a_foreign_layer_stays_nondistributable_and_keeps_its_urls(base: Image) -> None:
+    urls = ("https://example.invalid/layer.tar.gz",)
+    foreign = dataclasses.replace(base.layers[1], descriptor=dataclasses.replace(
+        base.layers[1].descriptor, media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", urls=urls))
+    as_base = dataclasses.replace(base, layers=(base.layers[0], foreign))
+    for composed in (compose(as_base, []), compose(base, [dataclasses.replace(foreign, taken=Taken(":", "", base.platform))])):
+        _, manifest = _parts(composed)
+        top = manifest["layers"][-1]
+        assert top["mediaType"] == "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        assert top["urls"] == list(urls) and top["digest"] == foreign.descriptor.digest
+
+
 def _config(base: Image, **overrides) -> dict:  # type: ignore[no-untyped-def]
     return _parts(compose(base, [], overrides=ConfigOverrides(**overrides)))[0]["config"]
 

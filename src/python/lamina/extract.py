@@ -18,7 +18,7 @@ from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, replace_path
 from lamina.image import Image, Layer
-from lamina.model import Descriptor, oci_layer_media_type, parse_json
+from lamina.model import Descriptor, parse_json
 from lamina.progress import Progress
 
 SELECTION_FILE = "lamina-selection.json"
@@ -62,7 +62,7 @@ def read_selection(layout_dir: str) -> Optional[Selection]:
 
 
 def _oci(d: Descriptor) -> Descriptor:
-    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, d.annotations)
+    return d.as_oci_layer()
 
 
 def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) -> None:

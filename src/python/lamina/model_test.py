@@ -76,9 +76,14 @@ def test_platform_of_config_reads_os_architecture_variant() -> None:
         (OCI_LAYER_ZSTD, "zstd", OCI_LAYER_ZSTD),
         (DOCKER_LAYER, "none", OCI_LAYER),
         (DOCKER_LAYER_GZIP, "gzip", OCI_LAYER_GZIP),
-        (OCI_LAYER_GZIP + ".nondistributable", "gzip", OCI_LAYER_GZIP),
+        (OCI_LAYER_GZIP + ".nondistributable", "gzip", "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar", "none",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar"),
+        ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "gzip",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
     ],
-    ids=["oci", "oci-gzip", "oci-zstd", "docker", "docker-gzip", "nondistributable"],
+    ids=["oci", "oci-gzip", "oci-zstd", "docker", "docker-gzip", "nondistributable-suffix", "oci-nondistributable",
+         "docker-foreign"],
 )
 def test_layer_media_types_map_to_compression_and_oci_type(media_type: str, compression: str, oci: str) -> None:
     assert layer_compression(media_type) == compression
@@ -99,6 +104,15 @@ def test_descriptor_json_round_trip_sorts_annotations() -> None:
     assert d.to_json() == value
     assert d.hex == "ab" * 32
     assert d.with_annotations({"a": "x", "c": "3"}).annotations == (("a", "x"), ("b", "2"), ("c", "3"))
+
+
+def test_descriptor_urls_round_trip_and_are_checked() -> None:
+    value = {"mediaType": OCI_LAYER, "digest": DIGEST, "size": 3, "urls": ["https://example.invalid/b"]}
+    d = Descriptor.from_json(value, "here")
+    assert d.urls == ("https://example.invalid/b",) and d.to_json() == value
+    assert d.with_annotations({"a": "1"}).urls == d.urls and d.as_oci_layer().urls == d.urls
+    with pytest.raises(InvalidSource, match="here: descriptor urls 'x' is not a list of strings"):
+        Descriptor.from_json({**value, "urls": "x"}, "here")
 
 
 @pytest.mark.parametrize(
