@@ -186,6 +186,14 @@ BAD_CASES = {
         'composed_image(name="img", base="../../images/base.tar", layers=[":l"])\n',
         ["bad/other_architecture:l", "linux/arm64", "linux/amd64"],
     ),
+    "bad_repository": (
+        'composed_image(name="img", base="../../images/base.tar", repository="Team/Dev")\n',
+        ["bad/bad_repository:img", "'repository'", "'Team/Dev'", "path component 'Team'", 'repository="team/dev"'],
+    ),
+    "bad_tag": (
+        'composed_image(name="img", base="../../images/base.tar", image_tags=["v1:latest"])\n',
+        ["bad/bad_tag:img", "'image_tags'", "'v1:latest'", "not a Docker tag", "the repository goes in `repository`"],
+    ),
 }
 
 
@@ -335,3 +343,11 @@ def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRe
     finally:
         for path in kept.values():
             shutil.rmtree(path, ignore_errors=True)
+
+
+def test_run_without_image_tags_runs_the_image_by_its_id(repo: SampleRepo) -> None:
+    repo.write("notags/BUILD", 'composed_image(name="img", base="../images/base.tar", image_tags=[])\n')
+    result = repo.pants("run", "notags:img", "--", "echo", "ran-untagged", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "ran-untagged" in result.stdout, output  # was: IndexError
+    assert "loaded sha256:" in result.stderr and "(untagged)" in result.stderr, output
