@@ -5,8 +5,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from lamina.errors import LaminaError
 from lamina.model import Platform, parse_json
@@ -193,10 +194,29 @@ def cmd_extract(args: argparse.Namespace) -> int:
     image = open_image(args.source, name=args.name, platform=_platform(args.platform), registry=_registry(args))
     selector = parse_selector(args.layer)
     layers = select(image, selector)
-    selection = extract(image, layers, args.out, str(selector))
+    selection = extract(image, layers, args.out, str(selector), _test_pause("copy"))
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
+
+
+def _test_pause(point: str) -> Optional[Callable[[str], None]]:
+    """A hook for tests that must stop a build at a known point, not after a guessed sleep.
+
+    LAMINA_TEST_PAUSE_AT=POINT:MARKER: at POINT ("copy": a layer's bytes are in their temporary
+    file in `lamina extract`, not yet checked and renamed into place) lamina writes that file's
+    path to MARKER (atomically) and sleeps for an hour, to be killed there. Unset: no hook."""
+    at, _, marker = os.environ.get("LAMINA_TEST_PAUSE_AT", "").partition(":")
+    if at != point or not marker:
+        return None
+
+    def pause(path: str) -> None:
+        with open(marker + ".tmp", "w") as f:
+            f.write(path)
+        os.replace(marker + ".tmp", marker)
+        time.sleep(3600)
+
+    return pause
 
 
 def cmd_compose(args: argparse.Namespace) -> int:

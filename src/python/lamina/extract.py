@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from lamina.blobs import DiffIdHasher, chunks, copy_extent_verified
 from lamina.errors import DigestMismatch, InvalidSource
@@ -65,8 +65,11 @@ def _oci(d: Descriptor) -> Descriptor:
     return d.as_oci_layer()
 
 
-def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) -> None:
-    """Copy a layer blob to `dest` in one pass, checking its digest, size and diff_id."""
+def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress,
+                        pause: Optional[Callable[[str], None]] = None) -> None:
+    """Copy a layer blob to `dest` in one pass, checking its digest, size and diff_id. `pause`, a
+    test hook, is called with the temporary file once the bytes are in it, before it is renamed
+    into place."""
     hasher = None if layer.compression == "none" else DiffIdHasher(layer.compression, what)
     tmp = dest + ".tmp"
     try:
@@ -85,6 +88,8 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
                     if hasher:
                         hasher.update(data)
                     progress.add(len(data))
+        if pause is not None:
+            pause(tmp)
         if hasher:
             diff_id = hasher.digest()
             if diff_id != layer.diff_id:
@@ -100,8 +105,10 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
         raise
 
 
-def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) -> Selection:
-    """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically."""
+def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str,
+            pause: Optional[Callable[[str], None]] = None) -> Selection:
+    """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically. `pause`: see
+    copy_layer_verified."""
     selection = Selection(image.source, selector, tuple(l.index for l in layers))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -114,7 +121,8 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) 
             if os.path.exists(dest):
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            copy_layer_verified(layer, dest, f"{image.source}: layer {layer.index} ({layer.descriptor.digest})", progress)
+            copy_layer_verified(layer, dest, f"{image.source}: layer {layer.index} ({layer.descriptor.digest})", progress,
+                                pause)
         # The manifest of the whole source image (media types mapped to OCI, digests unchanged).
         manifest_desc = image.manifest_descriptor
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)

@@ -14,7 +14,7 @@ from lamina.model import Platform
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
 from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic, write_oci_dir
 from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
 
@@ -136,3 +136,26 @@ def test_an_uncompressed_layer_is_copied_by_the_kernel_and_checked(tmp_path, sou
     with pytest.raises(Exception, match="blob content is sha256:"):
         _extract(flipped, "0", str(tmp_path / "flipped"))
     assert not (tmp_path / "flipped").exists() and leftovers(str(tmp_path)) == []
+
+
+def test_the_test_pause_hook_stops_extract_with_the_bytes_unpublished(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.cli
+
+    write_oci_dir(FakeImage([FakeLayer({"a": b"a" * 5000})]), str(tmp_path / "img"))
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("LAMINA_TEST_PAUSE_AT", f"copy:{marker}")
+
+    class Paused(Exception):
+        pass
+
+    def stop(seconds: float) -> None:
+        partial = marker.read_text()
+        assert partial.endswith(".tmp") and os.path.getsize(partial) > 0  # the bytes are there, unpublished
+        raise Paused()
+
+    monkeypatch.setattr(lamina.cli.time, "sleep", stop)
+    with pytest.raises(Paused):
+        lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+    monkeypatch.delenv("LAMINA_TEST_PAUSE_AT")
+    assert lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")]) == 0
