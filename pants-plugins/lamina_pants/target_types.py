@@ -350,20 +350,78 @@ class ComposedImageCheckDependenciesField(BoolField):
     )
 
 
+# Docker's reference grammar (distribution/reference): path components separated by '/', after an
+# optional registry host (it has a '.' or a ':', or is localhost) with an optional port; tags.
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def repository_error(value: str) -> Optional[str]:
+    """Why `value` is not a Docker repository name ([host[:port]/]path), or None."""
+    if not value:
+        return "is empty"
+    if len(value) > 255:
+        return "is longer than 255 characters"
+    parts = value.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        if not _DOMAIN.match(parts[0]):
+            return f"has a registry host {parts[0]!r} that is not host[:port]"
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_COMPONENT.match(part):
+            return (f"has the path component {part!r}: components are lowercase letters and digits, "
+                    "separated by '.', '_', '__' or dashes, between '/'")
+    return None
+
+
 class ComposedImageRepositoryField(StringField):
     alias = "repository"
     help = help_text(
         """
-        The repository name the image is tagged with when loaded or pushed, e.g. `"team/dev"`.
-        Defaults to the target's name.
+        The repository name the image is tagged with when loaded or pushed, e.g. `"team/dev"` or
+        `"registry.example.com:5000/team/dev"` (Docker's grammar: lowercase path components
+        separated by `/`, after an optional `host[:port]/`). Defaults to the target's name.
         """
     )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> Optional[str]:
+        value = super().compute_value(raw_value, address)
+        problem = repository_error(value) if value is not None else None
+        if problem:
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} {problem}: {value!r}. Write a Docker "
+                "repository name, e.g. repository=\"team/dev\" or \"registry.example.com:5000/team/dev\" "
+                "(no tag: tags go in `image_tags`)."
+            )
+        return value
 
 
 class ComposedImageTagsField(StringSequenceField):
     alias = "image_tags"
     default = ("latest",)
-    help = "Tags of `repository` written into the image archive. Example: `image_tags=[\"v1\", \"latest\"]`."
+    help = help_text(
+        """
+        Tags of `repository` written into the image archive, each a letter, digit or `_`, then up to
+        127 letters, digits, `_`, `.` or `-`. Example: `image_tags=["v1", "latest"]`.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        for tag in value or ():
+            if not _TAG.match(tag):
+                raise InvalidFieldException(
+                    f"The {repr(cls.alias)} field in target {address} has {tag!r}, which is not a Docker tag: "
+                    "a letter, digit or '_', then up to 127 letters, digits, '_', '.' or '-'; e.g. "
+                    "image_tags=[\"v1.2\", \"latest\"] (the repository goes in `repository`)."
+                )
+        return value
 
 
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")

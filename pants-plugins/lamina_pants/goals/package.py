@@ -45,7 +45,7 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, StartCheck, finding_lines
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, LayerIndex, ScanRequest, StartCheck, finding_lines
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
@@ -141,13 +141,18 @@ class ComposedStack:
     base: Optional[Bundle]
     files_layer: Optional[FilesLayer]
 
-    def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
-        """The composition check of this stack under the target's policy: one cached scan per
-        layer, and the files layer's own index on top."""
-        names = ([f"base image of {fs.address}"] if self.base is not None else []) + [
+    def scan_requests(self, address: Address) -> Tuple[ScanRequest, ...]:
+        """One cached scan per bundle of the stack below the files layer, base first: read by the
+        check, and by the files layer to lay itself on them."""
+        names = ([f"base image of {address}"] if self.base is not None else []) + [
             f"layer {a}" for a in self.layer_addresses
         ]
         stack = ([self.base] if self.base is not None else []) + list(self.layers)
+        return tuple(ScanRequest(b, address, name) for b, name in zip(stack, names))
+
+    def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
+        """The composition check of this stack under the target's policy: one cached scan per
+        layer, and the files layer's own index on top."""
         policy = fs.on_start_failure.value or "warn"
         start = None
         if policy != "ignore":  # the config compose writes: the base's, with this target's overrides
@@ -155,7 +160,7 @@ class ComposedStack:
             start = StartCheck(policy, config, fs.platform.value, self.base)
         return CheckRequest(
             fs.address,
-            tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
+            self.scan_requests(fs.address),
             fs.on_conflict.value or "warn",
             tuple(fs.allowed_conflicts.value or ()),
             fs.check_dependencies.value,
@@ -170,9 +175,19 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
         Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
         Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
     )
-    layer_bundles = await MultiGet(
-        Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses
+    base_request: Optional[BundleRequest] = None
+    if fs.base.value != "scratch":
+        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
+        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
+    # The base and the layers are extracted side by side.
+    bundles = await MultiGet(
+        [
+            *(Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses),
+            *((Get(Bundle, BundleRequest, base_request),) if base_request is not None else ()),
+        ]
     )
+    layer_bundles = bundles[: len(layer_addresses)]
+    base: Optional[Bundle] = bundles[-1] if base_request is not None else None
     files = await Get(
         SourceFiles,
         SourceFilesRequest(
@@ -182,31 +197,25 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
         ),
     )
     # The image's own files become one layer, made once in its own process: compose takes it as it
-    # is and the check reads its index. It is made while the base is extracted.
+    # is and the check reads its index. It is laid on the layers below as COPY writes, so it reads
+    # their scans (the ones the check reads too).
     destinations = _file_destinations(fs, files.snapshot.files)
-    files_request = None
+    files_layer: Optional[FilesLayer] = None
     if destinations:
+        below = ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None).scan_requests(fs.address)
+        indexes = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in below)
         files_spec = await Get(
             Digest, CreateDigest([FileContent("__files.json", json.dumps({"files": destinations}, sort_keys=True).encode())])
         )
-        files_request = FilesLayerRequest(
-            fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
+        files_layer = await Get(
+            FilesLayer,
+            FilesLayerRequest(
+                fs.address,
+                await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])),
+                "__files.json",
+                tuple((index.digest, index.name) for index in indexes),
+            ),
         )
-    base_request = None
-    if fs.base.value != "scratch":
-        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
-        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
-    # (Gets stay in the rule's own body: Pants 2.17 finds a rule's dependencies there.)
-    files_layer: Optional[FilesLayer] = None
-    base: Optional[Bundle] = None
-    if files_request is not None and base_request is not None:
-        files_layer, base = await MultiGet(
-            Get(FilesLayer, FilesLayerRequest, files_request), Get(Bundle, BundleRequest, base_request)
-        )
-    elif files_request is not None:
-        files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
-    elif base_request is not None:
-        base = await Get(Bundle, BundleRequest, base_request)
     return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer)
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
@@ -33,16 +34,19 @@ class ComposedImageRunFieldSet(RunFieldSet):
     image_tags: ComposedImageTagsField
 
 
+_LOADED = re.compile(r"^loaded (sha256:[0-9a-f]{64}) ", re.MULTILINE)
+
+
+def _loaded_image_id(summary: str) -> Optional[str]:
+    found = _LOADED.search(summary)
+    return found.group(1) if found else None
+
+
 @rule(desc="Run a composed image")
 async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsystem) -> RunRequest:
     wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
     package_fs = ComposedImageFieldSet.create(wrapped.target)
     refs = package_fs.image_refs()
-    if not refs:
-        raise LaminaBuildError(
-            f"{fs.address}: `pants run` needs a tag to run the image by, and `image_tags` is empty; "
-            "give it one, e.g. image_tags=[\"latest\"]"
-        )
     # Loaded from the compose spec: the layers are read from the bundles Pants keeps (linked into
     # the process read-only), never from a packaged archive. The check still has to pass first.
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, package_fs)
@@ -63,7 +67,12 @@ async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsyst
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
-    logger.info(loaded.stdout.decode(errors="replace").strip())
+    summary = loaded.stdout.decode(errors="replace").strip()
+    logger.info(summary)
+    # With `image_tags=[]` the image has no name: it is run by the ID `lamina load` reports.
+    target = refs[0] if refs else _loaded_image_id(summary)
+    if target is None:
+        raise LaminaBuildError(f"{fs.address}: `lamina load` did not say which image it loaded: {summary!r}")
     docker = await Get(
         BinaryPaths, BinaryPathRequest(binary_name="docker", search_path=SearchPath(env.get("PATH", "/usr/bin:/bin").split(":")))
     )
@@ -71,7 +80,7 @@ async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsyst
         raise LaminaBuildError(f"{fs.address}: `pants run` needs the docker CLI on PATH to run the loaded image")
     return RunRequest(
         digest=EMPTY_DIGEST,
-        args=(docker.first_path.path, "run", "--rm", "-i", refs[0]),
+        args=(docker.first_path.path, "run", "--rm", "-i", target),
         extra_env={k: v for k, v in env.items()},
     )
 

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 from pants.engine.addresses import Address
-from pants.engine.fs import EMPTY_DIGEST, Digest, RemovePrefix
-from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.fs import EMPTY_DIGEST, AddPrefix, Digest, MergeDigests, RemovePrefix
+from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
 from lamina_pants.subsystem import LaminaSubsystem
@@ -101,16 +101,20 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
 
 
 FILES_LAYER_DIR = "__files_layer"
+BELOW_DIR = "__below"
 
 
 @dataclass(frozen=True)
 class FilesLayerRequest:
     """The layer a composed image makes of its own files: `input_digest` holds the files and
-    `files_spec`, which says where each goes."""
+    `files_spec`, which says where each goes; `below` the scan indexes (digest, and the index
+    file's name at its root) of the layers it goes on, base first, so that it is laid on them as a
+    Dockerfile's COPY writes (through their symlinks, into their directories)."""
 
     address: Address
     input_digest: Digest
     files_spec: str
+    below: Tuple[Tuple[Digest, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -123,14 +127,18 @@ class FilesLayer:
 
 @rule
 async def make_files_layer(request: FilesLayerRequest) -> FilesLayer:
-    # Made once, keyed on the files and their destinations only: compose takes it as it is and the
-    # check reads its index, and a change elsewhere in the stack reuses it.
+    # Made once, keyed on the files, their destinations and the scans of the layers below (what
+    # they hold, never their bytes): compose takes it as it is and the check reads its index.
+    below = await MultiGet(
+        Get(Digest, AddPrefix(index, f"{BELOW_DIR}/{i}")) for i, (index, _) in enumerate(request.below)
+    )
     result = await Get(
         LaminaRunResult,
         LaminaRun(
             address=request.address,
-            argv=("files-layer", request.files_spec, f"--out={FILES_LAYER_DIR}", f"--name=files of {request.address}"),
-            input_digest=request.input_digest,
+            argv=("files-layer", request.files_spec, f"--out={FILES_LAYER_DIR}", f"--name=files of {request.address}",
+                  *(f"--below={BELOW_DIR}/{i}/{name}" for i, (_, name) in enumerate(request.below))),
+            input_digest=await Get(Digest, MergeDigests([request.input_digest, *below])),
             output_directory=FILES_LAYER_DIR,
             description=f"lamina: files layer of {request.address}",
         ),

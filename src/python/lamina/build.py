@@ -72,7 +72,8 @@ def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
 def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
     """The Image `spec` describes, composed without copying a layer: its layers read from their
     sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
-    files, is packed into a temporary directory under `scratch_dir`, removed on exit."""
+    files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
+    reads the headers of the layers below it (see newlayer.build_files_layer)."""
     base: Optional[Image] = None
     if spec.base is not None:
         base_spec = spec.base
@@ -96,7 +97,12 @@ def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
             # read from disk: checked (digest and diff_id) wherever it is read
             layers.append(read_files_layer_dir(spec.files_layer))
         elif files:
-            layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
+            # laid on the stack as COPY writes (through its symlinks, into its directories): the
+            # stack's headers are walked for that, each layer read once
+            from lamina.analyze.below import from_layers
+
+            below = from_layers([*(base.layers if base is not None else ()), *layers])
+            layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz"), below))
         yield compose(
             base,
             layers,

@@ -5,8 +5,9 @@ import argparse
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 from lamina.errors import LaminaError, SpecError
 from lamina.model import Platform, parse_json
@@ -177,7 +178,12 @@ def cmd_files_layer(args: argparse.Namespace) -> int:
     with open(args.spec, "rb") as f:
         data = parse_json(f.read(), args.spec)
     files, file_dirs = parse_files(data)
-    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out)
+    below = None
+    if args.below:
+        from lamina.analyze.below import from_indexes
+
+        below = from_indexes(args.below)
+    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out, below)
     index = os.path.join(args.out, "index.json")
     write_index([scan_files_layer(layer, args.name or f"files of {args.spec}")], index)
     print(json.dumps({"out": args.out, "digest": layer.descriptor.digest, "diff_id": layer.diff_id,
@@ -221,10 +227,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
                            registry=_registry(args))
         selector = parse_selector(args.layer)
         layers = select(image, selector)
-        selection = extract(image, layers, args.out, str(selector), index=args.index)
+        selection = extract(image, layers, args.out, str(selector), index=args.index,
+                            pause=_test_pause("copy"))
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
+
+
+def _test_pause(point: str) -> Optional[Callable[[str], None]]:
+    """A hook for tests that must stop a build at a known point, not after a guessed sleep.
+
+    LAMINA_TEST_PAUSE_AT=POINT:MARKER: at POINT ("copy": a layer's bytes are in their temporary
+    file in `lamina extract`, not yet checked and renamed into place) lamina writes that file's
+    path to MARKER (atomically) and sleeps for an hour, to be killed there. Unset: no hook."""
+    at, _, marker = os.environ.get("LAMINA_TEST_PAUSE_AT", "").partition(":")
+    if at != point or not marker:
+        return None
+
+    def pause(path: str) -> None:
+        with open(marker + ".tmp", "w") as f:
+            f.write(path)
+        os.replace(marker + ".tmp", marker)
+        time.sleep(3600)
+
+    return pause
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -349,6 +375,10 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--out", required=True,
                     help="directory to write: files-layer.tar.gz, files-layer.json (its description), index.json")
     fl.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
+    fl.add_argument("--below", action="append", default=[], metavar="INDEX",
+                    help="an index (from `lamina scan`) of layers the new layer goes on; repeat, base first. "
+                         "The files are then laid on them as a Dockerfile COPY writes: through their symlinks "
+                         "(/bin/x into /usr/bin/x on a usr-merged base), existing directories kept as they are")
     fl.set_defaults(func=cmd_files_layer)
 
     ck = sub.add_parser("check", help="check a stack of layer indexes (base first) for composition problems")

@@ -13,6 +13,7 @@ from lamina.blobs import CHUNK, chunks
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
+from lamina.formats.write import header_bytes
 from lamina.image import Image
 from lamina.model import canonical_json, sha256_digest
 
@@ -268,7 +269,7 @@ def _header(name: str, size: int) -> bytes:
     info.size = size
     info.mode = 0o644
     info.mtime = 0
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return header_bytes(info)  # ustar; GNU base-256 size for a layer of 8 GiB or more
 
 
 def _pad(size: int) -> bytes:

@@ -16,7 +16,7 @@ from lamina.select import parse_selector, select
 from lamina.sources import open_image
 from lamina.validate import validate
 from lamina_testing import hostile
-from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic, write_oci_dir
 from lamina_testing.kernel import count_kernel_copies
 
 FAKE = FakeImage([
@@ -194,3 +194,26 @@ def test_a_blob_that_is_a_file_is_linked_into_the_bundle_and_read_once(tmp_path)
         stored = tmp_path / "b" / "blobs" / "sha256" / layer.descriptor.hex
         assert os.stat(stored).st_ino == os.stat(str(layer.path)).st_ino
     assert (tmp_path / "b" / INDEX_FILE).is_file()
+
+
+def test_the_test_pause_hook_stops_extract_with_the_bytes_unpublished(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.cli
+
+    write_oci_dir(FakeImage([FakeLayer({"a": b"a" * 5000})]), str(tmp_path / "img"))
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("LAMINA_TEST_PAUSE_AT", f"copy:{marker}")
+
+    class Paused(Exception):
+        pass
+
+    def stop(seconds: float) -> None:
+        partial = marker.read_text()
+        assert partial.endswith(".tmp") and os.path.getsize(partial) > 0  # the bytes are there, unpublished
+        raise Paused()
+
+    monkeypatch.setattr(lamina.cli.time, "sleep", stop)
+    with pytest.raises(Paused):
+        lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+    monkeypatch.delenv("LAMINA_TEST_PAUSE_AT")
+    assert lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")]) == 0

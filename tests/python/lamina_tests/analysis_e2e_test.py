@@ -89,6 +89,15 @@ HELLO_C = "int foo(void);\nint main(void) { return foo() == 42 ? 0 : 1; }\n"
 # ----------------------------------------------------------------------------------------------
 
 
+def require_under_ci(reason: str) -> None:
+    """Skip for `reason`, except under CI (env CI set), which installs what these tests need
+    (.ci/services.sh): there a missing tool is a failure, never a quiet skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"under CI: {reason}")
+    pytest.skip(reason)
+
+
+
 def run_lamina(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
     """`lamina ARGV` in this process: (exit code, stdout, stderr)."""
     capsys.readouterr()
@@ -122,7 +131,7 @@ def section(report: str, heading: str) -> List[str]:
 def _compile_dyn_context(workdir: Path) -> Dict[str, bytes]:
     """hello (needs libfoo.so and libc) and libfoo.so built by gcc here, plus the host's libc and loader."""
     if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build a dynamically linked test binary")
+        require_under_ci("needs gcc (apt-get install gcc libc6-dev) to build a dynamically linked test binary")
     (workdir / "libfoo.c").write_text(LIBFOO_C)
     (workdir / "main.c").write_text(HELLO_C)
 
@@ -510,3 +519,13 @@ def test_pants_package_checks_the_start_command_and_the_engine_agrees(images: Im
     finally:
         for ref in refs:
             docker("image", "rm", "-f", ref, check=False, timeout=120)
+
+
+def test_without_gcc_these_tests_fail_under_ci_and_skip_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI: needs gcc"):
+        _compile_dyn_context(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs gcc"):
+        _compile_dyn_context(tmp_path)

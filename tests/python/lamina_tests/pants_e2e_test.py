@@ -187,6 +187,14 @@ BAD_CASES = {
         'composed_image(name="img", base="../../images/base.tar", layers=[":l"])\n',
         ["bad/other_architecture:l", "linux/arm64", "linux/amd64"],
     ),
+    "bad_repository": (
+        'composed_image(name="img", base="../../images/base.tar", repository="Team/Dev")\n',
+        ["bad/bad_repository:img", "'repository'", "'Team/Dev'", "path component 'Team'", 'repository="team/dev"'],
+    ),
+    "bad_tag": (
+        'composed_image(name="img", base="../../images/base.tar", image_tags=["v1:latest"])\n',
+        ["bad/bad_tag:img", "'image_tags'", "'v1:latest'", "not a Docker tag", "the repository goes in `repository`"],
+    ),
 }
 
 
@@ -379,3 +387,11 @@ def test_the_examples_package_without_findings_and_can_start_what_they_name(tmp_
     files = [e.path for layer in scan_image(app) for e in layer.entries if e.kind == "file"]
     assert files == ["etc/os-release", "etc/passwd", "usr/local/share/lamina/greeting.txt",
                      "usr/share/lamina/data.txt", "app/config/app.toml"], files  # as the README lists them
+
+
+def test_run_without_image_tags_runs_the_image_by_its_id(repo: SampleRepo) -> None:
+    repo.write("notags/BUILD", 'composed_image(name="img", base="../images/base.tar", image_tags=[])\n')
+    result = repo.pants("run", "notags:img", "--", "echo", "ran-untagged", check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "ran-untagged" in result.stdout, output  # was: IndexError
+    assert "loaded sha256:" in result.stderr and "(untagged)" in result.stderr, output

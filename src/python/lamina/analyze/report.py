@@ -14,6 +14,7 @@ ON_START_FAILURE = ON_CONFLICT
 # (kind, heading) in report order.
 GROUPS = (
     ("conflict", "conflicts"),
+    ("replacement", "replaced symlinks and directories"),
     ("whiteout", "whiteouts"),
     ("hardlink", "hard links"),
     ("missing-library", "missing libraries"),
@@ -25,6 +26,7 @@ MAX_ERRORS_LISTED = 20  # error findings an error message lists
 # kind -> how the error summary counts it (one, many).
 _COUNTED = {
     "conflict": ("conflict", "conflicts"),
+    "replacement": ("replaced symlink or directory", "replaced symlinks or directories"),
     "whiteout": ("foreign whiteout", "foreign whiteouts"),
     "hardlink": ("broken hard link", "broken hard links"),
     "missing-library": ("binary with missing libraries", "binaries with missing libraries"),

@@ -185,3 +185,26 @@ def test_layout_files_tag_each_entry() -> None:
     assert [e["annotations"][ANN_REF_NAME] for e in index["manifests"]] == ["a:1", "b:2"]
     assert {e["digest"] for e in index["manifests"]} == {sha(b"m")}
     assert "annotations" not in json.loads(layout_files(desc, ())["index.json"])["manifests"][0]
+
+
+ARM_FAMILY = (("arm", "v6"), ("arm", "v7"), ("arm64", "v8"))
+
+
+@pytest.mark.parametrize("wanted, picked", [
+    ("linux/arm", ("arm", "v7")), ("linux/arm/v6", ("arm", "v6")), ("linux/arm64", ("arm64", "v8")),
+    ("linux/arm64/v8", ("arm64", "v8")),
+], ids=["arm-default-v7", "arm-v6", "arm64", "arm64-v8"])
+@pytest.mark.parametrize("nested", [False, True], ids=["top-level", "nested"])
+def test_a_layout_picks_a_platform_by_the_registrys_rule(tmp_path, wanted: str, picked: tuple, nested: bool) -> None:  # type: ignore[no-untyped-def]
+    from lamina.registry.source import pick_platform
+
+    path = str(tmp_path / "layout")
+    write_oci_multi(path, [(_image(arch, variant), None) for arch, variant in ARM_FAMILY], nested=nested)
+    image = open_image("oci:" + path, platform=Platform.parse(wanted))  # was: "holds 3 images; name one"
+    assert (image.platform.architecture, image.platform.variant) == picked
+    # the registry picks the same entry of the same index
+    index = {"manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha256:" + f"{i}" * 64, "size": 1,
+                            "platform": {"os": "linux", "architecture": a, "variant": v}}
+                           for i, (a, v) in enumerate(ARM_FAMILY)]}
+    chosen = pick_platform(index, Platform.parse(wanted), "registry")
+    assert ARM_FAMILY[int(chosen.digest[-1])] == picked

@@ -8,12 +8,15 @@ from typing import Optional, Protocol
 from lamina.blobs import Opener, chunks, copy_extent_verified, copy_stream, link_or_copy, verified
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.tarindex import TarIndex, safe_member_path
-from lamina.model import Descriptor
+from lamina.model import Descriptor, check_digest
 
 SMALL_LIMIT = 64 << 20  # manifests, configs and indexes larger than this are refused
 
 
 def blob_path(digest: str) -> str:
+    """blobs/sha256/<hex>: the one place a digest becomes a path. Refuses anything but a
+    well-formed sha256 digest, so that no name read from data ("sha256:../../x") leaves blobs/."""
+    check_digest(digest, "blob name")
     algo, hex_ = digest.split(":", 1)
     return f"blobs/{algo}/{hex_}"
 

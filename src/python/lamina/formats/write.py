@@ -68,6 +68,18 @@ def write_oci_layout(image: Image, out_dir: str, progress: Optional[Progress] = 
         progress.close()
 
 
+USTAR_MAX_SIZE = 8**11 - 1  # the largest size a ustar header's 11 octal digits hold: 8 GiB - 1
+
+
+def header_bytes(info: tarfile.TarInfo) -> bytes:
+    """The header of one member of the tars lamina writes: ustar; a member of 8 GiB or more (which
+    ustar cannot hold) in GNU format, whose size field holds it as a base-256 number, as GNU tar
+    writes it (Docker's and containerd's archive/tar read it, so `docker load` does; so do GNU tar
+    and Python's tarfile). Members under 8 GiB get the same bytes as ever."""
+    fmt = tarfile.USTAR_FORMAT if info.size <= USTAR_MAX_SIZE else tarfile.GNU_FORMAT
+    return info.tobuf(fmt, tarfile.ENCODING, "surrogateescape")
+
+
 def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -101,7 +113,7 @@ class _Counting(io.RawIOBase):
 
 
 class _TarWriter:
-    """A plain (ustar) tar written straight to a file, as tarfile's "w" mode writes it (headers,
+    """A plain (ustar; GNU for a member of 8 GiB or more) tar written straight to a file, as tarfile's "w" mode writes it (headers,
     512-byte padding, two zero blocks, a whole last record), but with layer bytes copied by the
     kernel where it can."""
 
@@ -110,7 +122,7 @@ class _TarWriter:
         self.offset = 0
 
     def _header(self, info: tarfile.TarInfo) -> None:
-        buf = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        buf = header_bytes(info)
         self.f.write(buf)
         self.offset += len(buf)
 
