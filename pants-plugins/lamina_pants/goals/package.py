@@ -272,6 +272,11 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
+    if into_engine and not fs.image_refs():
+        raise LaminaBuildError(
+            f"{fs.address}: output_format=\"docker-daemon\" loads the image into the engine under its "
+            "`image_tags`, and `image_tags` is empty; give it one, e.g. image_tags=[\"latest\"]"
+        )
     if into_engine:
         # Into the local engine, sending only the layers it lacks; it is asked what it has now, so
         # this runs afresh every session. dist/ gets the audit trail only.

@@ -148,7 +148,9 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
             level=LogLevel.INFO,
             cache_scope=request.cache_scope,
             # Pants takes the outputs over into its store; an fsync in the sandbox only costs.
-            extra_env={"LAMINA_NO_FSYNC": "1", **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
+            # LAMINA_TMPDIR: temporary files (an engine image's export) go in the sandbox, not /tmp
+            extra_env={"LAMINA_NO_FSYNC": "1", "LAMINA_TMPDIR": ".",
+                       **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
                        **dict(request.extra_env)},
         ),
     )

@@ -14,6 +14,7 @@ from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, Targets
 
 from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.target_types import ComposedImageOutputFormatField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 
 _PATH_TRANSPORTS = ("docker-archive", "oci", "oci-archive")
@@ -115,6 +116,14 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
         targets = await Get(
             Targets, UnparsedAddressInputs([value], owning_address=address, description_of_origin=origin)
         )
+        target = targets[0]
+        if target.has_field(ComposedImageOutputFormatField) and target[ComposedImageOutputFormatField].value == "docker-daemon":
+            raise LaminaBuildError(
+                f"{address}: {request.field_alias}={value!r} names {target.address}, whose "
+                "output_format=\"docker-daemon\" loads it into the engine and writes no image file; name it "
+                "as `docker-daemon:REPOSITORY:TAG` after packaging it, or give it a file output_format "
+                "(\"oci\" is the cheapest)"
+            )
         field_sets = await Get(FieldSetsPerTarget, FieldSetsPerTargetRequest(PackageFieldSet, targets))
         if not field_sets.collection or not field_sets.collection[0]:
             raise LaminaBuildError(

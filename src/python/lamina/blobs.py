@@ -1,7 +1,6 @@
 """Streaming blob I/O: verified reads, hashing, copying and decompression in fixed-size chunks."""
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import os
@@ -236,6 +235,7 @@ class _ZstdReader(io.RawIOBase):
         self._fed = False  # input went into the current frame
         self._pending = b""  # compressed input read, from self._at on not yet fed
         self._at = 0
+        self._carry = b""  # input fed to a frame that ended before it
         self._out = b""
         self._pos = 0
 
@@ -244,25 +244,28 @@ class _ZstdReader(io.RawIOBase):
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
         while self._pos >= len(self._out):
-            if self._at >= len(self._pending):
-                self._pending, self._at = self._raw.read(CHUNK), 0
-                if not self._pending:
-                    if self._fed and not self._d.eof:
-                        raise InvalidSource("truncated zstd layer")
-                    return 0
             if self._d.eof:  # the next frame
                 self._d = self._zstd.ZstdDecompressor().decompressobj()
                 self._fed = False
-            feed = self._pending[self._at:self._at + _ZSTD_FEED]
-            self._at += len(feed)
+            if self._carry:  # fed to the last frame, not consumed by it: at most _ZSTD_FEED bytes
+                feed, self._carry = self._carry, b""
+            else:
+                if self._at >= len(self._pending):
+                    self._pending, self._at = self._raw.read(CHUNK), 0
+                    if not self._pending:
+                        if self._fed and not self._d.eof:
+                            raise InvalidSource("truncated zstd layer")
+                        return 0
+                feed = self._pending[self._at:self._at + _ZSTD_FEED]
+                self._at += len(feed)
             try:
                 self._out = self._d.decompress(feed)
             except self._zstd.ZstdError as e:  # keep it one line for the user
                 raise InvalidSource(f"corrupt zstd layer: {e}") from e
             self._pos = 0
             self._fed = True
-            if self._d.eof and self._d.unused_data:
-                self._pending, self._at = self._d.unused_data + self._pending[self._at:], 0
+            if self._d.eof and self._d.unused_data:  # the next frame starts inside what was fed
+                self._carry = self._d.unused_data
         n = min(len(buffer), len(self._out) - self._pos)
         buffer[:n] = self._out[self._pos:self._pos + n]
         self._pos += n
@@ -276,22 +279,53 @@ class _ZstdReader(io.RawIOBase):
 
 
 class _GzipReader(io.RawIOBase):
-    """gzip decompression that turns truncation and corruption into InvalidSource."""
+    """gzip decompression, member after member, that turns truncation and corruption into
+    InvalidSource: whatever follows a member must be another member (as DiffIdHasher, which
+    computes diff_ids, reads them: a layer is read the same way wherever it is read). At most
+    CHUNK bytes come out per step, so a bomb never yields much at once."""
 
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
-        self._gz = gzip.GzipFile(fileobj=raw, mode="rb")
+        self._raw = raw
+        self._d = zlib.decompressobj(wbits=31)
+        self._fed = False  # input went into the current member
+        self._pending = b""
+        self._out = b""
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
+        while self._pos >= len(self._out):
+            if self._d.eof:  # the next member, if anything follows
+                rest = self._d.unused_data
+                self._d, self._fed = zlib.decompressobj(wbits=31), False
+                self._pending = rest + self._pending
+            data = self._d.unconsumed_tail  # input the last step had no room to decompress
+            if not data:
+                if not self._pending:
+                    self._pending = self._raw.read(CHUNK)
+                    if not self._pending:
+                        if self._fed:
+                            raise InvalidSource("corrupt or truncated gzip layer: truncated gzip layer")
+                        return 0
+                data, self._pending = self._pending, b""
+            try:
+                self._out = self._d.decompress(data, CHUNK)
+            except zlib.error as e:
+                raise InvalidSource(f"corrupt or truncated gzip layer: {e}") from e
+            self._pos, self._fed = 0, True
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
         try:
-            data = self._gz.read(len(buffer))
-        except (EOFError, OSError, zlib.error) as e:
-            raise InvalidSource(f"corrupt or truncated gzip layer: {e}") from e
-        buffer[: len(data)] = data
-        return len(data)
+            self._raw.close()
+        finally:
+            super().close()
 
 
 def decompressed(stream: BinaryIO, compression: str) -> BinaryIO:

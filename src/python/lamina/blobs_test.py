@@ -231,3 +231,24 @@ def _write(tmp_path, data: bytes):  # type: ignore[no-untyped-def]
     path = tmp_path / "blob"
     path.write_bytes(data)
     return path
+
+
+def test_gzip_and_zstd_layers_read_alike_wherever_they_are_read() -> None:
+    """decompressed() (the tar walks, extract --index) and DiffIdHasher (diff_id checks) agree: a
+    stream of several members or frames reads whole; bytes after the last gzip member that do
+    not start another one are refused by both (gzip.GzipFile alone skips trailing zeros)."""
+    import gzip as _gzip
+
+    import zstandard
+
+    two = _gzip.compress(DATA[:5000], mtime=0) + _gzip.compress(DATA[5000:], mtime=0)
+    assert decompressed(io.BytesIO(two), "gzip").read() == DATA
+    frames = b"".join(zstandard.ZstdCompressor().compress(DATA[i:i + 700]) for i in range(0, len(DATA), 700))
+    assert decompressed(io.BytesIO(frames), "zstd").read() == DATA
+    padded = _gzip.compress(DATA, mtime=0) + b"\0" * 64
+    with pytest.raises(InvalidSource, match="corrupt or truncated gzip layer"):
+        decompressed(io.BytesIO(padded), "gzip").read()
+    hasher = DiffIdHasher("gzip", "l")
+    with pytest.raises(InvalidSource, match="corrupt gzip layer"):
+        hasher.update(padded)
+        hasher.digest()

@@ -70,3 +70,10 @@ def test_scan_indexes_a_bomb_layer_in_bounded_memory(bomb: str, tmp_path) -> Non
     assert r["rc"] == 0, r["stderr"]
     assert json.loads(r["stdout"])["layers"][0]["entries"] == 4
     assert r["mb"] < LIMIT_MB, f"scan peaked at {r['mb']:.0f} MB"
+
+
+def test_extract_with_index_copies_and_indexes_a_bomb_layer_in_bounded_memory(bomb: str, tmp_path) -> None:
+    r = _lamina("extract", bomb, "--layer", "0", "--index", "--out", str(tmp_path / "out"))  # as Pants runs it
+    assert r["rc"] == 0, r["stderr"]
+    assert (tmp_path / "out" / "lamina-index.json").is_file()
+    assert r["mb"] < LIMIT_MB, f"extract --index peaked at {r['mb']:.0f} MB"

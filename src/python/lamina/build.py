@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 from lamina.compose import compose
 from lamina.errors import InvalidSource, SpecError
@@ -20,8 +20,12 @@ from lamina.sources import open_image, parse_source
 from lamina.model import Platform
 from lamina.spec import FileSpec, LayerSpec, Spec
 
+if TYPE_CHECKING:
+    from lamina.registry.transport import RegistryOptions
 
-def _open(spec: LayerSpec, platform: Optional[Platform]) -> tuple[Image, tuple[Layer, ...], str]:
+
+def _open(spec: LayerSpec, platform: Optional[Platform],
+          registry: Optional["RegistryOptions"] = None) -> tuple[Image, tuple[Layer, ...], str]:
     """(image, selected layers, selector text) for one layer spec."""
     ref = parse_source(spec.source)
     selection = read_selection(ref.path) if os.path.isdir(ref.path) else None
@@ -29,7 +33,7 @@ def _open(spec: LayerSpec, platform: Optional[Platform]) -> tuple[Image, tuple[L
         raise SpecError(f"{spec.source}: \"verified\" vouches for a bundle `lamina extract` wrote, and this is "
                         "not one; leave it out to have the layers checked as they are read")
     name = spec.name or (selection.source if selection else spec.source)
-    image = open_image(spec.source, name=name, platform=platform)
+    image = open_image(spec.source, name=name, platform=platform, registry=registry)
     if spec.verified:
         image = dataclasses.replace(image, layers=tuple(
             dataclasses.replace(l, verified_by="lamina extract") if l.has_bytes else l for l in image.layers))
@@ -69,17 +73,18 @@ def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
 
 
 @contextmanager
-def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
+def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"] = None) -> Iterator[Image]:
     """The Image `spec` describes, composed without copying a layer: its layers read from their
     sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
     files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
-    reads the headers of the layers below it (see newlayer.build_files_layer)."""
+    reads the headers of the layers below it (see newlayer.build_files_layer). `registry`
+    configures `docker://` sources (default: as the environment says)."""
     base: Optional[Image] = None
     if spec.base is not None:
         base_spec = spec.base
         if spec.base.layer is None and not _is_bundle(spec.base.source):
             base_spec = dataclasses.replace(spec.base, layer=":")
-        base, base_layers, _ = _open(base_spec, spec.platform)
+        base, base_layers, _ = _open(base_spec, spec.platform, registry)
         if len(base_layers) != len(base.layers):
             raise SpecError(f"base {spec.base.source}: a base must be a whole image, not some of its layers")
         missing = [l for l in base.layers if not l.has_bytes]
@@ -87,7 +92,7 @@ def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
             raise InvalidSource(f"base {spec.base.source}: layer {missing[0].index} has no bytes in this source")
     layers = []
     for layer_spec in spec.layers:
-        image, selected, selector = _open(layer_spec, spec.platform or (base.platform if base else None))
+        image, selected, selector = _open(layer_spec, spec.platform or (base.platform if base else None), registry)
         layers.extend(l.taken_from(image, selector, layer_spec.target or "") for l in selected)
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)

@@ -262,7 +262,7 @@ def test_hostile_source_fails_compose_and_leaves_nothing(tmp_path, case: hostile
 
 
 def test_files_go_through_the_symlinks_of_a_usr_merged_base_as_copy_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lamina.testing.images import FakeImage, FakeLayer
+    from lamina_testing.images import FakeImage, FakeLayer
 
     base = FakeImage([FakeLayer({"usr/": None, "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"})])
     write_oci_dir(base, str(tmp_path / "base"))

@@ -62,7 +62,8 @@ def _engine_source(source: str) -> Iterator[str]:
 
     from lamina.daemon import connect, export_unpacked
 
-    tmp = tempfile.mkdtemp(prefix="lamina-engine-")
+    # LAMINA_TMPDIR: where (the Pants plugin sets its sandbox: it is removed with it, whatever happens)
+    tmp = tempfile.mkdtemp(prefix="lamina-engine-", dir=os.environ.get("LAMINA_TMPDIR") or None)
     try:
         exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"))
         yield "docker-archive:" + exported.path
@@ -90,7 +91,7 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     with open(args.source, "rb") as f:
         spec = parse_spec(parse_json(f.read(), args.source))
-    with composed(spec, tempfile.gettempdir()) as image:
+    with composed(spec, tempfile.gettempdir(), options) as image:  # the registry flags apply to its sources too
         yield image
 
 

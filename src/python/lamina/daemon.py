@@ -201,13 +201,13 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
             path = os.path.join(out_dir, member)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             os.link(os.path.join(out_dir, target), path)
-    except _api_errors() as e:
-        raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
+    except FileNotFoundError as e:  # (an OSError: before the engine's errors, which include those)
+        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
     except (tarfile.TarError, EOFError) as e:
         raise DaemonError(f"the export of {name!r} from the Docker engine at {engine.name} is not a readable "
                           f"tar ({e})") from e
-    except FileNotFoundError as e:
-        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
+    except _api_errors() as e:
+        raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
     saved = read_docker_archive(DirSource(out_dir), name)
     if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
         raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "

@@ -155,9 +155,11 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
         if pause is not None:
             pause(tmp)
         os.replace(tmp, dest)
-    except BaseException:
+    except BaseException as e:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+        if isinstance(e, InvalidSource) and what not in str(e):  # a decompressor's error: say which layer
+            raise type(e)(f"{what}: {e}") from e
         raise
     return index
 

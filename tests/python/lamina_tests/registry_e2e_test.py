@@ -202,6 +202,24 @@ def test_push_of_a_compose_spec_writes_no_archive_first(tmp_path: Path, registry
     assert not list(tmp_path.glob(".lamina-files-*"))  # the files layer's temporary directory is gone
 
 
+def test_push_of_a_spec_checks_diff_ids_of_layers_no_one_verified(tmp_path: Path, registry: Registry,
+                                                                  capsys: pytest.CaptureFixture,
+                                                                  isolated_docker_config: str) -> None:
+    fake = _image("lying")
+    lying = FakeImage(fake.layers, config_extra={"rootfs": {"type": "layers", "diff_ids": [
+        sha(l.tar) for l in fake.layers[:2]] + [sha(b"not this layer")]}})
+    layout = _layout(tmp_path, lying, "lying")
+    (tmp_path / "spec.json").write_text(json.dumps({"platform": "linux/amd64",
+                                                     "layers": [{"source": "oci:" + layout, "layer": ":"}]}))
+    code, out, err = _cli(capsys, "push", str(tmp_path / "spec.json"), "--to", f"{registry.host}/lying/app:1")
+    assert code == 2 and out == "", (out, err)
+    assert "uncompressed content is " + sha(fake.layers[2].tar) + ", the config says " + sha(b"not this layer") in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    tags = subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{registry.host}/lying/app:1"],
+                          capture_output=True, text=True)
+    assert tags.returncode != 0  # no manifest names the layer
+
+
 def test_second_push_mounts_layers_another_repository_has(
         tmp_path: Path, registry: Registry, capsys: pytest.CaptureFixture, isolated_docker_config: str) -> None:
     fake = _image("m")

@@ -201,11 +201,13 @@ class RegistryClient:
         raise fail(reply, what, self.host)
 
     def upload_blob(self, repo: str, desc: Descriptor, opener: Opener, location: Optional[str] = None,
-                    what: str = "") -> int:
+                    what: str = "", diff_id: Optional[tuple[str, str]] = None) -> int:
         """Upload a blob from `opener` (a fresh stream per attempt): one PUT when small, PATCH chunks when large.
 
         After a transient failure the blob is looked up (the commit may have landed before the connection broke)
         and otherwise restarted from a new upload session. Returns the bytes of the upload that completed.
+        `diff_id`, as (compression, diff_id), is checked too for a layer no one has verified yet: a
+        mismatch fails the upload before its commit.
         """
         what = what or f"{self.registry}/{repo}: blob {desc.digest}"
         attempts = Attempts(self.options.retry)
@@ -214,8 +216,8 @@ class RegistryClient:
                 if location is None:
                     location = self._start_upload(repo, what)
                 if desc.size <= self.options.chunk_size:
-                    return self._put_whole(repo, location, desc, opener, what)
-                return self._put_chunks(repo, location, desc, opener, what)
+                    return self._put_whole(repo, location, desc, opener, what, diff_id)
+                return self._put_chunks(repo, location, desc, opener, what, diff_id)
             except TransientError as e:
                 location = None
                 if not attempts.failed(e.retry_after):
@@ -230,8 +232,9 @@ class RegistryClient:
             raise fail(reply, what, self.host)
         return self.transport.url(reply.header("Location"))
 
-    def _put_whole(self, repo: str, location: str, desc: Descriptor, opener: Opener, what: str) -> int:
-        with verified(opener, desc.digest, desc.size, what) as stream:
+    def _put_whole(self, repo: str, location: str, desc: Descriptor, opener: Opener, what: str,
+                   diff_id: Optional[tuple[str, str]] = None) -> int:
+        with verified(opener, desc.digest, desc.size, what, diff_id) as stream:
             reply = self.transport.request(
                 "PUT", _with_query(location, digest=desc.digest), scopes=push_scope(repo), what=what,
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(desc.size)},
@@ -239,9 +242,10 @@ class RegistryClient:
         self._check_committed(reply, desc, what)
         return desc.size
 
-    def _put_chunks(self, repo: str, location: str, desc: Descriptor, opener: Opener, what: str) -> int:
+    def _put_chunks(self, repo: str, location: str, desc: Descriptor, opener: Opener, what: str,
+                    diff_id: Optional[tuple[str, str]] = None) -> int:
         size, chunk = desc.size, self.options.chunk_size
-        with verified(opener, desc.digest, desc.size, what) as stream:
+        with verified(opener, desc.digest, desc.size, what, diff_id) as stream:
             start = 0
             while start < size:
                 n = min(chunk, size - start)

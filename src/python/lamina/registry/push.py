@@ -66,6 +66,7 @@ class _Blob:
     descriptor: Descriptor
     opener: Optional[Opener]
     mount_from: tuple[str, ...]  # repositories of the same registry that may hold it
+    diff_id: Optional[tuple[str, str]] = None  # (compression, diff_id) to check as it is uploaded
 
 
 def _bytes_opener(data: bytes) -> Opener:
@@ -85,7 +86,10 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
         # records it in the layer's annotation.
         named = (layer.source, dict(d.annotations).get(ANN_SOURCE, ""))
         repos = [r for r in (*(_source_repo(n, registry) for n in named), whole) if r]
-        out.append(_Blob(d, layer.opener_or_file(), tuple(dict.fromkeys(repos))))
+        # A layer no one has verified (read from a source, not a bundle) is checked against its
+        # diff_id too as it is sent, as a writer checks it.
+        check = None if layer.verified_by else (layer.compression, layer.diff_id)
+        out.append(_Blob(d, layer.opener_or_file(), tuple(dict.fromkeys(repos)), check))
     config = image.config_descriptor
     if config.digest not in seen:
         out.append(_Blob(config, _bytes_opener(image.config_bytes), (whole,) if whole else ()))
@@ -109,7 +113,7 @@ def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Seq
             "(a bundle holds only its selected layers); push an image that has every layer, or push its "
             "source to this registry first"
         )
-    client.upload_blob(repo, d, blob.opener, location, f"{client.registry}/{repo}: blob {d.digest}")
+    client.upload_blob(repo, d, blob.opener, location, f"{client.registry}/{repo}: blob {d.digest}", blob.diff_id)
     return BlobOutcome(d.digest, d.size, "uploaded")
 
 
