@@ -149,7 +149,7 @@ def _bytes_in(sandbox: Path) -> int:
 def big(setup):  # type: ignore[no-untyped-def]
     repo, registry, env, creds, a = setup
     tag = f"{PREFIX}/big:1"
-    build_image(tag, f"FROM {BASE_IMAGE}\nRUN head -c {BIG} /dev/urandom > /opt/big\n")
+    build_image(tag, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt && head -c {BIG} /dev/urandom > /opt/big\n")
     (repo.root / "bigimg").mkdir(exist_ok=True)
     docker_save(tag, repo.root / "bigimg" / "big.tar")
     docker("image", "rm", "-f", tag, check=False)
