@@ -377,10 +377,12 @@ composed_image(name="ownbin_scratch", base="scratch", platform="linux/amd64", fi
 
 
 def _findings(stderr: str, address: str) -> List[str]:
-    """The finding lines `pants package` logged for one target ([] when it logged none)."""
+    """The finding lines `pants package` showed for one target ([] when it showed none): they follow
+    the package's `Wrote ...` line, or, from `pants run`, a log line's prefix."""
     import re
 
-    match = re.search(rf"\] {re.escape(address)}: composition check found \d+ issue\(s\):\n((?:  .*\n?)*)", stderr)
+    match = re.search(rf"(?:^|\] ){re.escape(address)}: composition check found \d+ issue\(s\):\n((?:  .*\n?)*)",
+                      stderr, flags=re.MULTILINE)
     return [line.strip() for line in match.group(1).splitlines()] if match else []
 
 
