@@ -115,3 +115,11 @@ def test_files_from_dir_places_files_under_dest(tmp_path) -> None:  # type: igno
     _tree(tmp_path / "src", FILES, 0)
     pairs = sorted(files_from_dir(str(tmp_path / "src"), "/opt/x"))
     assert pairs == sorted((f"/opt/x/{rel}", os.path.join(str(tmp_path / "src"), rel)) for rel in FILES)
+
+
+def test_a_files_layer_description_nested_too_deeply_is_a_spec_error(tmp_path) -> None:  # found by lamina_fuzz
+    from lamina.newlayer import FILES_LAYER_META, read_files_layer_dir
+
+    (tmp_path / FILES_LAYER_META).write_bytes(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(SpecError, match="cannot read files-layer.json"):
+        read_files_layer_dir(str(tmp_path))

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
-from lamina_fuzz.seeds import SEEDS, write_seeds
+from lamina_fuzz.seeds import SEEDS, write_dictionary, write_seeds
 
 RSS_LIMIT_MB = 512
 INPUT_TIMEOUT_S = 30
@@ -80,15 +80,17 @@ def run_target(name: str, seconds: int, corpus: str, artifacts: str, rss_mb: int
     before = set(os.listdir(artifacts))
     args = [sys.executable, "-m", "lamina_fuzz.child", name, f"-max_total_time={seconds}", f"-rss_limit_mb={rss_mb}",
             f"-malloc_limit_mb={rss_mb}", f"-timeout={timeout}", f"-max_len={max_len}", "-print_final_stats=1",
-            f"-artifact_prefix={artifacts.rstrip(os.sep)}{os.sep}", "-close_fd_mask=1"]
+            f"-artifact_prefix={artifacts.rstrip(os.sep)}{os.sep}"]
     if runs is not None:
         args.append(f"-runs={runs}")
-    args.append(corpus)
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="lamina-fuzz-tmp-") as tmp:
-        proc = subprocess.run(args, env=_child_env(tmp), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        dictionary = os.path.join(tmp, "dictionary.txt")
+        write_dictionary(name, dictionary)
+        args += [f"-dict={dictionary}", corpus]
+        proc = subprocess.run(args, env=_child_env(tmp), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=seconds + 2 * timeout + 300, check=False)
-    log = proc.stderr.decode(errors="replace")
+    log = proc.stdout.decode(errors="replace")
     statuses = _STATUS.findall(log)
     stats = dict(_STAT.findall(log))
     last = statuses[-1] if statuses else ("0", "0", "0", "0")

@@ -342,10 +342,77 @@ SEEDS: dict[str, Callable[[], list[bytes]]] = {
 }
 
 
+# libFuzzer dictionaries: tokens the mutator splices in, so it need not find them byte by byte.
+_JSON = ['{"', '":', '","', '"}', "[", "]", "{}", "[]", "null", "true", "false", "-1", "1e400", "0.5", '"\\ud800"',
+         '"\\n"', "[" * 64, "{\"a\":" * 40]
+_IMAGE = ['"mediaType"', '"digest"', '"size"', '"layers"', '"config"', '"manifests"', '"platform"', '"annotations"',
+          '"rootfs"', '"diff_ids"', '"history"', '"empty_layer"', '"created_by"', '"architecture"', '"os"', '"variant"',
+          '"schemaVersion"', '"RepoTags"', '"Layers"', '"Config"', '"imageLayoutVersion"', '"1.0.0"', OCI_MANIFEST,
+          OCI_INDEX, OCI_CONFIG, DOCKER_MANIFEST, "application/vnd.docker.distribution.manifest.list.v2+json",
+          *LAYER.values(), ".nondistributable", REF_NAME, "io.containerd.image.name", "sha256:", "linux", "amd64", "arm64",
+          "unknown", "v8", "latest"]
+_BUNDLE = ["\n%%\n", "{d:0}", "{d:1}", "{d:2}", "{h:0}", "{h:1}", "{h:2}", "{s:0}", "{s:1}", "{u:0}", "{u:1}", " |gz",
+           " |zst", " -> ", "@tag\n", "@platform\n", "@ref\n", "manifest.json", "index.json", "oci-layout", "blobs/sha256/",
+           "lamina-selection.json", "../", "/", "./", "layer.tar"]
+_TAR = ["ustar\x0000", "ustar  \x00", "././@LongLink", "././@PaxHeader", "path=", "linkpath=", "size=", "uid=",
+        "GNU.sparse.", "hdrcharset=", ".wh.", ".wh..wh..opq", "\x1f\x8b\x08", "\x28\xb5\x2f\xfd", "\x7fELF"]
+_HTTP = ["GET ", "HEAD ", "/v2/team/app/manifests/", "/v2/team/app/blobs/", "/v2/team/app/tags/list", "200\n", "401\n",
+         "404\n", "307\n", "429\n", "503\n", "WWW-Authenticate: ", "Content-Type: ", "Location: ", "Retry-After: ",
+         "Docker-Content-Digest: ", "Bearer ", "Basic ", "realm=", "service=", "scope=", "https://auth.fuzz/token",
+         '"token"', '"access_token"', '"expires_in"', '"errors"', '"code"', '"tags"', "@docker-config\n", "repository:"]
+_AUTH = ['"auths"', '"auth"', '"credHelpers"', '"credsStore"', '"identitytoken"', '"registrytoken"', '"username"',
+         '"password"', '"Username"', '"Secret"', "<token>", "dXNlcjpwYXNz"]
+_SPEC = ['"base"', '"layers"', '"files"', '"file_dirs"', '"src"', '"dest"', '"source"', '"layer"', '"name"', '"target"',
+         '"verified"', '"env"', '"entrypoint"', '"cmd"', '"workdir"', '"user"', '"labels"', '"exposed_ports"', '"volumes"',
+         '"stop_signal"', '"tags"', '"format"', '"allow_platform_mismatch"', '"files_layer"', '"scratch"', "docker-archive:",
+         "oci:", "oci-archive:", "path=", "created_by=", "linux/amd64"]
+_INDEX = ['"format"', '"lamina.layer-index/1"', '"entries"', '"path"', '"kind"', '"mode"', '"uid"', '"gid"', '"sha256"',
+          '"linkname"', '"elf"', '"bits"', '"endian"', '"machine"', '"needed"', '"soname"', '"runpath"', '"rpath"',
+          '"complete"', '"below"', '"below_diff_ids"', '"texts"', '"on_top"', '"index"', '"diff_id"', '"media_type"', "file",
+          "dir", "symlink", "hardlink", "other"]
+_ARCHIVE = _JSON + _IMAGE + _BUNDLE + _TAR
+DICTIONARIES: dict[str, list[str]] = {
+    "docker_archive": _ARCHIVE, "oci_layout": _ARCHIVE, "oci_archive": _ARCHIVE, "archive_bytes": _JSON + _IMAGE + _TAR,
+    "layer_tar": _TAR, "layer_gzip": _TAR, "layer_zstd": _TAR, "elf": ["\x7fELF", "\x02\x01\x01", "\x01\x02\x01"],
+    "www_authenticate": _HTTP, "token_response": _JSON + _HTTP, "registry": _JSON + _IMAGE + _BUNDLE + _HTTP + _AUTH,
+    "docker_config": _JSON + _AUTH, "spec": _JSON + _SPEC, "layer_index": _JSON + _INDEX,
+    "files_layer": _JSON + _BUNDLE + _TAR + ['"diff_id"', '"history"', "files-layer.json", "files-layer.tar.gz"],
+}
+
+
+def write_dictionary(target: str, path: str) -> None:
+    """The target's tokens in libFuzzer's dictionary format (one quoted, escaped token a line)."""
+    with open(path, "w") as f:
+        for token in DICTIONARIES[target]:
+            escaped = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "\\x%02x" % ord(c) for c in token)
+            f.write(f'"{escaped}"\n')
+
+
+DEEP = b"[" * 5000 + b"]" * 5000  # JSON nested deeper than Python's recursion limit
+_JSON_TARGETS = {"token_response", "docker_config", "spec", "layer_index"}
+
+
+def _deep_documents() -> dict[str, list[bytes]]:
+    """For the readers of JSON inside archives, layouts and registries: DEEP in each document's place."""
+    manifest_path = "GET /v2/team/app/manifests/1"
+    return {
+        "docker_archive": [encode([("manifest.json", DEEP)])],
+        "oci_archive": [encode([_LAYOUT, ("index.json", DEEP)])],
+        "oci_layout": [encode([_LAYOUT, ("index.json", DEEP)]), encode([("oci-layout", DEEP)]),
+                       encode([_LAYOUT, ("index.json", b"{}"), ("lamina-selection.json", DEEP)])],
+        "registry": [encode([(manifest_path, _answer(200, [("Content-Type", OCI_MANIFEST)], DEEP))]),
+                     encode([(manifest_path, _answer(404, [], DEEP)), ("GET /v2/team/app/tags/list", _answer(200, [], DEEP))]),
+                     encode([(manifest_path, _answer(401, [("WWW-Authenticate", _CHALLENGE)])),
+                             ("GET https://auth.fuzz/token", _answer(200, [], DEEP))]),
+                     encode([("@docker-config", DEEP)])],
+        "files_layer": [encode([("files-layer.json", DEEP), ("files-layer.tar.gz |gz", b"")])],
+    }
+
+
 def write_seeds(target: str, directory: str) -> int:
     """The target's seeds as files in `directory` (libFuzzer's corpus form); how many."""
     os.makedirs(directory, exist_ok=True)
-    seeds = SEEDS[target]()
+    seeds = seeds_of(target)
     for i, data in enumerate(seeds):
         with open(os.path.join(directory, f"seed-{i:02d}"), "wb") as f:
             f.write(data)
@@ -353,6 +420,8 @@ def write_seeds(target: str, directory: str) -> int:
 
 
 def seeds_of(target: str) -> list[bytes]:
-    return SEEDS[target]()
+    """The target's seeds; those of a JSON reader include JSON nested too deeply to parse recursively."""
+    deep = [DEEP, b'{"a":' * 3000 + b"1" + b"}" * 3000] if target in _JSON_TARGETS else []
+    return SEEDS[target]() + deep + _deep_documents().get(target, [])
 
 

@@ -82,7 +82,7 @@ def parse_docker_config(data: bytes, path: str) -> DockerConfig:
     """A DockerConfig from config.json bytes; AuthError naming `path` when they are malformed."""
     try:
         raw = json.loads(data or b"{}")
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"{path}: malformed JSON ({e}); fix or remove the Docker config file") from e
     if not isinstance(raw, dict):
         raise AuthError(f"{path}: expected a JSON object; fix or remove the Docker config file")
@@ -130,7 +130,7 @@ def parse_helper_output(stdout: bytes, helper: str) -> Credentials:
     try:
         data = json.loads(stdout)
         user, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"docker-credential-{helper} get printed no credentials JSON ({e}); check the helper") from e
     if user == _TOKEN_USERNAME:
         return Credentials(identity_token=secret, origin=f"docker-credential-{helper}")
@@ -296,7 +296,7 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, Optional[float]]
     """(token, expires_in seconds or None) from a token endpoint's JSON answer."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"token endpoint {realm} answered no JSON ({e})") from e
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
