@@ -6,7 +6,8 @@ Usage (from anywhere; needs the Docker engine on /var/run/docker.sock and `./pan
     python3 bench/run.py                     # everything (~11 min): compose, memory, scale, examples
     python3 bench/run.py --quick             # small smoke run (< 3 min): same scenarios, tiny sizes
     python3 bench/run.py --runs 5            # more runs per measurement (default 3, --quick 2)
-    python3 bench/run.py --scenario memory   # one scenario: compose | memory | scale | examples | all
+    python3 bench/run.py --scenario memory   # one scenario: compose | engine | memory | scale | examples | all
+    python3 bench/run.py --scenario compose,engine   # several, side by side in one run
 
 Scenarios (each measurement is repeated --runs times, A/B interleaved; medians and ratios of
 medians are reported, never single timings):
@@ -28,6 +29,15 @@ medians are reported, never single timings):
             Pants run spent its time (from its log); and, if lamina CLI / floor misses its goal,
             a cProfile summary of one `lamina compose`. The seed's build-cache hits are checked
             (0 cold, 3 warm, 2 incremental), as are the digests of the composed images.
+            Every lamina process reports the bytes it read and wrote ([lamina].report_io, from
+            its own /proc/self/io); the summary lists them for a cold package, with the total
+            against the layers' size (goal: read <= 2x). Also: `pants package` after all three
+            sources changed, warm pantsd, minus a no-op, against one `lamina compose`.
+  engine    The same three images, named in the local engine (`docker-daemon:`), new content
+            every trial, warm pantsd: the seed's recipe starting from `docker save` (its image
+            ends in the engine) against `pants package` with docker-archive output and with
+            output_format="docker-daemon" (loaded into the engine, only missing layers sent);
+            then after one source changed (the seed re-saves only that image).
   memory    `lamina compose`/`extract`/`scan`/`check`/`validate` over 1 GiB of synthetic
             layers (written streaming, no Docker): peak RSS must stay under 150 MB.
   scale     20 composed_image targets sharing those layers in one `pants package ::`: time and

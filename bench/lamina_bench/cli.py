@@ -21,11 +21,15 @@ def parse_args(argv: List[str], doc: str) -> argparse.Namespace:
                    help="small smoke run (< 3 min): tiny layers, 2 runs; scale and examples do one cold run")
     p.add_argument("--runs", type=int, help=f"runs per measurement (default {DEFAULT_RUNS}, --quick {QUICK_RUNS}); "
                                             "the scale scenario does at most 2")
-    p.add_argument("--scenario", choices=("all", *SCENARIOS), default="all", help="what to run (default: all)")
+    p.add_argument("--scenario", default="all",
+                   help=f"what to run: all (default), or one or more of {', '.join(SCENARIOS)}, comma-separated")
     p.add_argument("--workdir", type=Path, help="where the scratch directory is made (default: the system temp "
                                                 "dir); it is removed at the end")
     p.add_argument("--keep-workdir", action="store_true", help="leave the scratch directory in place")
     args = p.parse_args(argv)
+    unknown = [s for s in args.scenario.split(",") if s not in ("all", *SCENARIOS)]
+    if unknown:
+        p.error(f"unknown scenario {unknown[0]!r}; choose from all, {', '.join(SCENARIOS)}")
     if args.runs is not None and args.runs < 2:
         p.error("--runs must be at least 2: the bench reports medians, never single timings")
     return args
@@ -37,7 +41,7 @@ def make_config(args: argparse.Namespace) -> Config:
     workdir = Path(tempfile.mkdtemp(prefix="lamina-bench-", dir=args.workdir))
     return Config(
         runs=args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS),
-        scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
+        scenarios=SCENARIOS if args.scenario == "all" else tuple(args.scenario.split(",")),
         sizes=QUICK if args.quick else FULL,
         workdir=workdir.resolve(),
         keep_workdir=bool(args.keep_workdir),
@@ -48,11 +52,12 @@ def make_config(args: argparse.Namespace) -> Config:
 
 def _runners() -> Dict[str, Callable]:  # type: ignore[type-arg]
     from lamina_bench.scenarios.compose import run_compose
+    from lamina_bench.scenarios.engine import run_engine
     from lamina_bench.scenarios.examples import run_examples
     from lamina_bench.scenarios.memory import run_memory
     from lamina_bench.scenarios.scale import run_scale
 
-    return {"compose": run_compose, "memory": run_memory, "scale": run_scale, "examples": run_examples}
+    return {"compose": run_compose, "engine": run_engine, "memory": run_memory, "scale": run_scale, "examples": run_examples}
 
 
 def main(argv: List[str], doc: Optional[str] = None) -> int:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple
 
-SCENARIOS = ("compose", "memory", "scale", "examples")
+SCENARIOS = ("compose", "engine", "memory", "scale", "examples")
 MB = 1000 * 1000
 MIB = 1024 * 1024
 RSS_GOAL_MB = 150.0

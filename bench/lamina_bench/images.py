@@ -128,6 +128,26 @@ class SourceImages:
         os.replace(tmp, self.archive("img3"))
         return built - start, time.perf_counter() - built
 
+    def renew(self, save: bool = True) -> float:
+        """All three images rebuilt with new random payloads (new layers, new IDs), re-saved to
+        their archives when `save`: content nothing has seen yet. Returns the seconds it took."""
+        start = time.perf_counter()
+        for name, size_mb in zip(self.names, self.sizes.layer_mb):
+            write_random_file(self.root / name / "payload" / "data.bin", size_mb * MB)
+            self.objects.build(self.tags[name], self.root / name)
+            if save:
+                tmp = self.archive(name).with_suffix(".tar.tmp")
+                docker_save(self.tags[name], tmp)
+                os.replace(tmp, self.archive(name))
+        self.objects.remove_untagged()
+        return time.perf_counter() - start
+
+    def save_one(self, name: str, dest: Path) -> float:
+        """`docker save` one image to `dest/<name>.tar`; seconds."""
+        start = time.perf_counter()
+        docker_save(self.tags[name], dest / f"{name}.tar")
+        return time.perf_counter() - start
+
     def save_all(self, dest: Path) -> float:
         """`docker save` the three images to `dest` (what the seed's recipe starts with); seconds."""
         start = time.perf_counter()

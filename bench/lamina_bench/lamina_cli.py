@@ -23,8 +23,9 @@ class LaminaCli:
         spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
         return self("compose", str(spec_path), f"--out={out}", cwd=workdir)
 
-    def extract(self, source: str, selector: str, out: Path, name: str, cwd: Path) -> Run:
-        return self("extract", source, f"--layer={selector}", f"--out={out}", f"--name={name}", cwd=cwd)
+    def extract(self, source: str, selector: str, out: Path, name: str, cwd: Path, index: bool = False) -> Run:
+        return self("extract", source, f"--layer={selector}", f"--out={out}", f"--name={name}",
+                    *(("--index",) if index else ()), cwd=cwd)
 
     def diff_ids(self, image: Path) -> List[str]:
         doc = json.loads(self("layers", str(image), "--json", cwd=image.parent).stdout)

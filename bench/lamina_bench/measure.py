@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 TIME_BIN = "/usr/bin/time"
 
@@ -134,6 +134,9 @@ class Results:
     phases: Dict[str, List[Dict[str, float]]] = field(default_factory=dict)  # where a Pants run's time went
     profiles: Dict[str, List[str]] = field(default_factory=dict)  # cProfile summaries of lamina processes
     load: Dict[str, float] = field(default_factory=dict)  # 1-minute load average at the start of each run
+    # per measured step: (process, bytes read, bytes written) of each lamina process, and the
+    # bytes of layers the step had to handle (what "read once" is measured against)
+    io: Dict[str, Tuple[List[Tuple[str, int, int]], int]] = field(default_factory=dict)
 
     def series_for(self, key: str, label: str, group: str, note: str = "") -> Series:
         if key not in self.series:
@@ -155,6 +158,11 @@ class Results:
 
     def note_load(self, scenario: str, run: int) -> None:
         self.load[f"{scenario} run {run + 1}"] = round(os.getloadavg()[0], 2)
+
+    def add_io(self, key: str, rows: List[Tuple[str, int, int]], layer_bytes: int) -> None:
+        """The newest run's I/O of each lamina process of a step (kept: the last one measured)."""
+        if rows:
+            self.io[key] = (rows, layer_bytes)
 
     def add_phases(self, key: str, phases: Dict[str, float]) -> None:
         if phases:

@@ -7,7 +7,7 @@ import re
 import signal
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from lamina_bench.env import Tools
 from lamina_bench.measure import Run, log, rmtree, run
@@ -21,10 +21,12 @@ def offline_toml(wheels: Path) -> str:
 [python-repos]
 indexes = []
 find_links = ["file://{wheels}"]
-
-[lamina]
-interpreter_constraints = ["CPython==3.9.*"]
 """
+
+
+# Lines of the sample repo's `[lamina]` table (SampleRepo writes the table, with its core_target).
+# report_io: every lamina process logs the bytes it read and wrote (io_per_process).
+LAMINA_TOML = 'interpreter_constraints = ["CPython==3.9.*"]\nreport_io = true'
 
 
 class PantsRepo:
@@ -33,7 +35,7 @@ class PantsRepo:
     def __init__(self, tools: Tools, root: Path, caches: Path, wheels: Path, extra_toml: str = "",
                  extra_flags: Sequence[str] = ()) -> None:
         self.tools = tools
-        self.sample = SampleRepo(root, extra_toml=offline_toml(wheels) + extra_toml)
+        self.sample = SampleRepo(root, extra_toml=offline_toml(wheels) + extra_toml, lamina_toml=LAMINA_TOML)
         self.root = root
         self.caches = caches
         self.extra_flags = list(extra_flags)
@@ -121,6 +123,16 @@ def phases(result: Run) -> Dict[str, float]:
     out.update({"extract/scan": compose_start - work_start, "compose": compose_end - compose_start,
                 "dist/ + exit": result.seconds - compose_end})
     return {k: round(max(v, 0.0), 2) for k, v in out.items()}
+
+
+_IO_LINE = re.compile(r"lamina: io of (.*?): rchar=(\d+) wchar=(\d+)")
+
+
+def io_per_process(result: Run) -> List[Tuple[str, int, int]]:
+    """(description, bytes read, bytes written) of every lamina process the run started, as each
+    process reported its own /proc/self/io counters (rchar/wchar: page cache and kernel copies
+    included) with `[lamina].report_io`."""
+    return [(what, int(r), int(w)) for what, r, w in _IO_LINE.findall(result.stderr)]
 
 
 def lamina_processes(result: Run, kind: str = "") -> List[str]:

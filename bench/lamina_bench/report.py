@@ -19,6 +19,7 @@ class RatioSpec:
     num: str
     den: str
     goal: Optional[Tuple[str, float]] = None  # (">=" or "<=", value)
+    minus: str = ""  # a series subtracted from `num` first: (num - minus) / den
 
 
 RATIOS = (
@@ -26,14 +27,24 @@ RATIOS = (
               (">=", 2.0)),
     RatioSpec("seed_cold_vs_cli", "seed recipe cold / lamina CLI compose", "seed_cold", "cli_compose", (">=", 2.0)),
     RatioSpec("seed_incr_vs_pants_incr", "seed recipe incremental / pants incremental", "seed_incr", "pants_incr",
-              (">=", 5.0)),
+              (">=", 1.5)),
     RatioSpec("seed_incr_vs_pants_incr_oci", "seed recipe incremental / pants incremental (oci output)",
-              "seed_incr", "pants_incr_oci", (">=", 5.0)),
+              "seed_incr", "pants_incr_oci", (">=", 2.5)),
     RatioSpec("seed_warm_vs_pants_noop", "seed recipe warm / pants no-op", "seed_warm", "pants_noop"),
     RatioSpec("docker_image_vs_seed", "pants docker_image / seed recipe cold", "pants_docker_image", "seed_cold"),
     RatioSpec("cli_vs_floor", "lamina CLI compose / floor", "cli_compose", "floor", ("<=", 1.3)),
     RatioSpec("pipeline_vs_floor", "lamina CLI, Pants' steps / floor", "cli_pipeline", "floor"),
     RatioSpec("pants_cold_vs_cli", "pants package cold / lamina CLI compose", "pants_cold", "cli_compose"),
+    RatioSpec("pants_adds_vs_cli", "(pants package, all new, warm pantsd - no-op) / lamina CLI compose",
+              "pants_new_warm", "cli_compose", ("<=", 2.0), minus="pants_noop"),
+    RatioSpec("eng_seed_vs_pants", "engine: seed recipe / pants package, docker-archive output", "eng_seed_cold",
+              "eng_pants_cold", (">=", 1.5)),
+    RatioSpec("eng_seed_vs_pants_daemon", "engine: seed recipe / pants package, docker-daemon output",
+              "eng_seed_cold", "eng_pants_cold_daemon", (">=", 2.0)),
+    RatioSpec("eng_incr", "engine: seed incremental / pants incremental, docker-archive output", "eng_seed_incr",
+              "eng_pants_incr", (">=", 1.5)),
+    RatioSpec("eng_incr_daemon", "engine: seed incremental / pants incremental, docker-daemon output",
+              "eng_seed_incr", "eng_pants_incr_daemon", (">=", 2.5)),
     RatioSpec("noop_vs_list", "pants no-op / pants list :: (warm pantsd)", "pants_noop", "pants_list", ("<=", 1.2)),
     RatioSpec("checks_cold", "pants package cold: checks on / off", "pants_cold_checks", "pants_cold_nochecks",
               ("<=", 1.2)),
@@ -69,12 +80,13 @@ def ratios(results: Results) -> List[Ratio]:
     out = []
     for spec in RATIOS:
         num, den = results.series.get(spec.num), results.series.get(spec.den)
-        if num is None or den is None:
+        minus = results.series.get(spec.minus) if spec.minus else None
+        if num is None or den is None or (spec.minus and minus is None):
             continue  # scenario not run
-        if num.median is None or den.median is None or den.median == 0:
+        if num.median is None or den.median is None or den.median == 0 or (minus is not None and minus.median is None):
             out.append(Ratio(spec, None, (num.na or den.na or "no samples")))
         else:
-            out.append(Ratio(spec, num.median / den.median))
+            out.append(Ratio(spec, (num.median - (minus.median if minus is not None else 0.0)) / den.median))
     return out
 
 
@@ -125,6 +137,18 @@ def summary_text(results: Results) -> str:
         parts = ", ".join(f"{n} {statistics.median(r.get(n, 0.0) for r in runs):.1f}s" for n in names)
         lines.append("")
         lines.append(f"where {key} spends its time (median of {len(runs)}, from Pants' log): {parts}")
+    for key, (rows, layer_bytes) in results.io.items():
+        lines.append("")
+        lines.append(f"bytes each lamina process read and wrote in {key} (its own /proc/self/io, newest run):")
+        pwidth = max(len(r[0]) for r in rows) + 2
+        for what, read, wrote in rows:
+            lines.append(f"  {what:<{pwidth}}read {read / 1e6:>8.1f} MB   wrote {wrote / 1e6:>8.1f} MB")
+        total_r, total_w = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        lines.append(f"  {'total':<{pwidth}}read {total_r / 1e6:>8.1f} MB   wrote {total_w / 1e6:>8.1f} MB")
+        if layer_bytes:
+            verdict = "meets" if total_r <= 2 * layer_bytes else "MISSES"
+            lines.append(f"  layers handled: {layer_bytes / 1e6:.1f} MB; read {total_r / layer_bytes:.2f}x, "
+                         f"written {total_w / layer_bytes:.2f}x their size (goal: read <= 2x) {verdict}")
     for key, text in results.profiles.items():
         lines.append("")
         lines.append(f"cProfile of {key}, top functions by own time:")
@@ -160,6 +184,7 @@ def write_json(results: Results, path: Path, meta: dict) -> None:
            "ratios": [r.to_json() for r in ratios(results)],
            "rss_goal_mb": RSS_GOAL_MB, "counts": results.counts, "phases": results.phases,
            "profiles": results.profiles, "load_at_run_start": results.load, "info": results.info,
+           "io": {k: {"processes": rows, "layer_bytes": n} for k, (rows, n) in results.io.items()},
            "problems": results.problems}
     path.write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 

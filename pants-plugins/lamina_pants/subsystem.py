@@ -20,9 +20,45 @@ class LaminaSubsystem(Subsystem):
         ),
         advanced=True,
     )
+    core_target = StrOption(
+        default=None,
+        help=softwrap(
+            """
+            Address of the target that holds the lamina core's modules (the `lamina` package, its
+            tests left out). Its sources and those of its transitive dependencies (`python_sources`,
+            `files` or `resources`, source roots stripped) become the core's PEX, with
+            `[lamina].requirements` as its third-party requirements, so the PEX (a remote-cache
+            key of every lamina process) changes only when those files do.
+
+            A `files` target needs no Python backend and holds exactly its glob, e.g. in
+            `src/python/BUILD` (source root `src/python`):
+
+                files(name="core_files", sources=["lamina/**/*.py", "!lamina/**/*_test.py"])
+
+            and in `pants.toml`:
+
+                [lamina]
+                core_target = "src/python:core_files"
+
+            A `python_sources` target (e.g. `src/python/lamina:lib`) works too, its dependencies
+            inferred from imports; empty `__init__.py` files are then left out.
+            """
+        ),
+    )
     requirements = StrListOption(
         default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0"],
         help="Requirements of the lamina core, resolved from PyPI into its PEX.",
+        advanced=True,
+    )
+    report_io = BoolOption(
+        default=False,
+        help=softwrap(
+            """
+            Log how many bytes each lamina process read and wrote (its /proc/self/io counters),
+            e.g. `pants --lamina-report-io package ::`. For measuring (the bench uses it); the
+            processes it reports on are keyed apart from the usual ones, so they run again.
+            """
+        ),
         advanced=True,
     )
     require_pinned_sources = BoolOption(

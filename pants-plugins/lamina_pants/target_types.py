@@ -272,10 +272,62 @@ class ComposedImageOnConflictField(StringField):
         What to do when two layers of the final stack provide a path with different content
         (e.g. both rewrite `var/lib/dpkg/status`) and the upper one was not built on the lower:
         `"warn"` (report and build), `"error"` (fail; nothing is written to `dist/`), `"ignore"`.
-        Broken hard links always fail; whiteouts that would delete other images' files and ELF
-        files missing libraries are always warnings.
+        Broken hard links always fail; whiteouts that would delete other images' files, ELF
+        files missing libraries and scripts missing their interpreter are always warnings. A
+        start command that would not start has its own policy, `on_start_failure`.
         """
     )
+
+
+ON_START_FAILURE = ("warn", "error", "ignore")
+
+
+class ComposedImageOnStartFailureField(StringField):
+    alias = "on_start_failure"
+    default = "warn"
+    help = help_text(
+        """
+        What to do when the image's start command would not start: the check resolves
+        `entrypoint` + `cmd` (set here or inherited from the base) as the engine does (a bare
+        name on the image's `PATH`, a relative path from `workdir`) and reports, naming the
+        layer that provides it (or that none does), an executable that is missing, is not a
+        regular file, is not executable for `user`, is an ELF whose interpreter or libraries are
+        missing, or is a `#!` script whose interpreter (or `#!/usr/bin/env NAME`'s NAME) is
+        missing. `"warn"` (report and build), `"error"` (fail; nothing is written to `dist/`),
+        `"ignore"` (do not check the start command). An image without `entrypoint` and `cmd`
+        has nothing to check.
+
+        Example:
+
+            composed_image(
+                name="app",
+                base="//images:debian",
+                layers=[":tools"],
+                cmd=["/usr/local/bin/greet"],
+                on_start_failure="error",
+            )
+
+        Scripts any layer (or `files`) adds are checked for their `#!` interpreter too; those
+        are warnings, under `check_dependencies`.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
+        if raw_value is not None and not isinstance(raw_value, str):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} must be a string, not {raw_value!r}: "
+                f"use one of {', '.join(repr(c) for c in ON_START_FAILURE)}, e.g. on_start_failure=\"error\"."
+            )
+        value = super().compute_value(raw_value, address)
+        assert value is not None
+        if value not in ON_START_FAILURE:
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} is {value!r}, which is not one of "
+                f"{', '.join(repr(c) for c in ON_START_FAILURE)}: use \"error\" to fail the build when the "
+                "start command would not start, \"warn\" to report it, \"ignore\" to skip the check."
+            )
+        return value
 
 
 class ComposedImageAllowedConflictsField(StringSequenceField):
@@ -290,27 +342,86 @@ class ComposedImageCheckDependenciesField(BoolField):
         """
         Check that every ELF executable and library in the composed filesystem finds its
         interpreter and the shared libraries it needs (DT_NEEDED, on the standard paths, RUNPATH
-        and the image's ld.so.conf). Missing ones are reported as warnings. The image's own
+        and the image's ld.so.conf), and that every executable `#!` script finds its interpreter
+        (`#!/usr/bin/env NAME`: NAME on the image's PATH). Missing ones are reported as warnings. The image's own
         `files` are checked too: their binaries need their libraries in the stack, and they
         override what is below them without a conflict (as a Dockerfile's COPY does).
         """
     )
 
 
+# Docker's reference grammar (distribution/reference): path components separated by '/', after an
+# optional registry host (it has a '.' or a ':', or is localhost) with an optional port; tags.
+_PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$")
+_DOMAIN = re.compile(
+    r"^(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])(?:\.(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]))*"
+    r"(?::[0-9]+)?$"
+)
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+
+
+def repository_error(value: str) -> Optional[str]:
+    """Why `value` is not a Docker repository name ([host[:port]/]path), or None."""
+    if not value:
+        return "is empty"
+    if len(value) > 255:
+        return "is longer than 255 characters"
+    parts = value.split("/")
+    if len(parts) > 1 and ("." in parts[0] or ":" in parts[0] or parts[0] == "localhost"):
+        if not _DOMAIN.match(parts[0]):
+            return f"has a registry host {parts[0]!r} that is not host[:port]"
+        parts = parts[1:]
+    for part in parts:
+        if not _PATH_COMPONENT.match(part):
+            return (f"has the path component {part!r}: components are lowercase letters and digits, "
+                    "separated by '.', '_', '__' or dashes, between '/'")
+    return None
+
+
 class ComposedImageRepositoryField(StringField):
     alias = "repository"
     help = help_text(
         """
-        The repository name the image is tagged with when loaded or pushed, e.g. `"team/dev"`.
-        Defaults to the target's name.
+        The repository name the image is tagged with when loaded or pushed, e.g. `"team/dev"` or
+        `"registry.example.com:5000/team/dev"` (Docker's grammar: lowercase path components
+        separated by `/`, after an optional `host[:port]/`). Defaults to the target's name.
         """
     )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[str], address: Address) -> Optional[str]:
+        value = super().compute_value(raw_value, address)
+        problem = repository_error(value) if value is not None else None
+        if problem:
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address} {problem}: {value!r}. Write a Docker "
+                "repository name, e.g. repository=\"team/dev\" or \"registry.example.com:5000/team/dev\" "
+                "(no tag: tags go in `image_tags`)."
+            )
+        return value
 
 
 class ComposedImageTagsField(StringSequenceField):
     alias = "image_tags"
     default = ("latest",)
-    help = "Tags of `repository` written into the image archive. Example: `image_tags=[\"v1\", \"latest\"]`."
+    help = help_text(
+        """
+        Tags of `repository` written into the image archive, each a letter, digit or `_`, then up to
+        127 letters, digits, `_`, `.` or `-`. Example: `image_tags=["v1", "latest"]`.
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        for tag in value or ():
+            if not _TAG.match(tag):
+                raise InvalidFieldException(
+                    f"The {repr(cls.alias)} field in target {address} has {tag!r}, which is not a Docker tag: "
+                    "a letter, digit or '_', then up to 127 letters, digits, '_', '.' or '-'; e.g. "
+                    "image_tags=[\"v1.2\", \"latest\"] (the repository goes in `repository`)."
+                )
+        return value
 
 
 _REGISTRY = re.compile(r"^[A-Za-z0-9.-]+(:\d+)?(/[a-z0-9._/-]+)?$")
@@ -346,8 +457,10 @@ class ComposedImageSkipPushField(BoolField):
     help = "If true, `pants publish` skips this image."
 
 
-OUTPUT_FORMATS = ("docker-archive", "oci", "oci-archive")
-FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar"}
+FILE_FORMATS = ("docker-archive", "oci", "oci-archive")  # written to dist/
+OUTPUT_FORMATS = (*FILE_FORMATS, "docker-daemon")
+# docker-daemon writes no image file: its ending only names the audit trail's stem.
+FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar", "docker-daemon": "image"}
 
 
 class ComposedImageOutputFormatField(StringField):
@@ -356,13 +469,20 @@ class ComposedImageOutputFormatField(StringField):
     valid_choices = OUTPUT_FORMATS
     help = help_text(
         """
-        What `pants package` writes to `dist/`: `"docker-archive"` (a `.tar` for `docker load`),
-        `"oci"` (an OCI layout directory, `.oci`), or `"oci-archive"` (a tar of one, `.oci.tar`).
+        What `pants package` makes: `"docker-archive"` (a `.tar` in `dist/` for `docker load`),
+        `"oci"` (an OCI layout directory, `.oci`), `"oci-archive"` (a tar of one, `.oci.tar`), or
+        `"docker-daemon"`: the image loaded straight into the local Docker engine (`DOCKER_HOST`)
+        under its `repository:tag`s, sending only the layers the engine does not already have on
+        that stack, with no image file in `dist/` (only the `<name>.layers.json` audit trail).
 
-        For large images, `"oci"` is the cheapest to rebuild: its blobs are the layers' own bytes,
-        which Pants' cache already holds, so after one source changes only that layer is new;
-        an archive format is a new file as large as the whole image every time. `pants run`
-        and `pants publish` work from any of the three.
+        For large images, `"oci"` and `"docker-daemon"` are the cheapest to rebuild: an `"oci"`
+        layout's blobs are the layers' own bytes, which Pants' cache already holds, and the
+        engine already has the unchanged layers; an archive format is a new file as large as
+        the whole image every time. `pants run` and `pants publish` work from any of them, and
+        read the layers from Pants' cache, not from the packaged image.
+
+        Example: `composed_image(name="dev", base="ubuntu.tar", layers=[":tools"],
+        output_format="docker-daemon")`, then `pants package :dev` and `docker run dev:latest`.
         """
     )
 
@@ -393,6 +513,7 @@ class ComposedImageTarget(Target):
         ComposedImageOnConflictField,
         ComposedImageAllowedConflictsField,
         ComposedImageCheckDependenciesField,
+        ComposedImageOnStartFailureField,
         ComposedImageRepositoryField,
         ComposedImageTagsField,
         ComposedImageOutputFormatField,

@@ -11,7 +11,7 @@ from lamina_bench.context import Bench
 from lamina_bench.images import BASE_TAG, SourceImages, extract_layer, layer_diff_ids
 from lamina_bench.lamina_cli import floor_command, remove_output
 from lamina_bench.measure import CommandFailed, Run, log, pair, rmtree, run
-from lamina_bench.pants import PantsRepo, lamina_processes, phases
+from lamina_bench.pants import PantsRepo, io_per_process, lamina_processes, phases
 from lamina_bench.profile import profile_compose
 from lamina_bench.seed import SEED_TAG, cache_hits, cold_build_cache, run_seed
 
@@ -171,6 +171,7 @@ class ComposeScenario:
              lambda: guard("(b) pants package incremental", self.pants_incremental))
         self.change_source()
         guard("(b) pants package incremental, OCI layout output", self.pants_incremental_oci)
+        guard("(b) pants package, all sources new, warm pantsd", self.pants_all_new)
 
     def docker_image_cold(self) -> None:
         r = self.bench.results
@@ -208,6 +209,7 @@ class ComposeScenario:
         r.record("pants_cold", "(b) pants package, cold", G_COLD, cold.seconds,
                  note="fresh local store, named caches and pantsd")
         r.add_phases("(b) pants package, cold", phases(cold))
+        r.add_io("a cold pants package", io_per_process(cold), sum(p.stat().st_size for p in self.floor_layers))
         self.expect_processes("cold", cold, extracts=4, composes=1)
         self.check_digest_true(self.work / "repo" / "dist" / "images" / "composed.tar", "pants output")
         for k in range(b.cfg.noop_pairs):
@@ -239,7 +241,7 @@ class ComposeScenario:
             r.record(keys[checks], f"(b) pants package, cold, checks {'on' if checks else 'off'}", G_CHECKS,
                      res.seconds, note="fresh local store, named caches and pantsd")
             scans = [p for p in lamina_processes(res) if p.startswith(("lamina: scan", "lamina: check"))]
-            want = 5 if checks else 0  # 4 scans (base + 3 layers) and 1 check, or none
+            want = 1 if checks else 0  # the check (the extractions index their layers: no scan), or none
             if len(scans) != want:
                 r.problem(f"pants cold, checks {'on' if checks else 'off'}: ran {len(scans)} scan/check "
                           f"processes, expected {want}")
@@ -292,9 +294,9 @@ class ComposeScenario:
         rmtree(out)
 
     def cli_like_pants(self) -> None:
-        """What Pants runs, via the CLI: `extract` per layer (+ the base), `scan` per bundle and one
-        `check` (the plugin's composition check), then `compose` of the bundles. Gives the peak
-        RSS of every kind of lamina process Pants starts."""
+        """What Pants runs, via the CLI: `extract --index` per layer (+ the base: it copies and
+        indexes each layer in one pass), one `check` (the plugin's composition check), then
+        `compose` of the bundles. Gives the peak RSS of every kind of lamina process Pants starts."""
         b, r = self.bench, self.bench.results
         work = self.work / "pipeline"
         rmtree(work)
@@ -303,36 +305,30 @@ class ComposeScenario:
             (f"l{n + 1}", a, "-1") for n, a in enumerate(self.archives())]
         total = 0.0
         for name, archive, selector in sources:
-            result = b.cli.extract(str(archive), selector, work / name, archive.name, cwd=work)
+            result = b.cli.extract(str(archive), selector, work / name, archive.name, cwd=work, index=True)
             total += result.seconds
             r.series_for("rss_extract", "lamina extract (one layer, as in Pants)", G_RSS).add(
                 result.seconds, result.max_rss_kib)
         try:
-            total += self.cli_scan_and_check(work, [name for name, _, _ in sources])
+            total += self.cli_check(work, [name for name, _, _ in sources])
         except CommandFailed as e:
-            r.problem(f"lamina scan/check as Pants runs them failed: {str(e).splitlines()[-1][:200]}")
+            r.problem(f"lamina check as Pants runs it failed: {str(e).splitlines()[-1][:200]}")
         spec = {"base": {"source": "base"}, "layers": [{"source": n} for n, _, _ in sources[1:]],
                 "tags": [OUT_TAG], "format": "docker-archive"}
         result = b.cli.compose(spec, work, work / "out.tar")
         r.series_for("rss_compose_bundles", "lamina compose of bundles (as in Pants)", G_RSS).add(
             result.seconds, result.max_rss_kib)
-        r.record("cli_pipeline", "lamina CLI: Pants' steps (extract, scan, check, compose)", G_CORE,
+        r.record("cli_pipeline", "lamina CLI: Pants' steps (extract --index, check, compose)", G_CORE,
                  total + result.seconds)
         rmtree(work)
 
-    def cli_scan_and_check(self, work: Path, bundles: List[str]) -> float:
-        """`lamina scan` of each bundle and one `lamina check` of the stack; their seconds."""
+    def cli_check(self, work: Path, bundles: List[str]) -> float:
+        """One `lamina check` of the stack, from the indexes the extractions made; its seconds."""
         b, r = self.bench, self.bench.results
-        total = 0.0
-        for name in bundles:
-            result = b.cli("scan", name, f"--out={name}.index.json", cwd=work)
-            total += result.seconds
-            r.series_for("rss_scan", "lamina scan (one bundle, as in Pants)", G_RSS).add(
-                result.seconds, result.max_rss_kib)
-        result = b.cli("check", *(f"--index={n}.index.json" for n in bundles), "--on-conflict=warn",
+        result = b.cli("check", *(f"--index={n}/lamina-index.json" for n in bundles), "--on-conflict=warn",
                        "--json=report.json", cwd=work)
         r.series_for("rss_check", "lamina check (as in Pants)", G_RSS).add(result.seconds, result.max_rss_kib)
-        return total + result.seconds
+        return result.seconds
 
     def change_source(self) -> None:
         assert self.images is not None
@@ -366,6 +362,18 @@ class ComposeScenario:
                                   result.seconds, note="warm pantsd")
         self.bench.results.add_phases("(b) pants package, incremental, output_format=oci", phases(result))
         self.expect_processes("incremental (oci)", result, extracts=1, composes=1)
+
+    def pants_all_new(self) -> None:
+        """Every source image new (content Pants has never seen), with a warm pantsd: what lamina
+        adds inside Pants is this minus a no-op package, against one `lamina compose`."""
+        assert self.images is not None and self.repo is not None
+        self.images.renew(save=True)
+        self.bench.link_archives(self.archive_dir)
+        self.refresh_floor_layers()
+        result = self.repo.pants("package", TARGET)
+        self.bench.results.record("pants_new_warm", "(b) pants package, all three sources new", G_INCR,
+                                  result.seconds, note="warm pantsd")
+        self.expect_processes("all new", result, extracts=3, composes=1)
 
     # --- checks -----------------------------------------------------------------------------
     def check_digest_true(self, out: Path, what: str) -> None:

@@ -5,18 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
-from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.engine.console import Console
+from pants.engine.fs import EMPTY_DIGEST
 from pants.engine.process import ProcessCacheScope
 from pants.engine.goal import Goal, GoalSubsystem
 from pants.engine.rules import Get, MultiGet, collect_rules, goal_rule, rule
 from pants.engine.target import Target, Targets
 from pants.option.option_types import BoolOption
 
-from lamina_pants.goals.package import ComposedImageFieldSet, ComposedStack
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
 from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField, DockerLayerSelectorField
 from lamina_pants.util_rules.analysis import CheckReport, CheckRequest
-from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 
 
@@ -65,18 +65,21 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         source = await Get(
             ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
         )
-        reference, digest, extra = source.reference, source.digest, source.extra_argv
+        source_dir = read_only_dir("source", source.digest)
+        reference, extra = source.reference_under(source_dir), source.extra_argv
+        read_only = ((source_dir, source.digest),) if source.path_at is not None else ()
         flags += (f"--select={target[DockerLayerSelectorField].value}",)
         env, scope = source.extra_env, source.cache_scope
+        digest = EMPTY_DIGEST
     elif target.has_field(ComposedImageBaseField):
+        # The composed image as its compose spec describes it, its layers read from Pants' bundles
+        # (linked read-only): no image archive is made or copied to list it.
         field_set = ComposedImageFieldSet.create(target)
-        package = await Get(BuiltPackage, PackageFieldSet, field_set)
-        reference = next(a.relpath for a in package.artifacts if a.relpath)
-        digest, extra, env = package.digest, (), ()
+        inputs = await Get(ComposeInputs, ComposedImageFieldSet, field_set)
+        reference, digest, read_only, extra, env = SPEC_FILE, inputs.spec, inputs.read_only, (), ()
         scope = ProcessCacheScope.SUCCESSFUL
         if request.conflicts:  # the package's own check: its scans (and usually the check) are cached
-            composed = await Get(ComposedStack, ComposedImageFieldSet, field_set)
-            report = await Get(CheckReport, CheckRequest, composed.check_request(field_set))
+            report = await Get(CheckReport, CheckRequest, inputs.stack.check_request(field_set))
     else:
         return LayerListing(None)
     result = await Get(
@@ -85,6 +88,7 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
             address=target.address,
             argv=("layers", reference, *flags, *extra),
             input_digest=digest,
+            read_only_inputs=read_only,
             output_directory="__none",
             description=f"lamina: list layers of {target.address}",
             extra_env=env,

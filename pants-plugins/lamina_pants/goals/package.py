@@ -10,18 +10,22 @@ from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, Package
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
+from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import SourcesField, Targets
 from pants.engine.unions import UnionRule
 
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import (
+    FILE_FORMATS,
     FORMAT_ENDINGS,
     ComposedImageAllowedConflictsField,
     ComposedImageAllowPlatformMismatchField,
     ComposedImageCheckDependenciesField,
     ComposedImageOnConflictField,
+    ComposedImageOnStartFailureField,
     ComposedImageBaseField,
     ComposedImageCmdField,
     ComposedImageEntrypointField,
@@ -41,12 +45,14 @@ from lamina_pants.target_types import (
     ComposedImageVolumesField,
     ComposedImageWorkdirField,
 )
-from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, ScanRequest, log_findings
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, LayerIndex, ScanRequest, StartCheck, finding_lines
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
 from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
 
 OUT_DIR = "__out"
+# What a process that talks to the local Docker engine gets of the environment.
+DOCKER_ENV_VARS = ("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     on_conflict: ComposedImageOnConflictField
     allowed_conflicts: ComposedImageAllowedConflictsField
     check_dependencies: ComposedImageCheckDependenciesField
+    on_start_failure: ComposedImageOnStartFailureField
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
     output_format: ComposedImageOutputFormatField
@@ -134,20 +141,31 @@ class ComposedStack:
     base: Optional[Bundle]
     files_layer: Optional[FilesLayer]
 
-    def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
-        """The composition check of this stack under the target's policy: one cached scan per
-        layer, and the files layer's own index on top."""
-        names = ([f"base image of {fs.address}"] if self.base is not None else []) + [
+    def scan_requests(self, address: Address) -> Tuple[ScanRequest, ...]:
+        """One cached scan per bundle of the stack below the files layer, base first: read by the
+        check, and by the files layer to lay itself on them."""
+        names = ([f"base image of {address}"] if self.base is not None else []) + [
             f"layer {a}" for a in self.layer_addresses
         ]
         stack = ([self.base] if self.base is not None else []) + list(self.layers)
+        return tuple(ScanRequest(b, address, name) for b, name in zip(stack, names))
+
+    def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
+        """The composition check of this stack under the target's policy: one cached scan per
+        layer, and the files layer's own index on top."""
+        policy = fs.on_start_failure.value or "warn"
+        start = None
+        if policy != "ignore":  # the config compose writes: the base's, with this target's overrides
+            config = json.dumps(fs.config(), sort_keys=True)
+            start = StartCheck(policy, config, fs.platform.value, self.base)
         return CheckRequest(
             fs.address,
-            tuple(ScanRequest(b, fs.address, name) for b, name in zip(stack, names)),
+            self.scan_requests(fs.address),
             fs.on_conflict.value or "warn",
             tuple(fs.allowed_conflicts.value or ()),
             fs.check_dependencies.value,
             files=self.files_layer,
+            start=start,
         )
 
 
@@ -157,9 +175,19 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
         Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
         Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
     )
-    layer_bundles = await MultiGet(
-        Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses
+    base_request: Optional[BundleRequest] = None
+    if fs.base.value != "scratch":
+        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
+        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
+    # The base and the layers are extracted side by side.
+    bundles = await MultiGet(
+        [
+            *(Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses),
+            *((Get(Bundle, BundleRequest, base_request),) if base_request is not None else ()),
+        ]
     )
+    layer_bundles = bundles[: len(layer_addresses)]
+    base: Optional[Bundle] = bundles[-1] if base_request is not None else None
     files = await Get(
         SourceFiles,
         SourceFilesRequest(
@@ -169,48 +197,57 @@ async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
         ),
     )
     # The image's own files become one layer, made once in its own process: compose takes it as it
-    # is and the check reads its index. It is made while the base is extracted.
+    # is and the check reads its index. It is laid on the layers below as COPY writes, so it reads
+    # their scans (the ones the check reads too).
     destinations = _file_destinations(fs, files.snapshot.files)
-    files_request = None
+    files_layer: Optional[FilesLayer] = None
     if destinations:
+        below = ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None).scan_requests(fs.address)
+        indexes = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in below)
         files_spec = await Get(
             Digest, CreateDigest([FileContent("__files.json", json.dumps({"files": destinations}, sort_keys=True).encode())])
         )
-        files_request = FilesLayerRequest(
-            fs.address, await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])), "__files.json"
+        files_layer = await Get(
+            FilesLayer,
+            FilesLayerRequest(
+                fs.address,
+                await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])),
+                "__files.json",
+                tuple((index.digest, index.name) for index in indexes),
+            ),
         )
-    base_request = None
-    if fs.base.value != "scratch":
-        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
-        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
-    # (Gets stay in the rule's own body: Pants 2.17 finds a rule's dependencies there.)
-    files_layer: Optional[FilesLayer] = None
-    base: Optional[Bundle] = None
-    if files_request is not None and base_request is not None:
-        files_layer, base = await MultiGet(
-            Get(FilesLayer, FilesLayerRequest, files_request), Get(Bundle, BundleRequest, base_request)
-        )
-    elif files_request is not None:
-        files_layer = await Get(FilesLayer, FilesLayerRequest, files_request)
-    elif base_request is not None:
-        base = await Get(Bundle, BundleRequest, base_request)
     return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer)
 
 
-@rule(desc="Package a composed image")
-async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+@dataclass(frozen=True)
+class ComposeInputs:
+    """What a lamina process needs to make the image: `__spec.json` (in `spec`) and the bundles
+    and files layer it names, which reach the process read-only (linked, never copied, into its
+    sandbox). `lamina compose`, `push` and `load` all take these, so `pants publish` and `pants run`
+    read the layers from where Pants already keeps them, not from the packaged archive."""
+
+    spec: Digest
+    read_only: Tuple[Tuple[str, Digest], ...]
+    stack: ComposedStack
+
+
+SPEC_FILE = "__spec.json"
+
+
+@rule(desc="Write a composed image's compose spec")
+async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
     composed = await Get(ComposedStack, ComposedImageFieldSet, fs)
-    inputs: list = []
-    # The bundles (layer bytes) reach the compose read-only: linked, not copied, into its sandbox.
+    # The bundles (layer bytes) reach the process read-only: linked, not copied, into its sandbox.
     # They are this build's own `lamina extract` outputs, which verified every blob they hold: the
     # spec vouches for them ("verified"), so compose does not hash them again.
     bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(composed.layers)]
+    fmt = fs.output_format.value or "docker-archive"
     spec: dict = {
         "layers": [{"source": d, "target": str(a), "verified": True}
                    for (d, _), a in zip(bundles, composed.layer_addresses)],
         "config": fs.config(),
         "tags": fs.image_refs(),
-        "format": fs.output_format.value,
+        "format": fmt if fmt in FILE_FORMATS else "oci",  # docker-daemon: loaded, never written
         "allow_platform_mismatch": fs.allow_platform_mismatch.value,
         "target": str(fs.address),  # named in the audit trail for the base and files layers
     }
@@ -226,34 +263,61 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         base_dir = read_only_dir("base", composed.base.digest)
         bundles.append((base_dir, composed.base.digest))
         spec["base"] = {"source": base_dir, "verified": True}
-    inputs.append(
-        await Get(Digest, CreateDigest([FileContent("__spec.json", json.dumps(spec, sort_keys=True).encode())]))
-    )
+    digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())]))
+    return ComposeInputs(digest, tuple(bundles), composed)
+
+
+@rule(desc="Package a composed image")
+async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     relpath = fs.output_relpath()
-    # The scans and check run side by side with the compose; a failing check fails the package
-    # before anything reaches dist/.
-    check_request = (
-        composed.check_request(fs) if lamina.check_compositions else CheckRequest(fs.address, (), "ignore", (), False)
-    )
-    report, result = await MultiGet(
-        Get(CheckReport, CheckRequest, check_request),
-        Get(
-        LaminaRunResult,
-        LaminaRun(
+    into_engine = fs.output_format.value == "docker-daemon"
+    if into_engine:
+        # Into the local engine, sending only the layers it lacks; it is asked what it has now, so
+        # this runs afresh every session. dist/ gets the audit trail only.
+        env = await Get(EnvironmentVars, EnvironmentVarsRequest(DOCKER_ENV_VARS))
+        run = LaminaRun(
             address=fs.address,
-            argv=("compose", "__spec.json", f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
-            input_digest=await Get(Digest, MergeDigests(inputs)),
-            read_only_inputs=tuple(bundles),
+            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in fs.image_refs()), f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
+            output_directory=OUT_DIR,
+            description=f"lamina: load {fs.address} into the Docker engine",
+            extra_env=tuple(sorted(env.items())),
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        )
+    else:
+        run = LaminaRun(
+            address=fs.address,
+            argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
             description=f"lamina: compose {fs.address}",
-        ),
-        ),
+        )
+    # The check runs side by side with the compose: a failing check fails the package before
+    # anything reaches dist/. A load waits for it, so that a failing check leaves the engine as it was.
+    check_request = (
+        inputs.stack.check_request(fs) if lamina.check_compositions else CheckRequest(fs.address, (), "ignore", (), False)
     )
-    log_findings(fs.address, report)
+    if into_engine:
+        report = await Get(CheckReport, CheckRequest, check_request)
+        result = await Get(LaminaRunResult, LaminaRun, run)
+    else:
+        report, result = await MultiGet(
+            Get(CheckReport, CheckRequest, check_request), Get(LaminaRunResult, LaminaRun, run)
+        )
+    # The findings go in the package's summary lines, which `pants package` prints on every run,
+    # also when a warm pantsd serves the unchanged package from memory (a log line would not).
+    findings = finding_lines(fs.address, report)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
+    if into_engine:
+        lines = (result.stdout.decode(errors="replace").strip(), *findings)
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
     summary = json.loads(result.stdout.decode() or "{}")
     lines = (
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
+        *findings,
     )
     return BuiltPackage(
         digest,

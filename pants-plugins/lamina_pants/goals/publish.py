@@ -14,9 +14,11 @@ from pants.core.goals.publish import (
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
-from pants.engine.unions import UnionRule
+from pants.engine.target import WrappedTarget, WrappedTargetRequest
 from pants.backend.python.util_rules.pex import VenvPexProcess
+from pants.option.global_options import KeepSandboxes
 
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import (
     ComposedImageBaseField,
@@ -58,7 +60,7 @@ class PublishComposedImageFieldSet(PublishFieldSet):
 
 @rule(desc="Push composed images")
 async def publish_composed_image(
-    request: PublishComposedImageRequest, core: LaminaCore, lamina: LaminaSubsystem
+    request: PublishComposedImageRequest, core: LaminaCore, lamina: LaminaSubsystem, keep_sandboxes: KeepSandboxes
 ) -> PublishProcesses:
     fs = request.field_set
     refs = fs.refs()
@@ -68,24 +70,35 @@ async def publish_composed_image(
         return PublishProcesses(
             [PublishPackages(names=(), description=f"(no `registries` on {fs.address})")]
         )
-    relpath = next(a.relpath for p in request.packages for a in p.artifacts if a.relpath)
+    # Pushed from the compose spec: the layers are read from the bundles Pants keeps (linked into
+    # the process read-only), not from a copy of the packaged archive.
+    wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, ComposedImageFieldSet.create(wrapped.target))
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
     process = await Get(
         Process,
         VenvPexProcess(
             core.pex,
-            argv=("push", relpath, *(f"--to={r}" for r in refs), *lamina.registry_args()),
-            input_digest=request.packages[0].digest,
+            argv=("push", SPEC_FILE, *(f"--to={r}" for r in refs), *lamina.registry_args()),
+            input_digest=inputs.spec,
             description=f"lamina: push {fs.address}",
             extra_env=dict(env),
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
+    interactive = InteractiveProcess(
+        process.argv,
+        env=process.env,
+        input_digest=process.input_digest,
+        append_only_caches=process.append_only_caches,
+        immutable_input_digests={**process.immutable_input_digests, **dict(inputs.read_only)},
+        keep_sandboxes=keep_sandboxes,
+    )
     return PublishProcesses(
         [
             PublishPackages(
                 names=refs,
-                process=InteractiveProcess.from_process(process),
+                process=interactive,
                 description=", ".join(sorted(set(r.split("/", 1)[0] for r in refs))),
                 data=fs.get_output_data(),
             )

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
-from pants.core.goals.package import BuiltPackage, PackageFieldSet
 from pants.core.goals.run import RunFieldSet, RunInSandboxBehavior, RunRequest
 from pants.core.util_rules.system_binaries import BinaryPathRequest, BinaryPaths, SearchPath
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
@@ -13,9 +13,10 @@ from pants.engine.fs import EMPTY_DIGEST
 from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
-from pants.engine.unions import UnionRule
 
-from lamina_pants.goals.package import ComposedImageFieldSet
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
+from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, log_findings
 from lamina_pants.target_types import ComposedImageBaseField, ComposedImageRepositoryField, ComposedImageTagsField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
 
@@ -33,28 +34,45 @@ class ComposedImageRunFieldSet(RunFieldSet):
     image_tags: ComposedImageTagsField
 
 
+_LOADED = re.compile(r"^loaded (sha256:[0-9a-f]{64}) ", re.MULTILINE)
+
+
+def _loaded_image_id(summary: str) -> Optional[str]:
+    found = _LOADED.search(summary)
+    return found.group(1) if found else None
+
+
 @rule(desc="Run a composed image")
-async def run_composed_image(fs: ComposedImageRunFieldSet) -> RunRequest:
+async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsystem) -> RunRequest:
     wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
     package_fs = ComposedImageFieldSet.create(wrapped.target)
-    package = await Get(BuiltPackage, PackageFieldSet, package_fs)
-    relpath = next(a.relpath for a in package.artifacts if a.relpath)
     refs = package_fs.image_refs()
+    # Loaded from the compose spec: the layers are read from the bundles Pants keeps (linked into
+    # the process read-only), never from a packaged archive. The check still has to pass first.
+    inputs = await Get(ComposeInputs, ComposedImageFieldSet, package_fs)
+    if lamina.check_compositions:
+        log_findings(fs.address, await Get(CheckReport, CheckRequest, inputs.stack.check_request(package_fs)))
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(_DOCKER_ENV))
     # Loading asks the engine what it has now, so it is done afresh every run.
     loaded = await Get(
         LaminaRunResult,
         LaminaRun(
             address=fs.address,
-            argv=("load", relpath, *(f"--tag={r}" for r in refs)),
-            input_digest=package.digest,
+            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in refs)),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
             output_directory="__none",
             description=f"lamina: load {fs.address} into the Docker engine",
             extra_env=tuple(sorted((k, v) for k, v in env.items() if k != "PATH")),
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
-    logger.info(loaded.stdout.decode(errors="replace").strip())
+    summary = loaded.stdout.decode(errors="replace").strip()
+    logger.info(summary)
+    # With `image_tags=[]` the image has no name: it is run by the ID `lamina load` reports.
+    target = refs[0] if refs else _loaded_image_id(summary)
+    if target is None:
+        raise LaminaBuildError(f"{fs.address}: `lamina load` did not say which image it loaded: {summary!r}")
     docker = await Get(
         BinaryPaths, BinaryPathRequest(binary_name="docker", search_path=SearchPath(env.get("PATH", "/usr/bin:/bin").split(":")))
     )
@@ -62,7 +80,7 @@ async def run_composed_image(fs: ComposedImageRunFieldSet) -> RunRequest:
         raise LaminaBuildError(f"{fs.address}: `pants run` needs the docker CLI on PATH to run the loaded image")
     return RunRequest(
         digest=EMPTY_DIGEST,
-        args=(docker.first_path.path, "run", "--rm", "-i", refs[0]),
+        args=(docker.first_path.path, "run", "--rm", "-i", target),
         extra_env={k: v for k, v in env.items()},
     )
 

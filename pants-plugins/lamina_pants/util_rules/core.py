@@ -3,22 +3,24 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Iterable
 
-from pants.backend.python.target_types import EntryPoint
+from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.util_rules.pex import PexRequest, VenvPex, VenvPexProcess
 from pants.backend.python.util_rules.pex_requirements import PexRequirements
-from pants.engine.addresses import Address
-from pants.engine.fs import CreateDigest, Digest, FileContent
+from pants.core.target_types import FileSourceField, ResourceSourceField
+from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
+from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
+from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
+from pants.engine.fs import Digest
 from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.target import SourcesField, Target, TransitiveTargets, TransitiveTargetsRequest
 from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
-import lamina
 from lamina_pants.subsystem import LaminaSubsystem
 
 
@@ -34,24 +36,57 @@ class LaminaCore:
     pex: VenvPex
 
 
-def _core_files() -> list[FileContent]:
-    """The core's modules (tests and test helpers left out), as files relative to the source root."""
-    root = os.path.dirname(lamina.__file__)
-    out = []
-    for dirpath, dirnames, names in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("__pycache__", "testing"))
-        for name in sorted(names):
-            if name.endswith(".py") and not name.endswith("_test.py"):
-                path = os.path.join(dirpath, name)
-                with open(path, "rb") as f:
-                    rel = os.path.relpath(path, os.path.dirname(root))
-                    out.append(FileContent(rel.replace(os.sep, "/"), f.read()))
-    return out
+# The module the PEX runs (`lamina.cli:main`), by its path relative to its source root.
+CORE_ENTRY_FILE = "lamina/cli.py"
+
+
+class LaminaCoreConfigError(Exception):
+    """`[lamina].core_target` is unset or names no target holding the core."""
+
+
+def _core_source_fields(targets: Iterable[Target]) -> tuple[SourcesField, ...]:
+    """The sources fields of the core's targets; tests (`python_tests`) are never runtime files."""
+    return tuple(
+        tgt[SourcesField]
+        for tgt in targets
+        if tgt.has_field(SourcesField) and not tgt.has_field(PythonTestSourceField)
+    )
 
 
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
 async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
-    sources = await Get(Digest, CreateDigest(_core_files()))
+    origin = "the option `[lamina].core_target`"
+    if not subsystem.core_target:
+        raise LaminaCoreConfigError(
+            f"{origin} is not set: lamina builds its core's PEX from a target holding the core's "
+            "modules. Add one in the BUILD file of the source root that holds the `lamina` "
+            'package, e.g. src/python/BUILD: `files(name="core_files", '
+            'sources=["lamina/**/*.py", "!lamina/**/*_test.py"])`, and point the option at it '
+            'in pants.toml: `[lamina]` `core_target = "src/python:core_files"` '
+            "(see `pants help-advanced lamina`)."
+        )
+    addresses = await Get(
+        Addresses, UnparsedAddressInputs([subsystem.core_target], owning_address=None, description_of_origin=origin)
+    )
+    transitive = await Get(TransitiveTargets, TransitiveTargetsRequest(addresses))
+    files = await Get(
+        SourceFiles,
+        SourceFilesRequest(
+            _core_source_fields(transitive.closure),
+            for_sources_types=(PythonSourceField, FileSourceField, ResourceSourceField),
+        ),
+    )
+    # Every file is placed relative to its source root, also those of `files` targets (which
+    # Pants otherwise keeps at their repo paths): the PEX imports them as modules.
+    stripped = await Get(StrippedSourceFiles, SourceFiles(files.snapshot, unrooted_files=()))
+    held = stripped.snapshot.files
+    if CORE_ENTRY_FILE not in held:
+        found = ", ".join(held[:5]) + (" ..." if len(held) > 5 else "") if held else "no Python, files or resources sources"
+        raise LaminaCoreConfigError(
+            f"{origin} is {subsystem.core_target!r}, but that target and its dependencies do not "
+            f"hold {CORE_ENTRY_FILE} (relative to a source root); they hold {found}. Point the "
+            "option at a target whose sources are the `lamina` package's modules, under a source root."
+        )
     pex = await Get(
         VenvPex,
         PexRequest(
@@ -60,7 +95,7 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             requirements=PexRequirements(subsystem.requirements, description_of_origin="[lamina].requirements"),
             interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
             main=EntryPoint("lamina.cli", "main"),
-            sources=sources,
+            sources=stripped.snapshot.digest,
             description="Building the lamina core",
         ),
     )
@@ -101,7 +136,7 @@ class LaminaRunResult:
 
 
 @rule
-async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
+async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubsystem) -> LaminaRunResult:
     process = await Get(
         Process,
         VenvPexProcess(
@@ -113,7 +148,8 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
             level=LogLevel.INFO,
             cache_scope=request.cache_scope,
             # Pants takes the outputs over into its store; an fsync in the sandbox only costs.
-            extra_env={"LAMINA_NO_FSYNC": "1", **dict(request.extra_env)},
+            extra_env={"LAMINA_NO_FSYNC": "1", **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
+                       **dict(request.extra_env)},
         ),
     )
     if request.read_only_inputs:
@@ -127,6 +163,8 @@ async def run_lamina(request: LaminaRun, core: LaminaCore) -> LaminaRunResult:
     for line in result.stderr.decode(errors="replace").splitlines():
         if line.startswith("lamina: warning: "):
             logger.warning(f"{request.address}: {line[len('lamina: warning: '):]}")
+        elif line.startswith("lamina: io: ") and subsystem.report_io:
+            logger.info(f"lamina: io of {request.description}: {line[len('lamina: io: '):]}")
     if result.exit_code != 0:
         lines = [l for l in result.stderr.decode(errors="replace").splitlines() if l.strip()]
         # The error is the last "lamina: error: " line and what follows it (a failed check lists

@@ -59,7 +59,7 @@ class RegistryImageRequest:
 
 @rule
 async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
-    """Ask the engine (once per session) which image ID the name means; export keyed on that ID."""
+    """Ask the engine (once per session) which image ID the name means; reads are keyed on that ID."""
     value, address = request.value, request.address
     name = value[len("docker-daemon:"):]
     env_vars = await Get(EnvironmentVars, EnvironmentVarsRequest(("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")))
@@ -77,20 +77,10 @@ async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
         ),
     )
     image_id = resolved.stdout.decode().strip()
-    exported = await Get(
-        LaminaRunResult,
-        LaminaRun(
-            address=address,
-            argv=("daemon-export", image_id, "--out=__image/image.tar"),
-            input_digest=EMPTY_DIGEST,
-            output_directory="__image",
-            description=f"lamina: export {name} ({image_id[:19]}) from the Docker engine",
-            extra_env=env,
-        ),
-    )
-    return ResolvedImageSource(
-        exported.output_digest, "docker-archive:__image/image.tar", value, path_at=len("docker-archive:")
-    )
+    # The processes that read the image (extract, scan) stream it from the engine themselves, by
+    # its ID, and keep only what they make of it: no copy of the whole image enters Pants' store.
+    # They are keyed on the ID, so a rebuilt image is read again and an unchanged one is not.
+    return ResolvedImageSource(EMPTY_DIGEST, f"docker-daemon:{image_id}", value, extra_env=env)
 
 
 @rule

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Tuple
 
 from pants.engine.addresses import Address
-from pants.engine.fs import EMPTY_DIGEST, Digest, RemovePrefix
-from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.fs import EMPTY_DIGEST, AddPrefix, Digest, MergeDigests, RemovePrefix
+from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
+from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import DockerLayerImageField, DockerLayerSelectorField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
@@ -30,14 +31,21 @@ class BundleRequest:
 @dataclass(frozen=True)
 class Bundle:
     digest: Digest  # a sparse OCI layout at the digest's root
+    # Whether it holds INDEX_FILE, the scan index of its layers, made in the pass that copied them.
+    indexed: bool = False
+
+
+INDEX_FILE = "lamina-index.json"  # lamina.extract.INDEX_FILE
 
 
 @rule
-async def extract_bundle(request: BundleRequest) -> Bundle:
+async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bundle:
     # Only the source's files and the selector go in, so the process is cached on their content.
     # The source (often a large archive) is linked into the sandbox read-only, not copied, and
-    # shared by the extractions of several layers of one image.
+    # shared by the extractions of several layers of one image. When compositions are checked,
+    # the same pass indexes the layers for the check, so no process reads them again to scan.
     source = request.source
+    index = lamina.check_compositions
     source_dir = read_only_dir("source", source.digest)
     result = await Get(
         LaminaRunResult,
@@ -51,6 +59,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
                 f"--name={request.source.label}",
                 *request.source.extra_argv,
                 *((f"--platform={request.platform}",) if request.platform else ()),
+                *(("--index",) if index else ()),
             ),
             input_digest=EMPTY_DIGEST,
             read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
@@ -60,7 +69,7 @@ async def extract_bundle(request: BundleRequest) -> Bundle:
             cache_scope=request.source.cache_scope,
         ),
     )
-    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)))
+    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index)
 
 
 @dataclass(frozen=True)
@@ -92,16 +101,20 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
 
 
 FILES_LAYER_DIR = "__files_layer"
+BELOW_DIR = "__below"
 
 
 @dataclass(frozen=True)
 class FilesLayerRequest:
     """The layer a composed image makes of its own files: `input_digest` holds the files and
-    `files_spec`, which says where each goes."""
+    `files_spec`, which says where each goes; `below` the scan indexes (digest, and the index
+    file's name at its root) of the layers it goes on, base first, so that it is laid on them as a
+    Dockerfile's COPY writes (through their symlinks, into their directories)."""
 
     address: Address
     input_digest: Digest
     files_spec: str
+    below: Tuple[Tuple[Digest, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,14 +127,18 @@ class FilesLayer:
 
 @rule
 async def make_files_layer(request: FilesLayerRequest) -> FilesLayer:
-    # Made once, keyed on the files and their destinations only: compose takes it as it is and the
-    # check reads its index, and a change elsewhere in the stack reuses it.
+    # Made once, keyed on the files, their destinations and the scans of the layers below (what
+    # they hold, never their bytes): compose takes it as it is and the check reads its index.
+    below = await MultiGet(
+        Get(Digest, AddPrefix(index, f"{BELOW_DIR}/{i}")) for i, (index, _) in enumerate(request.below)
+    )
     result = await Get(
         LaminaRunResult,
         LaminaRun(
             address=request.address,
-            argv=("files-layer", request.files_spec, f"--out={FILES_LAYER_DIR}", f"--name=files of {request.address}"),
-            input_digest=request.input_digest,
+            argv=("files-layer", request.files_spec, f"--out={FILES_LAYER_DIR}", f"--name=files of {request.address}",
+                  *(f"--below={BELOW_DIR}/{i}/{name}" for i, (_, name) in enumerate(request.below))),
+            input_digest=await Get(Digest, MergeDigests([request.input_digest, *below])),
             output_directory=FILES_LAYER_DIR,
             description=f"lamina: files layer of {request.address}",
         ),

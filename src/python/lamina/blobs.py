@@ -86,6 +86,56 @@ class VerifiedReader(io.RawIOBase):
             super().close()
 
 
+class UncompressedCheckingReader(VerifiedReader):
+    """Reads a layer's uncompressed stream; at its end, checks that it hashes to the layer's diff_id."""
+
+    def __init__(self, raw: BinaryIO, diff_id: str, what: str) -> None:
+        super().__init__(raw, diff_id, None, what)
+
+    def _finish(self) -> None:
+        self._done = True
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest:
+            raise DigestMismatch(f"{self._what}: uncompressed content is {actual}, the config says {self._digest}")
+
+
+class TeeReader(io.RawIOBase):
+    """Reads `raw` and writes every byte it reads to `sink`, if any (and counts it in `progress`, if
+    given): one pass both stores a blob and feeds whatever reads it (a hash, a tar walk)."""
+
+    def __init__(self, raw: BinaryIO, sink: Optional[BinaryIO], progress: Optional[Callable[[int], None]] = None) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sink = sink
+        self._progress = progress
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        readinto = getattr(self._raw, "readinto", None)
+        if readinto is not None:
+            n = readinto(buffer) or 0
+        else:
+            data = self._raw.read(len(buffer))
+            n = len(data)
+            buffer[:n] = data
+        if n:
+            if self._sink is not None:
+                self._sink.write(memoryview(buffer)[:n])
+            self.count += n
+            if self._progress is not None:
+                self._progress(n)
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
 def verified(opener: Opener, digest: str, size: Optional[int], what: str,
              diff_id: Optional[tuple[str, str]] = None) -> BinaryIO:
     """A buffered reader of `opener()` that checks digest and size when read to the end.
@@ -173,24 +223,56 @@ def copy_stream(src: BinaryIO, dst: BinaryIO) -> int:
 
 
 class _ZstdReader(io.RawIOBase):
+    """zstd decompression (frames one after another) that turns truncation and corruption into
+    InvalidSource; fed _ZSTD_FEED bytes at a time, so a bomb never yields much at once."""
+
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         import zstandard
 
-        self._reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        self._zstd = zstandard
+        self._raw = raw
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+        self._fed = False  # input went into the current frame
+        self._pending = b""  # compressed input read, from self._at on not yet fed
+        self._at = 0
+        self._out = b""
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
-        try:
-            data = self._reader.read(len(buffer))
-        except Exception as e:  # zstandard raises its own ZstdError; keep it one line for the user
-            if type(e).__name__ == "ZstdError":
+        while self._pos >= len(self._out):
+            if self._at >= len(self._pending):
+                self._pending, self._at = self._raw.read(CHUNK), 0
+                if not self._pending:
+                    if self._fed and not self._d.eof:
+                        raise InvalidSource("truncated zstd layer")
+                    return 0
+            if self._d.eof:  # the next frame
+                self._d = self._zstd.ZstdDecompressor().decompressobj()
+                self._fed = False
+            feed = self._pending[self._at:self._at + _ZSTD_FEED]
+            self._at += len(feed)
+            try:
+                self._out = self._d.decompress(feed)
+            except self._zstd.ZstdError as e:  # keep it one line for the user
                 raise InvalidSource(f"corrupt zstd layer: {e}") from e
-            raise
-        buffer[: len(data)] = data
-        return len(data)
+            self._pos = 0
+            self._fed = True
+            if self._d.eof and self._d.unused_data:
+                self._pending, self._at = self._d.unused_data + self._pending[self._at:], 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
 
 
 class _GzipReader(io.RawIOBase):
@@ -247,12 +329,11 @@ def file_extent(stream: BinaryIO) -> Optional[tuple[int, int, int]]:
     return (fd, pos, st.st_size - pos) if stat.S_ISREG(st.st_mode) else None
 
 
-def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, what: str) -> bool:
-    """Copy a blob of known digest and size from `src` (see file_extent) to `dst`'s position by
-    copy_file_range, inside the kernel, then hash the bytes as written to `dst`: DigestMismatch
-    if they are not the blob. False, with nothing written, when `src` is not such a range of the
-    right length or the file systems cannot do it; the caller then copies through user space
-    (whose errors name a wrong size precisely)."""
+def copy_extent(src: BinaryIO, dst: BinaryIO, size: int, what: str) -> bool:
+    """Copy a blob of known size from `src` (see file_extent) to `dst`'s position by
+    copy_file_range, inside the kernel, for a blob already verified (the bytes are copied
+    exactly; a short source is an error). False, with nothing written, when `src` is not such a
+    range of the right length or the file systems cannot do it."""
     extent = file_extent(src)
     copy_range = getattr(os, "copy_file_range", None)
     if extent is None or extent[2] != size or copy_range is None:
@@ -272,6 +353,18 @@ def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, w
         dst.seek(start)
         return False
     dst.seek(start + size)
+    return True
+
+
+def copy_extent_verified(src: BinaryIO, dst: BinaryIO, digest: str, size: int, what: str) -> bool:
+    """copy_extent, then hash the bytes as written to `dst`: DigestMismatch if they are not the
+    blob. False, with nothing written, when the kernel cannot copy it; the caller then copies
+    through user space (whose errors name a wrong size precisely)."""
+    dst.flush()
+    start = dst.tell()
+    if not copy_extent(src, dst, size, what):
+        return False
+    dst_fd = dst.fileno()
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     view = memoryview(buf)

@@ -13,7 +13,7 @@ import zstandard
 
 from lamina.blobs import DiffIdHasher, copy_extent_verified, decompressed, sha256_stream, sniff_compression, verified
 from lamina.errors import DigestMismatch, InvalidSource
-from lamina.testing.images import compress, sha
+from lamina_testing.images import compress, sha
 
 DATA = bytes(range(256)) * 300
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lamina import cli
-from lamina.testing.big import write_bomb_oci
+from lamina_testing.big import write_bomb_oci
 
 INFLATED = 400 << 20  # zeros after the end-of-archive blocks: ~400 KB of gzip
 LIMIT_MB = 150

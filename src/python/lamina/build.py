@@ -72,7 +72,8 @@ def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
 def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
     """The Image `spec` describes, composed without copying a layer: its layers read from their
     sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
-    files, is packed into a temporary directory under `scratch_dir`, removed on exit."""
+    files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
+    reads the headers of the layers below it (see newlayer.build_files_layer)."""
     base: Optional[Image] = None
     if spec.base is not None:
         base_spec = spec.base
@@ -96,7 +97,12 @@ def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
             # read from disk: checked (digest and diff_id) wherever it is read
             layers.append(read_files_layer_dir(spec.files_layer))
         elif files:
-            layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz")))
+            # laid on the stack as COPY writes (through its symlinks, into its directories): the
+            # stack's headers are walked for that, each layer read once
+            from lamina.analyze.below import from_layers
+
+            below = from_layers([*(base.layers if base is not None else ()), *layers])
+            layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz"), below))
         yield compose(
             base,
             layers,
@@ -110,26 +116,36 @@ def composed(spec: Spec, scratch_dir: str) -> Iterator[Image]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def audit_bytes(spec: Spec, image: Image) -> bytes:
+    """The `<name>.layers.json` of the image `spec` composed (see audit_trail)."""
+    base_target = (spec.base.target if spec.base else None) or ""
+    return (json.dumps(audit_trail(image, base_target, spec.target or ""), indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_small_file(path: str, data: bytes) -> None:
+    """A small output file, written whole under a temporary name beside it, then renamed into place."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".lamina-tmp-", dir=parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
     """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically."""
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
     with composed(spec, scratch_dir) as image:
-        tmp_audit = None
-        if audit:
-            base_target = (spec.base.target if spec.base else None) or ""
-            data = json.dumps(audit_trail(image, base_target, spec.target or ""), indent=2, sort_keys=True) + "\n"
-            fd, tmp_audit = tempfile.mkstemp(prefix=".lamina-audit-", dir=scratch_dir)
-            with os.fdopen(fd, "w") as f:
-                f.write(data)
-        try:
-            write(image, spec.format, out)
-            if tmp_audit:
-                os.chmod(tmp_audit, 0o644)
-                os.replace(tmp_audit, audit)  # type: ignore[arg-type]
-                tmp_audit = None
-        finally:
-            if tmp_audit and os.path.exists(tmp_audit):
-                os.unlink(tmp_audit)
+        trail = audit_bytes(spec, image) if audit else None
+        write(image, spec.format, out)
+        if audit and trail is not None:
+            write_small_file(audit, trail)
         return image
 
 

@@ -15,9 +15,9 @@ from lamina.model import ANN_SELECTOR, ANN_SOURCE
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
 from lamina.spec import parse_spec
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, write_docker_classic, write_docker_oci, write_oci_dir
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, write_docker_classic, write_docker_oci, write_oci_dir
 
 BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"), FakeLayer({"bin/sh": b"sh"}, "RUN sh", "gzip")])
 TOOLS = FakeImage([FakeLayer({"usr/": None}, "ADD tools /"), FakeLayer({"usr/bin/jq": b"jq" * 99}, "RUN apk add jq", "gzip"),
@@ -106,6 +106,7 @@ def test_files_become_one_new_top_layer(tmp_path, bundles: dict[str, str]) -> No
 
 
 def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    from lamina.analyze.below import from_layers
     from lamina.newlayer import FILES_LAYER_BLOB, write_files_layer_dir
 
     (tmp_path / "site").mkdir()
@@ -114,8 +115,9 @@ def test_a_files_layer_made_once_composes_the_same_image(tmp_path, bundles: dict
     files = {"files": [{"src": str(tmp_path / "conf"), "dest": "/etc/app.conf"}],
              "file_dirs": [{"src": str(tmp_path / "site"), "dest": "/srv/www"}]}
     direct = build(parse_spec({"base": bundles["base"], **files, "format": "oci"}), str(tmp_path / "direct"))
+    below = from_layers(open_image(bundles["base"]).layers)  # as `lamina files-layer --below` reads the scans
     write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf")), ("/srv/www/index.html", str(tmp_path / "site" / "index.html"))],
-                          str(tmp_path / "fl"))
+                          str(tmp_path / "fl"), below)
     audit = str(tmp_path / "pre.layers.json")
     pre = build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": "oci"}),
                 str(tmp_path / "pre"), audit=audit)
@@ -167,6 +169,25 @@ def test_files_layer_spec_errors(tmp_path, bundles: dict[str, str]) -> None:  # 
     (tmp_path / "bad" / "files-layer.json").write_text('{"digest": "md5:x"}')
     with pytest.raises(SpecError, match="is not a description `lamina files-layer` writes"):
         build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "bad")}), str(tmp_path / "o.tar"))
+
+
+@pytest.mark.parametrize("key", ["digest", "diff_id"])
+@pytest.mark.parametrize("fmt", ["oci", "oci-archive"])
+def test_a_files_layer_description_naming_a_path_not_a_digest_is_refused(tmp_path, bundles: dict[str, str],  # type: ignore[no-untyped-def]
+                                                                         key: str, fmt: str) -> None:
+    from lamina.newlayer import FILES_LAYER_META, write_files_layer_dir
+
+    (tmp_path / "conf").write_bytes(b"c=1")
+    write_files_layer_dir([("/etc/app.conf", str(tmp_path / "conf"))], str(tmp_path / "fl"))
+    meta = json.loads((tmp_path / "fl" / FILES_LAYER_META).read_text())
+    meta[key] = "sha256:../../../../escaped"
+    (tmp_path / "fl" / FILES_LAYER_META).write_text(json.dumps(meta))
+    out = tmp_path / "dest" / "out"
+    with pytest.raises(InvalidSource, match=re.escape(f"files_layer '{tmp_path}/fl': files-layer.json {key}: "
+                                                      "'sha256:../../../../escaped' is not a sha256 digest")):
+        build(parse_spec({"base": bundles["base"], "files_layer": str(tmp_path / "fl"), "format": fmt}), str(out))
+    assert not out.exists() and leftovers(str(tmp_path / "dest")) == []
+    assert [p for p in tmp_path.rglob("*escaped*")] == []
 
 
 def test_audit_trail_records_where_every_layer_came_from(tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
@@ -238,3 +259,17 @@ def test_hostile_source_fails_compose_and_leaves_nothing(tmp_path, case: hostile
     assert re.search(case.message, str(e.value)), str(e.value)
     assert not out.exists()
     assert not (tmp_path / "dest").exists() or leftovers(str(tmp_path / "dest")) == []
+
+
+def test_files_go_through_the_symlinks_of_a_usr_merged_base_as_copy_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.testing.images import FakeImage, FakeLayer
+
+    base = FakeImage([FakeLayer({"usr/": None, "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"})])
+    write_oci_dir(base, str(tmp_path / "base"))
+    (tmp_path / "tool").write_bytes(b"tool")
+    spec = parse_spec({"base": "oci:" + str(tmp_path / "base"), "files": [{"src": str(tmp_path / "tool"), "dest": "/bin/tool"}],
+                       "format": "oci"})
+    build(spec, str(tmp_path / "out"))
+    with open_image("oci:" + str(tmp_path / "out")).layers[-1].open_uncompressed() as f, \
+            tarfile.open(fileobj=f, mode="r|") as tf:
+        assert [m.name for m in tf] == ["usr", "usr/bin", "usr/bin/tool"]  # no bin/ entry to replace the symlink with

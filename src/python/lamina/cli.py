@@ -5,10 +5,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
-from lamina.errors import LaminaError
+from lamina.errors import LaminaError, SpecError
 from lamina.model import Platform, parse_json
 
 if TYPE_CHECKING:
@@ -49,6 +50,27 @@ def is_spec(source: str) -> bool:
 
 
 @contextmanager
+def _engine_source(source: str) -> Iterator[str]:
+    """`source`, or for `docker-daemon:NAME` (an image in the local engine, DOCKER_HOST) a
+    `docker-archive:` of it, unpacked from the engine's export stream into a temporary directory
+    removed on exit: nothing of it is kept, only what the command makes of it."""
+    if not source.startswith("docker-daemon:"):
+        yield source
+        return
+    import shutil
+    import tempfile
+
+    from lamina.daemon import connect, export_unpacked
+
+    tmp = tempfile.mkdtemp(prefix="lamina-engine-")
+    try:
+        exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"))
+        yield "docker-archive:" + exported.path
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
 def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None) -> Iterator["Image"]:
     """The image `args.source` names: a source (archive, layout, registry), or a compose spec,
     composed lazily: its layers are read from their sources by whatever consumes the image (a
@@ -58,7 +80,8 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     options = options or _registry(args)
     if not is_spec(args.source):
-        yield open_image(args.source, platform=_platform(args.platform), registry=options)
+        with _engine_source(args.source) as source:
+            yield open_image(source, name=args.source, platform=_platform(args.platform), registry=options)
         return
     import tempfile
 
@@ -83,11 +106,11 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
     if args.select is not None:
         from lamina.select import parse_selector, select
 
-        selected = {layer.index for layer in select(image, parse_selector(args.select))}
+        selected = {id(layer) for layer in select(image, parse_selector(args.select))}
     rows = []
-    for layer in image.layers:
+    for position, layer in enumerate(image.layers):  # a composed image's layers: their place in it
         row = {
-            "index": layer.index,
+            "index": position,
             "digest": layer.descriptor.digest,
             "diff_id": layer.diff_id,
             "size": layer.descriptor.size,
@@ -95,8 +118,8 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
             "created_by": layer.created_by,
         }
         if args.select is not None:
-            row["selected"] = layer.index in selected
-        if args.files and layer.opener is not None:
+            row["selected"] = id(layer) in selected
+        if args.files and layer.has_bytes:
             row["files"] = [
                 e.path + ("/" if e.kind == "dir" else "") + (f" -> {e.linkname}" if e.linkname else "")
                 for e in entries(layer)
@@ -136,7 +159,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_source
 
-    result = scan_source(args.source, args.layer, args.name, _platform(args.platform), _registry(args))
+    with _engine_source(args.source) as source:
+        name = args.name or (args.source if source != args.source else None)  # an engine image: as named
+        result = scan_source(source, args.layer, name, _platform(args.platform), _registry(args))
     write_index(result.layers, args.out)
     print(json.dumps({"out": args.out, "skipped": list(result.skipped), "layers": [
         {"index": l.index, "digest": l.digest, "entries": len(l.entries)} for l in result.layers]}, sort_keys=True))
@@ -153,7 +178,12 @@ def cmd_files_layer(args: argparse.Namespace) -> int:
     with open(args.spec, "rb") as f:
         data = parse_json(f.read(), args.spec)
     files, file_dirs = parse_files(data)
-    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out)
+    below = None
+    if args.below:
+        from lamina.analyze.below import from_indexes
+
+        below = from_indexes(args.below)
+    layer = write_files_layer_dir(collect_files(files, file_dirs), args.out, below)
     index = os.path.join(args.out, "index.json")
     write_index([scan_files_layer(layer, args.name or f"files of {args.spec}")], index)
     print(json.dumps({"out": args.out, "digest": layer.descriptor.digest, "diff_id": layer.diff_id,
@@ -168,7 +198,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     from lamina.errors import CheckFailed
 
     stack = [layer for path in args.index for layer in read_index(path)]
-    report = check(stack, Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies))
+    start = None
+    if args.image_spec:
+        from lamina.analyze.start import start_config_of_spec
+
+        with open(args.image_spec, "rb") as f:
+            start = start_config_of_spec(parse_json(f.read(), args.image_spec))
+    policy = Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies, args.on_start_failure)
+    report = check(stack, policy, start)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -185,13 +222,35 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lamina.select import parse_selector, select
     from lamina.sources import open_image
 
-    image = open_image(args.source, name=args.name, platform=_platform(args.platform), registry=_registry(args))
-    selector = parse_selector(args.layer)
-    layers = select(image, selector)
-    selection = extract(image, layers, args.out, str(selector))
+    with _engine_source(args.source) as source:
+        image = open_image(source, name=args.name or args.source, platform=_platform(args.platform),
+                           registry=_registry(args))
+        selector = parse_selector(args.layer)
+        layers = select(image, selector)
+        selection = extract(image, layers, args.out, str(selector), index=args.index,
+                            pause=_test_pause("copy"))
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
+
+
+def _test_pause(point: str) -> Optional[Callable[[str], None]]:
+    """A hook for tests that must stop a build at a known point, not after a guessed sleep.
+
+    LAMINA_TEST_PAUSE_AT=POINT:MARKER: at POINT ("copy": a layer's bytes are in their temporary
+    file in `lamina extract`, not yet checked and renamed into place) lamina writes that file's
+    path to MARKER (atomically) and sleeps for an hour, to be killed there. Unset: no hook."""
+    at, _, marker = os.environ.get("LAMINA_TEST_PAUSE_AT", "").partition(":")
+    if at != point or not marker:
+        return None
+
+    def pause(path: str) -> None:
+        with open(marker + ".tmp", "w") as f:
+            f.write(path)
+        os.replace(marker + ".tmp", marker)
+        time.sleep(3600)
+
+    return pause
 
 
 def cmd_compose(args: argparse.Namespace) -> int:
@@ -249,9 +308,23 @@ def cmd_load(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, load
 
     engine = connect(os.environ)
+    if args.audit and not is_spec(args.source):
+        raise SpecError("--audit records where a composed image's layers came from: give a compose spec (SPEC.json)")
     with _image(args) as image:
         print(load(engine, image, tuple(args.tag or ())).summary())
+        if args.audit:
+            _write_audit(args.source, image, args.audit)
     return 0
+
+
+def _write_audit(spec_path: str, image: "Image", out: str) -> None:
+    """The audit trail (`<name>.layers.json`) of the image a spec composed, as compose writes it."""
+    from lamina.build import audit_bytes, write_small_file
+    from lamina.spec import parse_spec
+
+    with open(spec_path, "rb") as f:
+        spec = parse_spec(parse_json(f.read(), spec_path))
+    write_small_file(out, audit_bytes(spec, image))
 
 
 def _registry_flags(p: argparse.ArgumentParser) -> None:
@@ -270,7 +343,8 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
     src_help = ("image source: docker-archive:PATH[:TAG], oci:DIR[:REF], oci-archive:PATH[:REF], "
-                "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), or a bare path (sniffed)")
+                "docker://HOST[:PORT]/REPO(@sha256:DIGEST|:TAG), docker-daemon:NAME (the local engine, "
+                "DOCKER_HOST: streamed into a temporary file, nothing kept), or a bare path (sniffed)")
     any_help = src_help + ("; or a compose spec (SPEC.json, as `lamina compose` takes): the image it describes, "
                            "composed on the fly, its layers read from their sources with nothing written first")
 
@@ -301,6 +375,10 @@ def parser() -> argparse.ArgumentParser:
     fl.add_argument("--out", required=True,
                     help="directory to write: files-layer.tar.gz, files-layer.json (its description), index.json")
     fl.add_argument("--name", help="how the layer is named in reports (default: files of SPEC)")
+    fl.add_argument("--below", action="append", default=[], metavar="INDEX",
+                    help="an index (from `lamina scan`) of layers the new layer goes on; repeat, base first. "
+                         "The files are then laid on them as a Dockerfile COPY writes: through their symlinks "
+                         "(/bin/x into /usr/bin/x on a usr-merged base), existing directories kept as they are")
     fl.set_defaults(func=cmd_files_layer)
 
     ck = sub.add_parser("check", help="check a stack of layer indexes (base first) for composition problems")
@@ -311,6 +389,11 @@ def parser() -> argparse.ArgumentParser:
                     help="a path glob whose conflicts are allowed, e.g. 'etc/*' (repeatable)")
     ck.add_argument("--no-check-dependencies", action="store_true",
                     help="skip the check that ELF files find their interpreter and libraries")
+    ck.add_argument("--image-spec", metavar="SPEC",
+                    help="the compose spec of the image the stack makes (its base, platform and config are "
+                         "used): also check that its entrypoint + cmd would start")
+    ck.add_argument("--on-start-failure", choices=("warn", "error", "ignore"), default="warn",
+                    help="how to treat a start command that would not start (default: warn)")
     ck.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
     ck.set_defaults(func=cmd_check)
 
@@ -320,6 +403,9 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True, help="output directory")
     ex.add_argument("--name", help="how the source is recorded in the output (default: SOURCE)")
     ex.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform image")
+    ex.add_argument("--index", action="store_true",
+                    help="also index the selected layers (what `lamina scan` of the bundle writes) into "
+                         "lamina-index.json, in the same pass that copies them")
     _registry_flags(ex)
     ex.set_defaults(func=cmd_extract)
 
@@ -357,13 +443,32 @@ def parser() -> argparse.ArgumentParser:
     lo = sub.add_parser("load", help="load an image into the Docker engine, sending only layers it lacks")
     lo.add_argument("source", help=any_help)
     lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
+    lo.add_argument("--audit", metavar="PATH", help="with a compose spec: also write its audit trail (where each "
+                                                    "layer came from, as `compose --audit` writes it)")
     lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(lo)
     lo.set_defaults(func=cmd_load)
     return p
 
 
+def _report_io() -> None:
+    """With LAMINA_REPORT_IO=1: the process's own I/O counters (/proc/self/io) on stderr, for the
+    bench: rchar/wchar count every byte read and written through system calls (page cache
+    included, kernel copies too), read_bytes/write_bytes what reached the storage layer."""
+    try:
+        with open("/proc/self/io") as f:
+            counters = dict(line.split(": ", 1) for line in f.read().splitlines())
+    except OSError:
+        return
+    keys = ("rchar", "wchar", "read_bytes", "write_bytes")
+    print("lamina: io: " + " ".join(f"{k}={counters[k].strip()}" for k in keys if k in counters), file=sys.stderr)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    if os.environ.get("LAMINA_REPORT_IO") == "1":
+        import atexit
+
+        atexit.register(_report_io)
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))

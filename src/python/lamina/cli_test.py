@@ -11,9 +11,9 @@ import pytest
 from lamina.cli import main
 from lamina.extract import SELECTION_FILE
 from lamina.sources import open_image
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, write_docker_classic, write_oci_dir
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, write_docker_classic, write_oci_dir
 
 FAKE = FakeImage(
     [

@@ -17,7 +17,6 @@ from lamina.model import (
     Descriptor,
     Platform,
     canonical_json,
-    oci_layer_media_type,
 )
 from lamina.select import describe
 
@@ -160,6 +159,8 @@ def compose(
                 )
     history = [h for h in (config.get("history") or []) if isinstance(h, dict)]
     out = [dataclasses.replace(l, descriptor=_oci(l.descriptor, l.descriptor.annotations)) for l in base_layers]
+    if sum(1 for h in history if not h.get("empty_layer")) != len(base_layers):
+        history, out = _padded_history(history, out, created)
     diff_ids = [layer.diff_id for layer in base_layers]
     for layer in layers:
         d = layer.descriptor
@@ -184,5 +185,20 @@ def compose(
     return Image(name, config_bytes, Descriptor.of(OCI_CONFIG, config_bytes), tuple(out), tags=tuple(tags))
 
 
+def _padded_history(history: list[dict], base_layers: list[Layer], created: str) -> tuple[list[dict], list[Layer]]:
+    """A base whose history does not have one entry per layer (none at all, or a count that does
+    not match) would leave the composed image's history out of step with its layers, and every
+    layer's created_by unreadable. The old entries are kept, marked empty (they describe no layer
+    one can tell), and each base layer gets an entry of its own."""
+    kept = [{**h, "empty_layer": True} for h in history]
+    padded = []
+    layers = []
+    for layer in base_layers:
+        entry = {"created": created, "created_by": f"lamina: layer {layer.descriptor.digest} of the base"}
+        padded.append(entry)
+        layers.append(dataclasses.replace(layer, history=(entry,)))
+    return kept + padded, layers
+
+
 def _oci(d: Descriptor, annotations: tuple[tuple[str, str], ...]) -> Descriptor:
-    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, annotations)
+    return d.as_oci_layer(annotations)

@@ -13,7 +13,7 @@ from lamina.image import Image, Layer, Taken
 from lamina.model import ANN_SELECTOR, ANN_SOURCE, ANN_SOURCE_DIGEST, EPOCH, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Platform
 from lamina.select import describe
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
 
 BASE = FakeImage(
     [FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"), FakeLayer({"bin/sh": b"sh"}, "RUN install sh", "gzip")],
@@ -113,6 +113,37 @@ def test_docker_media_types_become_oci_ones(tmp_path, base: Image) -> None:  # t
     _, manifest = _parts(compose(base, _added(docker)))
     assert [d["mediaType"] for d in manifest["layers"][2:4]] == [OCI_LAYER_GZIP, OCI_LAYER]
     assert [d["digest"] for d in manifest["layers"][2:]] == [sha(l.blob) for l in SOURCE.layers]
+
+
+def test_a_foreign_layer_stays_nondistributable_and_keeps_its_urls(base: Image) -> None:
+    urls = ("https://example.invalid/layer.tar.gz",)
+    foreign = dataclasses.replace(base.layers[1], descriptor=dataclasses.replace(
+        base.layers[1].descriptor, media_type="application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", urls=urls))
+    as_base = dataclasses.replace(base, layers=(base.layers[0], foreign))
+    for composed in (compose(as_base, []), compose(base, [dataclasses.replace(foreign, taken=Taken(":", "", base.platform))])):
+        _, manifest = _parts(composed)
+        top = manifest["layers"][-1]
+        assert top["mediaType"] == "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        assert top["urls"] == list(urls) and top["digest"] == foreign.descriptor.digest
+
+
+@pytest.mark.parametrize("history", [[], [{"created_by": "one entry for two layers"}]], ids=["none", "short"])
+def test_a_base_whose_history_does_not_match_its_layers_gets_one_entry_per_layer(tmp_path, source: Image,  # type: ignore[no-untyped-def]
+                                                                                 history: list) -> None:
+    from lamina.formats.write import write
+    from lamina.select import parse_selector, select
+
+    bare = _open(tmp_path, "bare", dataclasses.replace(BASE, empty_history=[], config_extra={"history": history}))
+    composed = compose(bare, _added(source, indices=[0]))
+    config, _ = _parts(composed)
+    entries = [h for h in config["history"] if not h.get("empty_layer")]
+    assert len(entries) == 3
+    assert [h["created_by"] for h in entries[:2]] == [f"lamina: layer {l.descriptor.digest} of the base" for l in bare.layers]
+    assert [h["created_by"] for h in config["history"] if h.get("empty_layer")] == [h["created_by"] for h in history]
+    write(composed, "oci", str(tmp_path / "out"))
+    again = open_image("oci:" + str(tmp_path / "out"))
+    assert [l.index for l in select(again, parse_selector("created_by=RUN one"))] == [2]  # was: no history at all
+    assert again.layers[0].created_by == composed.layers[0].created_by == entries[0]["created_by"]
 
 
 def _config(base: Image, **overrides) -> dict:  # type: ignore[no-untyped-def]

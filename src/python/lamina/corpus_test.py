@@ -39,8 +39,8 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
-# The test images. The only import of lamina.testing: when it moves, change this line.
-from lamina.testing.images import FakeImage, FakeLayer, compress, write_docker_classic, write_docker_oci, write_oci_archive, write_oci_dir, write_oci_multi
+# The test images. The only import of lamina_testing: when it moves, change this line.
+from lamina_testing.images import FakeImage, FakeLayer, compress, write_docker_classic, write_docker_oci, write_oci_archive, write_oci_dir, write_oci_multi
 
 from lamina.cli import main
 

@@ -1,7 +1,9 @@
 """The Docker engine through the docker SDK: resolve a name to an image ID, export it, load incrementally."""
 from __future__ import annotations
 
+import io
 import os
+import posixpath
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -11,6 +13,7 @@ from lamina.blobs import CHUNK, chunks
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
+from lamina.formats.write import header_bytes
 from lamina.image import Image
 from lamina.model import canonical_json, sha256_digest
 
@@ -139,6 +142,79 @@ def export(engine: Engine, name: str, out_path: str) -> Exported:
     return Exported(image_id, out_path, size)
 
 
+class _Stream(io.RawIOBase):
+    """The engine's export stream (an iterator of chunks) as a file to read from."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        super().__init__()
+        self._chunks = chunks
+        self._data = b""
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while self._pos >= len(self._data):
+            try:
+                self._data, self._pos = next(self._chunks), 0
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._data) - self._pos)
+        buffer[:n] = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+
+def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
+    """`docker save` of `name`, unpacked as it streams into the new directory `out_dir` (each member
+    written once, in chunks; links kept inside it), for reading as `docker-archive:out_dir`: the
+    layers are then files of their own, which an extraction links instead of copying. Checked to
+    hold the image ID `name` resolved to. For a temporary read: nothing is synced to disk."""
+    from lamina.formats.store import DirSource
+    from lamina.formats.tarindex import safe_member_path
+
+    image_id = resolve(engine, name)
+    tag = _saved_name(engine, name, image_id)
+    os.makedirs(out_dir)
+    size = 0
+    links: list[tuple[str, str]] = []
+    try:
+        stream = io.BufferedReader(_Stream(iter(engine.client.api.get_image(tag or image_id, chunk_size=CHUNK))), CHUNK)
+        with tarfile.open(fileobj=stream, mode="r|") as tf:
+            for info in tf:
+                member = safe_member_path(info.name, f"the export of {name}")
+                path = os.path.join(out_dir, member)
+                if info.isdir():
+                    os.makedirs(path, exist_ok=True)
+                elif info.isreg():
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    f = tf.extractfile(info)
+                    with open(path, "wb") as out:
+                        for data in chunks(f):  # type: ignore[arg-type]
+                            out.write(data)
+                            size += len(data)
+                elif info.issym() or info.islnk():
+                    target = info.linkname if info.islnk() else posixpath.join(posixpath.dirname(member), info.linkname)
+                    links.append((member, safe_member_path(posixpath.normpath(target), f"the export of {name}")))
+        for member, target in links:  # docker save links a layer it holds twice to its first copy
+            path = os.path.join(out_dir, member)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.link(os.path.join(out_dir, target), path)
+    except _api_errors() as e:
+        raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
+    except (tarfile.TarError, EOFError) as e:
+        raise DaemonError(f"the export of {name!r} from the Docker engine at {engine.name} is not a readable "
+                          f"tar ({e})") from e
+    except FileNotFoundError as e:
+        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
+    saved = read_docker_archive(DirSource(out_dir), name)
+    if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
+        raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
+                          f"{saved.config_descriptor.digest}); run the export again")
+    return Exported(image_id, out_dir, size)
+
+
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:
     """The chain ID of every prefix of a layer stack: the key the engine's layer store uses."""
     out: list[str] = []
@@ -193,7 +269,7 @@ def _header(name: str, size: int) -> bytes:
     info.size = size
     info.mode = 0o644
     info.mtime = 0
-    return info.tobuf(format=tarfile.USTAR_FORMAT)
+    return header_bytes(info)  # ustar; GNU base-256 size for a layer of 8 GiB or more
 
 
 def _pad(size: int) -> bytes:
@@ -240,12 +316,13 @@ class LoadReport:
     skipped_bytes: int  # of layer blobs left out because the engine had them
     layers_sent: int
     layers_skipped: int
-    fell_back: bool = False  # the sparse tarball was refused and the full one sent
+    fell_back: str = ""  # why the sparse tarball was refused, when it was and the full one was sent
 
     def summary(self) -> str:
         named = ", ".join(self.tags) if self.tags else "(untagged)"
         total = self.layers_sent + self.layers_skipped
-        note = "; the engine lost a layer meanwhile, so the full image was sent" if self.fell_back else ""
+        note = (f"; the engine refused the load without the layers it has ({self.fell_back}), so the full "
+                "image was sent") if self.fell_back else ""
         return (f"loaded {self.image_id} as {named} \u2014 sent {self.sent_bytes} bytes, skipped {self.skipped_bytes} "
                 f"bytes ({self.layers_skipped} of {total} layers already in the engine){note}")
 
@@ -274,15 +351,16 @@ def load(engine: Engine, image: Image, tags: Sequence[str] = (), present: Option
     """
     tags = tuple(tags) or image.tags
     plan = plan_load(image, engine_chain_ids(engine) if present is None else present)
-    fell_back = False
+    fell_back = ""
     try:
         _post_load(engine, load_tarball(image, tags, plan))
     except DaemonError as e:
-        missing = [_layer_name(image, i) for i in plan.skip]
-        if not any(name in str(e) for name in missing):
+        if not plan.skip:
             raise DaemonError(f"loading {image.source} into the Docker engine at {engine.name} failed: {e}") from e
+        # Whatever the engine's words (Docker's own layer store names the missing file; the
+        # containerd image store of newer engines says it differently): send everything once.
         plan = LoadPlan(tuple(range(len(image.layers))), ())
-        fell_back = True
+        fell_back = " ".join(str(e).split())[:200] or "no reason given"
         try:
             _post_load(engine, load_tarball(image, tags, plan))
         except DaemonError as again:

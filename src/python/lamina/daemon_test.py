@@ -8,7 +8,7 @@ import tarfile
 
 from lamina.daemon import LoadPlan, chain_ids, load_tarball, plan_load
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_oci_dir
 
 FAKE = FakeImage([FakeLayer({"a": b"a"}, "ADD a /"), FakeLayer({"b": b"b" * 900}, "RUN b", "gzip"),
                   FakeLayer({"c": b"c"}, "RUN c")])
@@ -45,4 +45,19 @@ def test_sparse_tarball_lists_every_layer_and_holds_only_the_sent_ones(tmp_path)
         "Config": config_name, "RepoTags": ["app:1"],
         "Layers": ["blobs/sha256/" + sha(l.blob)[7:] for l in FAKE.layers]}]
     assert members[config_name] == image.config_bytes
+    assert members["blobs/sha256/" + sha(FAKE.layers[1].blob)[7:]] == FAKE.layers[1].blob
+
+
+def test_a_layer_past_the_ustar_limit_is_sent_with_a_gnu_size(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.formats.write as writer
+    from lamina.daemon import _header
+
+    header = _header("blobs/sha256/" + "b" * 64, 9 << 30)  # was a ValueError: ustar holds 8 GiB - 1
+    assert tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape").size == 9 << 30
+    monkeypatch.setattr(writer, "USTAR_MAX_SIZE", 100)
+    write_oci_dir(FAKE, str(tmp_path / "img"))
+    image = open_image("oci:" + str(tmp_path / "img"))
+    data = b"".join(load_tarball(image, ("app:1",), LoadPlan(send=(0, 1, 2), skip=())))
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        members = {m.name: tf.extractfile(m).read() for m in tf.getmembers()}  # type: ignore[union-attr]
     assert members["blobs/sha256/" + sha(FAKE.layers[1].blob)[7:]] == FAKE.layers[1].blob

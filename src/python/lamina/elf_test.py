@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from lamina.elf import HEAD_LIMIT, ElfInfo, ElfScanner, is_elf, parse_elf
-from lamina.testing.elffiles import make_elf
+from lamina_testing.elffiles import make_elf
 
 
 @pytest.mark.parametrize("bits", [32, 64])

@@ -6,22 +6,38 @@ It is the cached intermediate the Pants plugin keeps per `docker_layer`.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from lamina.blobs import DiffIdHasher, chunks, copy_extent_verified
+from lamina.blobs import (
+    CHUNK,
+    DiffIdHasher,
+    TeeReader,
+    UncompressedCheckingReader,
+    VerifiedReader,
+    chunks,
+    copy_extent_verified,
+    decompressed,
+)
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, replace_path
 from lamina.image import Image, Layer
-from lamina.model import Descriptor, oci_layer_media_type, parse_json
+from lamina.model import Descriptor, parse_json
 from lamina.progress import Progress
 
+if TYPE_CHECKING:
+    from lamina.analyze.index import LayerIndex
+
 SELECTION_FILE = "lamina-selection.json"
+INDEX_FILE = "lamina-index.json"  # the scan index of the selected layers, when extract made one
 
 
 @dataclass(frozen=True)
@@ -62,11 +78,14 @@ def read_selection(layout_dir: str) -> Optional[Selection]:
 
 
 def _oci(d: Descriptor) -> Descriptor:
-    return Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, d.annotations)
+    return d.as_oci_layer()
 
 
-def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) -> None:
-    """Copy a layer blob to `dest` in one pass, checking its digest, size and diff_id."""
+def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress,
+                        pause: Optional[Callable[[str], None]] = None) -> None:
+    """Copy a layer blob to `dest` in one pass, checking its digest, size and diff_id. `pause`, a
+    test hook, is called with the temporary file once the bytes are in it, before it is renamed
+    into place."""
     hasher = None if layer.compression == "none" else DiffIdHasher(layer.compression, what)
     tmp = dest + ".tmp"
     try:
@@ -85,6 +104,8 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
                     if hasher:
                         hasher.update(data)
                     progress.add(len(data))
+        if pause is not None:
+            pause(tmp)
         if hasher:
             diff_id = hasher.digest()
             if diff_id != layer.diff_id:
@@ -100,8 +121,54 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress) 
         raise
 
 
-def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) -> Selection:
-    """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically."""
+def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image: Image,
+                   pause: Optional[Callable[[str], None]] = None) -> "LayerIndex":
+    """Store a layer blob at `dest` and index it (the scan: entries, content hashes, ELF facts) in
+    one pass over its bytes, checking its digest, size and diff_id on the way. A blob that is a
+    file of its own (a layout's blob, an unpacked export's layer) is hard-linked when it can be and
+    then read once; any other is read once from its source while it is written. `pause`: see
+    copy_layer_verified."""
+    from lamina.analyze.scan import scan_layer
+
+    opener = layer.opener_or_file()
+    if opener is None:
+        raise InvalidSource(f"{what}: blob {layer.descriptor.digest} has no bytes in this source")
+    d = layer.descriptor
+    tmp = dest + ".tmp"
+    try:
+        linked = False
+        if layer.path is not None:
+            try:
+                os.link(layer.path, tmp)
+                linked = True
+            except OSError:  # another file system, or links not allowed: copy it
+                pass
+        with contextlib.nullcontext(None) if linked else open(tmp, "wb") as out:
+            raw = open(tmp, "rb") if linked else opener()
+            blob = io.BufferedReader(VerifiedReader(TeeReader(raw, out, progress.add), d.digest, d.size, what), CHUNK)
+            with blob:
+                plain = io.BufferedReader(UncompressedCheckingReader(decompressed(blob, layer.compression),
+                                                                     layer.diff_id, what), CHUNK)
+                index = scan_layer(layer, image.source, image.layers[: layer.index], str(image.platform), plain)
+                for _ in chunks(blob):  # whatever follows the compressed stream: stored and verified too
+                    pass
+        if pause is not None:
+            pause(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return index
+
+
+def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, index: bool = False,
+            pause: Optional[Callable[[str], None]] = None) -> Selection:
+    """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically.
+
+    With `index`, the bundle also holds INDEX_FILE: the scan index of each selected layer, made in
+    the same pass that copies it (what `lamina scan` of the bundle would write). `pause`: see
+    copy_layer_verified."""
     selection = Selection(image.source, selector, tuple(l.index for l in layers))
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -109,12 +176,26 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str) 
     progress = Progress(f"extracting {len(layers)} layer(s) of {image.source}", sum(l.descriptor.size for l in layers))
     try:
         store = BlobDir(tmp)
+        indexes = []
         for layer in layers:
             dest = store.path(layer.descriptor.digest)
-            if os.path.exists(dest):
+            what = f"{image.source}: layer {layer.index} ({layer.descriptor.digest})"
+            if os.path.exists(dest):  # the same blob twice in one image
+                if index:
+                    from lamina.analyze.scan import scan_layer
+
+                    again = dataclasses.replace(layer, opener=None, path=dest)
+                    indexes.append(scan_layer(again, image.source, image.layers[: layer.index], str(image.platform)))
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
-            copy_layer_verified(layer, dest, f"{image.source}: layer {layer.index} ({layer.descriptor.digest})", progress)
+            if index:
+                indexes.append(copy_and_index(layer, dest, what, progress, image, pause))
+            else:
+                copy_layer_verified(layer, dest, what, progress, pause)
+        if index:
+            from lamina.analyze.index import write_index
+
+            write_index(indexes, os.path.join(tmp, INDEX_FILE))
         # The manifest of the whole source image (media types mapped to OCI, digests unchanged).
         manifest_desc = image.manifest_descriptor
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)

@@ -1,6 +1,7 @@
 """Tests of extract: a bundle holds the selected layers and describes the whole source; failures leave nothing."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -13,10 +14,10 @@ from lamina.image import Image
 from lamina.model import Platform
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
-from lamina.testing import hostile
-from lamina.testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic
-from lamina.testing.kernel import count_kernel_copies
 from lamina.validate import validate
+from lamina_testing import hostile
+from lamina_testing.images import FakeImage, FakeLayer, leftovers, sha, tree, write_docker_classic, write_oci_dir
+from lamina_testing.kernel import count_kernel_copies
 
 FAKE = FakeImage([
     FakeLayer({"etc/os-release": b"ID=fake\n"}, "ADD rootfs /"),
@@ -105,13 +106,14 @@ def test_malformed_selection_file(tmp_path) -> None:  # type: ignore[no-untyped-
         read_selection(str(tmp_path))
 
 
+@pytest.mark.parametrize("index", [False, True], ids=["copy", "copy-and-index"])
 @pytest.mark.parametrize("case", hostile.CASES, ids=[c.id for c in hostile.CASES])
-def test_hostile_source_fails_extract_and_leaves_nothing(tmp_path, case: hostile.Case) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_source_fails_extract_and_leaves_nothing(tmp_path, case: hostile.Case, index: bool) -> None:  # type: ignore[no-untyped-def]
     src = case.build(str(tmp_path))
     out = tmp_path / "out" / "bundle"
     with pytest.raises(case.error) as e:
         image = open_image(src, platform=Platform.parse(case.platform) if case.platform else None)
-        _extract(image, ":", str(out))
+        extract(image, image.layers, str(out), ":", index=index)
     assert re.search(case.message, str(e.value)), str(e.value)
     assert "\n" not in str(e.value)
     assert not os.path.lexists(out)
@@ -136,3 +138,82 @@ def test_an_uncompressed_layer_is_copied_by_the_kernel_and_checked(tmp_path, sou
     with pytest.raises(Exception, match="blob content is sha256:"):
         _extract(flipped, "0", str(tmp_path / "flipped"))
     assert not (tmp_path / "flipped").exists() and leftovers(str(tmp_path)) == []
+
+
+def test_index_is_made_in_the_copying_pass_and_equals_a_scan_of_the_bundle(tmp_path, source: Image,  # type: ignore[no-untyped-def]
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from lamina.analyze.index import dumps, read_index
+    from lamina.analyze.scan import scan_source
+    from lamina.extract import INDEX_FILE
+
+    opened: list = []
+    layers = []
+    for layer in source.layers:  # count how often each blob is opened: once, for copy and index alike
+        def counting(layer=layer):  # type: ignore[no-untyped-def]
+            opened.append(layer.index)
+            return layer.opener()
+        layers.append(dataclasses.replace(layer, opener=counting))
+    counted = dataclasses.replace(source, layers=tuple(layers))
+    selection = extract(counted, counted.layers[1:], str(tmp_path / "indexed"), "1:", index=True)
+    assert sorted(opened) == [1, 2]
+    plain = tmp_path / "plain"
+    _extract(source, "1:", str(plain))
+    indexed = read_index(str(tmp_path / "indexed" / INDEX_FILE))
+    assert dumps(indexed) == dumps(scan_source(str(plain)).layers)  # what `lamina scan BUNDLE` writes
+    assert [l.index for l in indexed] == list(selection.indices) == [1, 2]
+    assert {p: d for p, d in tree(str(tmp_path / "indexed")).items() if p != INDEX_FILE} == tree(str(plain))
+
+
+@pytest.mark.parametrize("lie", ["digest", "diff_id"])
+def test_an_indexed_copy_that_does_not_verify_leaves_nothing(tmp_path, lie: str) -> None:  # type: ignore[no-untyped-def]
+    from lamina_testing.images import write_oci_dir
+
+    diff_ids = {"rootfs": {"type": "layers", "diff_ids": [sha(l.tar) for l in FAKE.layers[:2]] + [sha(b"lie")]}}
+    fake = FakeImage(FAKE.layers, config_extra=diff_ids if lie == "diff_id" else {})
+    write_oci_dir(fake, str(tmp_path / "src"))
+    if lie == "digest":
+        from lamina_testing.images import blob_file, flip_byte, oci_manifest
+
+        flip_byte(blob_file(str(tmp_path / "src"), oci_manifest(str(tmp_path / "src"))["layers"][2]["digest"]), 20)
+    image = open_image("oci:" + str(tmp_path / "src"))
+    message = "uncompressed content is .*, the config says " + sha(b"lie") if lie == "diff_id" else ""
+    with pytest.raises(Exception, match=message or "blob content is sha256:|corrupt zstd|not a readable tar"):
+        extract(image, image.layers[2:], str(tmp_path / "out" / "b"), "-1", index=True)
+    assert not (tmp_path / "out" / "b").exists() and leftovers(str(tmp_path / "out")) == []
+    assert os.path.isfile(str(image.layers[2].path))  # the source's blob, hard-linked to be checked, stays
+
+
+def test_a_blob_that_is_a_file_is_linked_into_the_bundle_and_read_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.extract import INDEX_FILE
+    from lamina_testing.images import write_oci_dir
+
+    write_oci_dir(FAKE, str(tmp_path / "src"))
+    image = open_image("oci:" + str(tmp_path / "src"))
+    extract(image, image.layers, str(tmp_path / "b"), ":", index=True)
+    for layer in image.layers:
+        stored = tmp_path / "b" / "blobs" / "sha256" / layer.descriptor.hex
+        assert os.stat(stored).st_ino == os.stat(str(layer.path)).st_ino
+    assert (tmp_path / "b" / INDEX_FILE).is_file()
+
+
+def test_the_test_pause_hook_stops_extract_with_the_bytes_unpublished(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.cli
+
+    write_oci_dir(FakeImage([FakeLayer({"a": b"a" * 5000})]), str(tmp_path / "img"))
+    marker = tmp_path / "paused"
+    monkeypatch.setenv("LAMINA_TEST_PAUSE_AT", f"copy:{marker}")
+
+    class Paused(Exception):
+        pass
+
+    def stop(seconds: float) -> None:
+        partial = marker.read_text()
+        assert partial.endswith(".tmp") and os.path.getsize(partial) > 0  # the bytes are there, unpublished
+        raise Paused()
+
+    monkeypatch.setattr(lamina.cli.time, "sleep", stop)
+    with pytest.raises(Paused):
+        lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "b").exists()
+    monkeypatch.delenv("LAMINA_TEST_PAUSE_AT")
+    assert lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")]) == 0

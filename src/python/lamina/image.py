@@ -18,7 +18,6 @@ from lamina.model import (
     check_digest,
     expect_dict,
     layer_compression,
-    oci_layer_media_type,
     parse_json,
 )
 
@@ -106,13 +105,13 @@ class Layer:
 def manifest_bytes(config: Descriptor, layers: tuple[Descriptor, ...]) -> bytes:
     """An OCI image manifest in lamina's canonical form: the only place one is serialised.
 
-    Layer media types are mapped to their OCI names (same bytes, same digests); annotations are kept."""
+    Layer media types are mapped to their OCI names (same bytes, same digests; a nondistributable
+    layer stays one); annotations and urls are kept."""
     return canonical_json({
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": Descriptor(OCI_CONFIG, config.digest, config.size).to_json(),
-        "layers": [Descriptor(oci_layer_media_type(d.media_type), d.digest, d.size, d.annotations).to_json()
-                   for d in layers],
+        "layers": [d.as_oci_layer().to_json() for d in layers],
     })
 
 

@@ -1,6 +1,7 @@
 """Walking a layer's tar stream: each entry's header (and, on request, its content) in one bounded pass to the end."""
 from __future__ import annotations
 
+import contextlib
 import posixpath
 import tarfile
 from dataclasses import dataclass
@@ -65,15 +66,19 @@ def kind_of(info: tarfile.TarInfo) -> str:
     return "other"
 
 
-def walk(layer: Layer, what: str, read: Callable[[Entry, IO[bytes]], T]) -> Iterator[tuple[Entry, Optional[T]]]:
+def walk(layer: Layer, what: str, read: Callable[[Entry, IO[bytes]], T],
+         stream: Optional[IO[bytes]] = None) -> Iterator[tuple[Entry, Optional[T]]]:
     """Each entry of the layer in tar order, with `read(entry, content)` for a file (None otherwise).
 
     `read` runs before the walk moves on, as the content is only readable then; it reads in
     chunks. The layer is read once, to its very end (so its digest is checked), in chunks: the
     bytes after the last header, however many, are never held at once. Stop early and the
     layer is left unverified.
+
+    `stream`, when given, is the layer's uncompressed bytes as the caller reads them (e.g. while
+    it stores the blob); it is read to its end and left open for the caller.
     """
-    with layer.open_uncompressed() as stream:
+    with (layer.open_uncompressed() if stream is None else contextlib.nullcontext(stream)) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 for info in tf:

@@ -12,7 +12,7 @@ from lamina.image import Image, Layer
 from lamina.layertar import Entry, entries, walk
 from lamina.model import Descriptor
 from lamina.select import parse_selector, select
-from lamina.testing.images import MEDIA, layer_tar, sha
+from lamina_testing.images import MEDIA, layer_tar, sha
 
 
 def _layer(tar: bytes, blob: bytes = b"") -> Layer:

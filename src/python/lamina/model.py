@@ -6,7 +6,7 @@ import json
 import platform as _host
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional, Sequence
 
 from lamina.errors import InvalidSource
 
@@ -24,7 +24,14 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 DOCKER_LAYER_ZSTD = "application/vnd.docker.image.rootfs.diff.tar.zstd"
-NONDIST_SUFFIX = ".nondistributable"
+# Nondistributable ("foreign") layers: their blobs are fetched from the descriptor's urls, and
+# registries and tools do not copy them. Their type says so, and lamina keeps it.
+OCI_ND_LAYER = "application/vnd.oci.image.layer.nondistributable.v1.tar"
+OCI_ND_LAYER_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+OCI_ND_LAYER_ZSTD = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd"
+DOCKER_FOREIGN_LAYER = "application/vnd.docker.image.rootfs.foreign.diff.tar"
+DOCKER_FOREIGN_LAYER_GZIP = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+NONDIST_SUFFIX = ".nondistributable"  # an OCI type with this suffix: read as the nondistributable one
 
 INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
 MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
@@ -37,8 +44,13 @@ _LAYER_TYPES = {
     DOCKER_LAYER: ("none", OCI_LAYER),
     DOCKER_LAYER_GZIP: ("gzip", OCI_LAYER_GZIP),
     DOCKER_LAYER_ZSTD: ("zstd", OCI_LAYER_ZSTD),
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": ("gzip", OCI_LAYER_GZIP),
+    OCI_ND_LAYER: ("none", OCI_ND_LAYER),
+    OCI_ND_LAYER_GZIP: ("gzip", OCI_ND_LAYER_GZIP),
+    OCI_ND_LAYER_ZSTD: ("zstd", OCI_ND_LAYER_ZSTD),
+    DOCKER_FOREIGN_LAYER: ("none", OCI_ND_LAYER),
+    DOCKER_FOREIGN_LAYER_GZIP: ("gzip", OCI_ND_LAYER_GZIP),
 }
+_NONDISTRIBUTABLE = {OCI_LAYER: OCI_ND_LAYER, OCI_LAYER_GZIP: OCI_ND_LAYER_GZIP, OCI_LAYER_ZSTD: OCI_ND_LAYER_ZSTD}
 COMPRESSION_MEDIA_TYPE = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 
 # Annotation keys lamina writes.
@@ -48,6 +60,9 @@ ANN_SOURCE_DIGEST = "dev.lamina.layer.source-digest"
 ANN_SELECTOR = "dev.lamina.layer.selector"
 
 EPOCH = "1970-01-01T00:00:00Z"
+
+# The variant an architecture's images have when they name none (containerd's defaults).
+DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7"}
 
 _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
@@ -65,10 +80,12 @@ def layer_compression(media_type: str) -> str:
 
 
 def oci_layer_media_type(media_type: str) -> str:
-    """The OCI media type naming the same bytes as `media_type`."""
+    """The OCI media type naming the same bytes as `media_type`; a nondistributable (foreign)
+    layer's stays nondistributable."""
     layer_compression(media_type)
-    base = media_type[: -len(NONDIST_SUFFIX)] if media_type.endswith(NONDIST_SUFFIX) else media_type
-    return _LAYER_TYPES[base][1]
+    if media_type.endswith(NONDIST_SUFFIX):
+        return _NONDISTRIBUTABLE.get(_LAYER_TYPES[media_type[: -len(NONDIST_SUFFIX)]][1], OCI_ND_LAYER)
+    return _LAYER_TYPES[media_type][1]
 
 
 def check_digest(value: Any, where: str) -> str:
@@ -133,14 +150,30 @@ class Platform:
         )
 
     def normalized(self) -> "Platform":
-        """arm64's v8 variant is the default one, so 'linux/arm64/v8' equals 'linux/arm64'."""
-        if self.architecture == "arm64" and self.variant == "v8":
-            return Platform(self.os, self.architecture)
-        return self
+        """With its architecture's default variant when it names none ("7" read as "v7"), as
+        containerd normalizes: linux/arm is linux/arm/v7, linux/arm64 is linux/arm64/v8."""
+        variant = self.variant
+        if variant and not variant.startswith("v") and variant.isdigit():
+            variant = "v" + variant
+        return Platform(self.os, self.architecture, variant or DEFAULT_VARIANTS.get(self.architecture, ""))
 
     def matches(self, other: "Platform") -> bool:
+        """Whether an image for `other` serves a request for this platform: same os and
+        architecture, and, when this one names a variant, the same variant (defaults filled in);
+        a request without a variant takes any variant (see `best`)."""
         a, b = self.normalized(), other.normalized()
-        return (a.os, a.architecture, a.variant) == (b.os, b.architecture, b.variant)
+        if (a.os, a.architecture) != (b.os, b.architecture):
+            return False
+        return not self.variant or a.variant == b.variant
+
+    def best(self, platforms: Sequence["Platform"]) -> list[int]:
+        """The positions of `platforms` a request for this platform picks: those it matches, and
+        of those, when there are several, the ones of the requested (or else the default) variant.
+        The one picking rule of every multi-platform source (registry indexes, OCI layouts)."""
+        matching = [i for i, p in enumerate(platforms) if self.matches(p)]
+        wanted = self.normalized().variant
+        exact = [i for i in matching if platforms[i].normalized().variant == wanted]
+        return exact or matching
 
     def __str__(self) -> str:
         return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
@@ -152,11 +185,14 @@ class Descriptor:
     digest: str
     size: int
     annotations: tuple[tuple[str, str], ...] = field(default=())
+    urls: tuple[str, ...] = ()  # where a nondistributable layer's blob is fetched from
 
     def to_json(self) -> dict:
         out: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
         if self.annotations:
             out["annotations"] = dict(self.annotations)
+        if self.urls:
+            out["urls"] = list(self.urls)
         return out
 
     @classmethod
@@ -174,17 +210,27 @@ class Descriptor:
         if not isinstance(media_type, str):
             raise InvalidSource(f"{where}: descriptor has no mediaType")
         annotations = value.get("annotations") or {}
+        urls = value.get("urls") or []
+        if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+            raise InvalidSource(f"{where}: descriptor urls {urls!r} is not a list of strings")
         return cls(
             media_type=media_type,
             digest=check_digest(value.get("digest"), where),
             size=size,
             annotations=tuple(sorted((str(k), str(v)) for k, v in expect_dict(annotations, where).items())),
+            urls=tuple(urls),
         )
 
     def with_annotations(self, extra: Mapping[str, str]) -> "Descriptor":
         merged = dict(self.annotations)
         merged.update(extra)
-        return Descriptor(self.media_type, self.digest, self.size, tuple(sorted(merged.items())))
+        return Descriptor(self.media_type, self.digest, self.size, tuple(sorted(merged.items())), self.urls)
+
+    def as_oci_layer(self, annotations: Optional[tuple[tuple[str, str], ...]] = None) -> "Descriptor":
+        """This layer descriptor under its OCI media type (same bytes, same digest), its urls kept,
+        with `annotations` instead of its own when given."""
+        return Descriptor(oci_layer_media_type(self.media_type), self.digest, self.size,
+                          self.annotations if annotations is None else annotations, self.urls)
 
     @property
     def hex(self) -> str:

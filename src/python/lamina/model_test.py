@@ -44,8 +44,23 @@ def test_platform_parse_rejects_malformed(text: str) -> None:
 
 def test_platform_arm64_v8_is_the_default_arm64_variant() -> None:
     assert Platform.parse("linux/arm64/v8").matches(Platform.parse("linux/arm64"))
-    assert not Platform.parse("linux/arm/v7").matches(Platform.parse("linux/arm"))
+    assert Platform.parse("linux/arm64").matches(Platform.parse("linux/arm64/v8"))
     assert not Platform.parse("linux/amd64").matches(Platform.parse("linux/arm64"))
+
+
+def test_a_platform_without_variant_takes_any_preferring_the_default_one() -> None:
+    arm = Platform.parse("linux/arm")
+    assert arm.matches(Platform.parse("linux/arm/v7")) and arm.matches(Platform.parse("linux/arm/v6"))
+    assert Platform.parse("linux/arm/v7").matches(arm)  # an image naming no variant is the default one
+    assert not Platform.parse("linux/arm/v6").matches(arm)
+    assert Platform("linux", "arm", "7").matches(Platform.parse("linux/arm/v7"))
+    found = [Platform.parse(t) for t in ("linux/arm/v6", "linux/arm/v7", "linux/arm64/v8", "linux/amd64")]
+    assert arm.best(found) == [1]
+    assert Platform.parse("linux/arm/v6").best(found) == [0]
+    assert Platform.parse("linux/arm64").best(found) == [2]
+    assert Platform.parse("linux/riscv64").best(found) == []
+    v2, v3 = Platform("linux", "amd64", "v2"), Platform("linux", "amd64", "v3")
+    assert Platform.parse("linux/amd64").best([v2, v3]) == [0, 1]  # no default: both, so the caller asks
 
 
 def test_platform_of_config_reads_os_architecture_variant() -> None:
@@ -61,9 +76,14 @@ def test_platform_of_config_reads_os_architecture_variant() -> None:
         (OCI_LAYER_ZSTD, "zstd", OCI_LAYER_ZSTD),
         (DOCKER_LAYER, "none", OCI_LAYER),
         (DOCKER_LAYER_GZIP, "gzip", OCI_LAYER_GZIP),
-        (OCI_LAYER_GZIP + ".nondistributable", "gzip", OCI_LAYER_GZIP),
+        (OCI_LAYER_GZIP + ".nondistributable", "gzip", "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+        ("application/vnd.oci.image.layer.nondistributable.v1.tar", "none",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar"),
+        ("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip", "gzip",
+         "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
     ],
-    ids=["oci", "oci-gzip", "oci-zstd", "docker", "docker-gzip", "nondistributable"],
+    ids=["oci", "oci-gzip", "oci-zstd", "docker", "docker-gzip", "nondistributable-suffix", "oci-nondistributable",
+         "docker-foreign"],
 )
 def test_layer_media_types_map_to_compression_and_oci_type(media_type: str, compression: str, oci: str) -> None:
     assert layer_compression(media_type) == compression
@@ -84,6 +104,15 @@ def test_descriptor_json_round_trip_sorts_annotations() -> None:
     assert d.to_json() == value
     assert d.hex == "ab" * 32
     assert d.with_annotations({"a": "x", "c": "3"}).annotations == (("a", "x"), ("b", "2"), ("c", "3"))
+
+
+def test_descriptor_urls_round_trip_and_are_checked() -> None:
+    value = {"mediaType": OCI_LAYER, "digest": DIGEST, "size": 3, "urls": ["https://example.invalid/b"]}
+    d = Descriptor.from_json(value, "here")
+    assert d.urls == ("https://example.invalid/b",) and d.to_json() == value
+    assert d.with_annotations({"a": "1"}).urls == d.urls and d.as_oci_layer().urls == d.urls
+    with pytest.raises(InvalidSource, match="here: descriptor urls 'x' is not a list of strings"):
+        Descriptor.from_json({**value, "urls": "x"}, "here")
 
 
 @pytest.mark.parametrize(

@@ -3,16 +3,19 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
 import tarfile
 
 import pytest
 
+from lamina.analyze.index import IndexEntry, LayerIndex
+from lamina.analyze.stackfs import FileSystem, apply
 from lamina.errors import SpecError
 from lamina.image import Image
 from lamina.model import OCI_LAYER_GZIP, Descriptor
 from lamina.newlayer import build_files_layer, files_from_dir
-from lamina.testing.images import sha
 from lamina.validate import validate
+from lamina_testing.images import sha
 
 
 def _tree(root, files: dict[str, bytes], mtime: int, order=sorted) -> None:  # type: ignore[no-untyped-def]
@@ -115,6 +118,59 @@ def test_files_from_dir_places_files_under_dest(tmp_path) -> None:  # type: igno
     _tree(tmp_path / "src", FILES, 0)
     pairs = sorted(files_from_dir(str(tmp_path / "src"), "/opt/x"))
     assert pairs == sorted((f"/opt/x/{rel}", os.path.join(str(tmp_path / "src"), rel)) for rel in FILES)
+
+
+def _below(*entries: IndexEntry) -> FileSystem:
+    digest = "sha256:" + "0" * 64
+    return apply([LayerIndex("base", 0, digest, digest, "", 0, "", "linux/amd64", (), (), entries)]).fs
+
+
+USR_MERGED = _below(
+    IndexEntry("usr", "dir", 0o755, 0, 0), IndexEntry("usr/bin", "dir", 0o755, 0, 0),
+    IndexEntry("usr/bin/sh", "symlink", 0o777, 0, 0, linkname="dash"), IndexEntry("bin", "symlink", 0o777, 0, 0, linkname="usr/bin"),
+    IndexEntry("tmp", "dir", 0o1777, 0, 0), IndexEntry("home", "dir", 0o755, 0, 0),
+    IndexEntry("home/app", "dir", 0o750, 1000, 1000), IndexEntry("etc", "dir", 0o755, 0, 0),
+    IndexEntry("etc/hosts", "file", 0o644, 0, 0))
+
+
+def test_on_layers_below_files_follow_their_symlinks_and_keep_their_directories(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "f").write_bytes(b"f")
+    f = str(tmp_path / "f")
+    files = [("/bin/tool", f), ("/tmp/scratch", f), ("/home/app/app.conf", f), ("/opt/new/thing", f)]
+    build_files_layer(files, str(tmp_path / "l.tgz"), USR_MERGED)
+    # parents that exist below are written as they are there (overlay2 shows the upper layer's
+    # directory), new ones root 0755; /bin stays a symlink
+    assert [(m.name, m.type, m.mode, m.uid) for m in _members(str(tmp_path / "l.tgz"))] == [
+        ("home", tarfile.DIRTYPE, 0o755, 0), ("home/app", tarfile.DIRTYPE, 0o750, 1000),
+        ("home/app/app.conf", tarfile.REGTYPE, 0o644, 0),
+        ("opt", tarfile.DIRTYPE, 0o755, 0), ("opt/new", tarfile.DIRTYPE, 0o755, 0),
+        ("opt/new/thing", tarfile.REGTYPE, 0o644, 0),
+        ("tmp", tarfile.DIRTYPE, 0o1777, 0), ("tmp/scratch", tarfile.REGTYPE, 0o644, 0),
+        ("usr", tarfile.DIRTYPE, 0o755, 0), ("usr/bin", tarfile.DIRTYPE, 0o755, 0),
+        ("usr/bin/tool", tarfile.REGTYPE, 0o644, 0),
+    ]
+    # without the layers below, the layer is as before: every parent directory written
+    build_files_layer(files, str(tmp_path / "plain.tgz"))
+    assert "bin" in [m.name for m in _members(str(tmp_path / "plain.tgz"))]
+
+
+@pytest.mark.parametrize("dest, message", [
+    ("/etc", "file destination '/etc': /etc is a directory in the layers below"),
+    ("/etc/hosts/x", "/etc/hosts is a file in the layers below, not a directory"),
+], ids=["onto-a-directory", "under-a-file"])
+def test_destinations_the_layers_below_cannot_take_are_refused(tmp_path, dest: str, message: str) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "f").write_bytes(b"f")
+    with pytest.raises(SpecError, match=re.escape(message)):
+        build_files_layer([(dest, str(tmp_path / "f"))], str(tmp_path / "l.tgz"), USR_MERGED)
+
+
+def test_two_destinations_landing_on_one_path_through_a_symlink_are_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "a").write_bytes(b"a")
+    (tmp_path / "b").write_bytes(b"b")
+    with pytest.raises(SpecError, match=re.escape("two files want the same image path /usr/bin/x (as '/bin/x' and "
+                                                  "'/usr/bin/x')")):
+        build_files_layer([("/bin/x", str(tmp_path / "a")), ("/usr/bin/x", str(tmp_path / "b"))],
+                          str(tmp_path / "l.tgz"), USR_MERGED)
 
 
 def test_a_files_layer_description_nested_too_deeply_is_a_spec_error(tmp_path) -> None:  # found by lamina_fuzz

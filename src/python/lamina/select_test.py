@@ -9,7 +9,7 @@ from lamina.errors import SelectorError
 from lamina.image import Image
 from lamina.select import Selector, describe, parse_selector, select
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_oci_dir
 
 # Four layers; ENV/CMD/ENTRYPOINT entries in the history make no layer of their own.
 FAKE = FakeImage(

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 from lamina.errors import InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
@@ -88,6 +88,12 @@ def open_image(text: str, name: Optional[str] = None, platform: Optional[Platfor
         if not os.path.isdir(ref.path):
             raise InvalidSource(f"{ref.path}: no such OCI layout directory")
         return read_oci(DirSource(ref.path), label, ref.ref, platform)
+    if transport == "docker-archive" and os.path.isdir(ref.path):  # unpacked (daemon.export_unpacked)
+        unpacked = DirSource(ref.path)
+        if not unpacked.has_file("manifest.json"):
+            raise InvalidSource(f"{ref.path}: not a docker save archive (no manifest.json)")
+        image = read_docker_archive(unpacked, label, ref.ref)
+        return _richer_oci_view(unpacked, image, label, ref.ref, platform)
     if not os.path.isfile(ref.path):
         raise InvalidSource(f"{ref.path}: no such file")
     source = TarSource(ref.path)
@@ -99,7 +105,7 @@ def open_image(text: str, name: Optional[str] = None, platform: Optional[Platfor
     return read_oci(source, label, ref.ref, platform)
 
 
-def _richer_oci_view(source: TarSource, image: Image, label: str, tag: Optional[str],
+def _richer_oci_view(source: Union[TarSource, DirSource], image: Image, label: str, tag: Optional[str],
                      platform: Optional[Platform]) -> Image:
     """The same image read through the archive's OCI index when it has one (Docker 25+ and lamina
     write both): that view keeps exact media types and layer annotations (the audit trail, and the

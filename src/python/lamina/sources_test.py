@@ -7,7 +7,7 @@ import pytest
 
 from lamina.errors import InvalidSource
 from lamina.sources import SourceRef, open_image, parse_source, sniff
-from lamina.testing.images import (
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     write_docker_classic,

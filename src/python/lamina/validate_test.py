@@ -7,8 +7,8 @@ import pytest
 
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, blob_file, oci_manifest, rewrite_oci, sha, write_oci_dir
 from lamina.validate import validate
+from lamina_testing.images import FakeImage, FakeLayer, blob_file, oci_manifest, rewrite_oci, sha, write_oci_dir
 
 FAKE = FakeImage([FakeLayer({"a": b"a" * 999}, "ADD a", "none"), FakeLayer({"b": b"b"}, "RUN b", "gzip"),
                   FakeLayer({"c": b"c"}, "RUN c", "zstd")])

@@ -8,6 +8,7 @@ Images are built FROM the busybox base in the Docker engine:
   dyn           the host's libc and loader (layer 1), a libfoo.so built here (layer 2), a binary
                 linked against it (layer 3)
   history       RUN steps with ENV, CMD and LABEL (empty history entries) between them
+  script        a `#!/bin/sh` script /usr/local/bin/greet in its top layer
 
 Every index is made per layer, as the Pants plugin does for each extracted layer, and checked in
 stack order.
@@ -59,6 +60,10 @@ ENV SECOND=2
 RUN echo two > /two  # h-two
 LABEL purpose=history
 """,
+    "script": f"""\
+FROM {BASE_IMAGE}
+RUN mkdir -p /usr/local/bin && printf '#!/bin/sh\\necho started\\n' > /usr/local/bin/greet && chmod 755 /usr/local/bin/greet
+""",
 }
 
 # The classic builder's COPY keeps the context's 0644, so the files are made executable in an image
@@ -82,6 +87,15 @@ HELLO_C = "int foo(void);\nint main(void) { return foo() == 42 ? 0 : 1; }\n"
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
+
+
+def require_under_ci(reason: str) -> None:
+    """Skip for `reason`, except under CI (env CI set), which installs what these tests need
+    (.ci/services.sh): there a missing tool is a failure, never a quiet skip."""
+    if os.environ.get("CI"):
+        pytest.fail(f"under CI: {reason}")
+    pytest.skip(reason)
+
 
 
 def run_lamina(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:
@@ -117,7 +131,7 @@ def section(report: str, heading: str) -> List[str]:
 def _compile_dyn_context(workdir: Path) -> Dict[str, bytes]:
     """hello (needs libfoo.so and libc) and libfoo.so built by gcc here, plus the host's libc and loader."""
     if shutil.which("gcc") is None:
-        pytest.skip("needs gcc to build a dynamically linked test binary")
+        require_under_ci("needs gcc (apt-get install gcc libc6-dev) to build a dynamically linked test binary")
     (workdir / "libfoo.c").write_text(LIBFOO_C)
     (workdir / "main.c").write_text(HELLO_C)
 
@@ -420,7 +434,7 @@ def test_pants_package_reports_whiteouts_and_missing_libraries_per_target(images
 def test_pants_package_fails_on_a_hard_link_whose_target_is_not_in_the_stack(images: Images,
                                                                              tmp_path: Path) -> None:
     from lamina.sources import open_image
-    from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+    from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
     from lamina_tests.support.sample_repo import SampleRepo
 
     # An archive made from files: its top layer hard-links a file that its lower layer holds.
@@ -450,3 +464,68 @@ composed_image(name="whole", base="base.tar", layers=[":both"])
     whole = repo.pants("package", "links:whole")  # with the target's layer below it, the link holds
     assert _findings(whole.stderr, "links:whole") == [], whole.stderr
     assert (repo.root / "dist" / "links" / "whole.tar").is_file()
+
+
+START_BUILD = """
+docker_layer(name="greet", image="script.tar", layer=-1)
+
+# The script's layer without the base it was built on: nothing provides /bin/sh.
+composed_image(name="nosh", base="scratch", platform="{platform}", layers=[":greet"],
+               cmd=["/usr/local/bin/greet"], on_start_failure="error")
+composed_image(name="nosh_warn", base="scratch", platform="{platform}", layers=[":greet"], cmd=["greet"],
+               repository="{prefix}/nosh")
+# On the busybox base: /bin/sh is there, and `greet` is found on the base's PATH.
+composed_image(name="withsh", base="base.tar", layers=[":greet"], cmd=["greet"], on_start_failure="error",
+               repository="{prefix}/withsh")
+"""
+
+
+def test_pants_package_checks_the_start_command_and_the_engine_agrees(images: Images, tmp_path: Path) -> None:
+    from lamina.sources import open_image
+    from lamina_tests.support.sample_repo import SampleRepo
+
+    repo = SampleRepo(tmp_path / "repo")
+    (repo.root / "starts").mkdir()
+    for name in ("base", "script"):
+        os.link(images.tars[name], repo.root / "starts" / f"{name}.tar")
+    platform = open_image(str(images.tars["base"])).platform
+    repo.write("starts/BUILD", START_BUILD.format(platform=f"{platform.os}/{platform.architecture}", prefix=PREFIX))
+
+    failed = repo.pants("package", "starts:nosh", check=False)
+    output = failed.stdout + failed.stderr
+    assert failed.returncode != 0, output
+    assert "starts:nosh: composition check failed: 1 start command that cannot start:" in output, output
+    (finding,) = [l.strip() for l in output.splitlines() if l.strip().startswith("error: ")]
+    assert finding.startswith('error: start command ["/usr/local/bin/greet"]: /usr/local/bin/greet from '
+                              "[0] starts/script.tar layer "), finding
+    assert "is a '#!/bin/sh' script and its interpreter is missing: no layer provides /bin/sh" in finding, finding
+    assert "Traceback" not in output, output
+    assert not list((repo.root / "dist").rglob("nosh.*")), list((repo.root / "dist").rglob("*"))
+
+    built = repo.pants("package", "starts:nosh_warn", "starts:withsh")
+    (warning,) = _findings(built.stderr, "starts:nosh_warn")
+    assert warning.startswith('warning: start command ["greet"]: /usr/local/bin/greet from [0] starts/script.tar layer '), warning
+    assert "no layer provides /bin/sh" in warning, warning
+    assert _findings(built.stderr, "starts:withsh") == [], built.stderr
+    # The engine agrees with both verdicts.
+    refs = [f"{PREFIX}/withsh:latest", f"{PREFIX}/nosh:latest"]
+    try:
+        for name in ("withsh", "nosh_warn"):
+            docker("load", "-i", str(repo.root / "dist" / "starts" / f"{name}.tar"), timeout=120)
+        ran = docker("run", "--rm", "--network", "none", refs[0], check=False)
+        assert (ran.returncode, ran.stdout.strip()) == (0, "started"), ran.stderr
+        ran = docker("run", "--rm", "--network", "none", refs[1], check=False)
+        assert ran.returncode != 0 and "no such file or directory" in ran.stderr, (ran.returncode, ran.stderr)
+    finally:
+        for ref in refs:
+            docker("image", "rm", "-f", ref, check=False, timeout=120)
+
+
+def test_without_gcc_these_tests_fail_under_ci_and_skip_elsewhere(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="under CI: needs gcc"):
+        _compile_dyn_context(tmp_path)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="needs gcc"):
+        _compile_dyn_context(tmp_path)

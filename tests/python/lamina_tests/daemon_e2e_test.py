@@ -19,7 +19,7 @@ from lamina.compose import compose
 from lamina.daemon import DaemonError, chain_ids, connect, export, load
 from lamina.formats.write import write_oci_layout
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina_tests.support.cliproc import run_cli
 from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save, image_id
 from lamina_tests.support.services import docker, require_docker, start_registry
@@ -69,6 +69,26 @@ def test_export_equals_docker_save(tmp_path: Path, built: dict, capsys: pytest.C
     assert [n for n in os.listdir(tmp_path) if n.startswith(".lamina-tmp")] == []
 
 
+def test_extract_straight_from_the_engine_equals_extract_from_docker_save_and_keeps_nothing_else(
+        tmp_path: Path, built: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    tag = built["tags"]["z"]
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    code, out, err = _cli(capsys, "extract", f"docker-daemon:{tag}", "--layer=1:", "--out", str(tmp_path / "engine"),
+                          "--index")
+    assert code == 0, err
+    docker_save(tag, tmp_path / "saved.tar")
+    code, out2, err = _cli(capsys, "extract", str(tmp_path / "saved.tar"), "--layer=1:", "--out", str(tmp_path / "saved"),
+                           "--index", f"--name=docker-daemon:{tag}")
+    assert code == 0, err
+    assert json.loads(out) == json.loads(out2)  # the same selection, recorded under the same name
+    blobs = sorted(os.listdir(tmp_path / "engine" / "blobs" / "sha256"))
+    assert blobs == sorted(os.listdir(tmp_path / "saved" / "blobs" / "sha256"))
+    for name in ("lamina-index.json", "lamina-selection.json", "index.json"):
+        assert (tmp_path / "engine" / name).read_bytes() == (tmp_path / "saved" / name).read_bytes(), name
+    assert os.listdir(tmp_path / "tmp") == []  # the unpacked export is gone
+
+
 def test_export_by_id_has_no_tag(tmp_path: Path, built: dict) -> None:
     engine = connect(os.environ)
     image = image_id(built["tags"]["y"])
@@ -102,7 +122,7 @@ def test_incremental_load_sends_only_missing_layers_and_the_image_runs(
     # loading it again sends no layer at all
     report = load(engine, open_image("oci:" + layout), (f"{PREFIX}/composed:2",))
     built["created"].append(f"{PREFIX}/composed:2")
-    assert (report.sent_bytes, report.layers_skipped, report.fell_back) == (0, 4, False)
+    assert (report.sent_bytes, report.layers_skipped, report.fell_back) == (0, 4, "")
 
 
 def test_load_from_a_registry_fetches_only_the_layers_the_engine_lacks(
@@ -174,6 +194,32 @@ def test_sparse_load_falls_back_to_the_full_image_when_the_engine_lacks_a_layer(
     assert report.fell_back and report.layers_skipped == 0 and report.sent_bytes == sum(
         l.descriptor.size for l in image.layers)
     assert docker("run", "--rm", "--network", "none", tag, "cat", "/fresh").returncode == 0
+
+
+def test_a_partial_load_refused_in_any_words_falls_back_once_and_says_so(
+        tmp_path: Path, built: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lamina.daemon
+
+    engine = connect(os.environ)
+    tag = f"{PREFIX}/anywords:1"
+    built["created"].append(tag)
+    y = open_image("docker-archive:" + export(engine, built["tags"]["y"], str(tmp_path / "y.tar")).path)
+    real, calls = lamina.daemon._post_load, []
+
+    def containerd_words(engine, body):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == 1:  # the sparse tarball: refused as the containerd image store words it
+            for _ in body:
+                pass
+            raise DaemonError("failed to get reader: content digest sha256:abc: not found")
+        return real(engine, body)
+
+    monkeypatch.setattr(lamina.daemon, "_post_load", containerd_words)
+    report = load(engine, y, (tag,))  # the engine has all of y: the first try sends no layer
+    assert len(calls) == 2 and report.layers_skipped == 0
+    assert report.summary().count("refused the load without the layers it has (failed to get reader: content "
+                                  "digest sha256:abc: not found), so the full image was sent") == 1
+    assert image_id(tag) == y.config_descriptor.digest
 
 
 def test_missing_image_and_unreachable_engine_are_clear_errors(

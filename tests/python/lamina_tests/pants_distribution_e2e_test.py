@@ -123,3 +123,109 @@ def test_run_loads_only_missing_layers_and_shows_the_output(setup) -> None:  # t
     loaded = re.search(r"\((\d+) of (\d+) layers already in the engine\)", result.stderr)
     assert loaded and int(loaded.group(1)) >= 1, result.stderr  # the busybox base was not sent again
     assert any(p.startswith("lamina: load") for p in completed_processes(result.stderr))
+
+
+BIG = 200 * 1000 * 1000  # one layer of this size: no process of publish or run may copy it
+
+
+def _kept_sandboxes(output: str, description: str) -> list:
+    """The sandboxes Pants kept (--keep-sandboxes=always) for processes whose description starts so."""
+    found = re.findall(r"[Pp]reserving local process execution dir [`'\"]?(/[^`'\"\s]+)[`'\"]? for [`'\"]?([^\n]*)", output)
+    return [Path(path) for path, what in found if what.startswith(description)]
+
+
+def _bytes_in(sandbox: Path) -> int:
+    """Bytes of the regular files in a sandbox, not following symlinks (read-only inputs are links)."""
+    total = 0
+    for dirpath, dirnames, names in os.walk(sandbox, followlinks=False):
+        for name in names:
+            st = os.lstat(os.path.join(dirpath, name))
+            if not os.path.islink(os.path.join(dirpath, name)):
+                total += st.st_size
+    return total
+
+
+@pytest.fixture(scope="module")
+def big(setup):  # type: ignore[no-untyped-def]
+    repo, registry, env, creds, a = setup
+    tag = f"{PREFIX}/big:1"
+    build_image(tag, f"FROM {BASE_IMAGE}\nRUN head -c {BIG} /dev/urandom > /opt/big\n")
+    (repo.root / "bigimg").mkdir(exist_ok=True)
+    docker_save(tag, repo.root / "bigimg" / "big.tar")
+    docker("image", "rm", "-f", tag, check=False)
+    repo.write("bigimg/BUILD", f"""
+docker_layer(name="big_top", image="big.tar", layer=-1)
+composed_image(name="big", base="../images/base.tar", layers=[":big_top"], repository="{PREFIX}/big",
+               image_tags=["v1"], registries=["{registry.host}"])
+""")
+    yield repo
+    docker("image", "rm", "-f", f"{PREFIX}/big:v1", check=False)
+
+
+def test_run_and_publish_read_the_layers_where_pants_keeps_them_never_a_copy(setup, big) -> None:  # type: ignore[no-untyped-def]
+    repo, registry, env, creds, a = setup
+    repo.pants("package", "bigimg:big", env=env)  # built first, so the runs below do only their own work
+    ran = repo.pants("run", "--keep-sandboxes=always", "bigimg:big", "--", "wc", "-c", "/opt/big", env=env)
+    published = repo.pants("publish", "--keep-sandboxes=always", "bigimg:big", env=env)
+    kept = {what: _kept_sandboxes(result.stderr, what) for what, result in
+            (("lamina: load", ran), ("Interactive process", published))}
+    try:
+        assert str(BIG) in ran.stdout, ran.stdout + ran.stderr
+        manifest = json.loads(_skopeo("inspect", "--tls-verify=false", creds, f"docker://{registry.host}/{PREFIX}/big:v1"))
+        assert len(manifest["Layers"]) == 2
+        for what, sandboxes in kept.items():
+            assert sandboxes, f"no kept sandbox of {what!r} in:\n{ran.stderr if what.startswith('lamina') else published.stderr}"
+            for sandbox in sandboxes:
+                assert _bytes_in(sandbox) < BIG // 10, f"{what}: {sandbox} holds a copy of the layer"
+                links = [p for p in sandbox.iterdir() if p.name.startswith("__layer") and p.is_symlink()]
+                assert links, f"{what}: the layer bundle in {sandbox} is not linked read-only: {sorted(sandbox.iterdir())}"
+    finally:
+        for sandboxes in kept.values():
+            for sandbox in sandboxes:
+                subprocess.run(["rm", "-rf", str(sandbox)], check=False)
+
+
+def test_output_format_docker_daemon_loads_the_image_and_a_change_sends_only_its_layer(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, registry, env, creds, a = setup
+    run_id = uuid.uuid4().hex[:8]
+    (repo.root / "daemon").mkdir(exist_ok=True)
+
+    def save(name: str, content: str) -> None:
+        tag = f"{PREFIX}/{name}:src"
+        build_image(tag, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/{name} && echo {content} > /opt/{name}/file\n")
+        docker_save(tag, repo.root / "daemon" / f"{name}.tar")
+        docker("image", "rm", "-f", tag, check=False)
+
+    save("x", f"x-{run_id}")
+    save("y", f"y-{run_id}")
+    image = f"{PREFIX}/indaemon"
+    repo.write("daemon/BUILD", f"""
+docker_layer(name="x", image="x.tar", layer=-1)
+docker_layer(name="y", image="y.tar", layer=-1)
+composed_image(name="indaemon", base="../images/base.tar", layers=[":x", ":y"], repository="{image}",
+               image_tags=["v1"], output_format="docker-daemon")
+""")
+    try:
+        first = repo.pants("package", "daemon:indaemon", env=env)
+        out = first.stdout + first.stderr
+        assert re.search(rf"loaded sha256:[0-9a-f]+ as {re.escape(image)}:v1", out), out
+        assert sorted(p.name for p in (repo.root / "dist" / "daemon").iterdir()) == ["indaemon.layers.json"]
+        trail = json.loads((repo.root / "dist" / "daemon" / "indaemon.layers.json").read_text())
+        inspected = json.loads(docker("image", "inspect", f"{image}:v1").stdout)[0]
+        assert inspected["RootFS"]["Layers"] == [row["diff_id"] for row in trail["layers"]]  # digest-true
+        assert inspected["Id"] == trail["config"]
+        ran = docker("run", "--rm", "--network", "none", f"{image}:v1", "cat", "/opt/x/file", "/opt/y/file")
+        assert ran.stdout.split() == [f"x-{run_id}", f"y-{run_id}"]
+
+        save("y", f"y2-{run_id}")  # one source changed: only its layer goes to the engine
+        second = repo.pants("package", "daemon:indaemon", env=env)
+        out = second.stdout + second.stderr
+        trail = json.loads((repo.root / "dist" / "daemon" / "indaemon.layers.json").read_text())
+        sent = re.search(r"sent (\d+) bytes, skipped (\d+) bytes \((\d+) of (\d+) layers already in the engine\)", out)
+        assert sent, out
+        assert (int(sent.group(3)), int(sent.group(4))) == (len(trail["layers"]) - 1, len(trail["layers"]))
+        assert int(sent.group(1)) == trail["layers"][-1]["size"]
+        ran = docker("run", "--rm", "--network", "none", f"{image}:v1", "cat", "/opt/y/file")
+        assert ran.stdout.split() == [f"y2-{run_id}"]
+    finally:
+        docker("image", "rm", "-f", f"{image}:v1", check=False)

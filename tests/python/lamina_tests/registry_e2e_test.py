@@ -29,8 +29,8 @@ from lamina.registry.reference import parse_reference
 from lamina.registry.retry import RetryPolicy
 from lamina.registry.transport import RegistryOptions
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
 from lamina.validate import validate
+from lamina_testing.images import FakeImage, FakeLayer, sha, write_docker_classic, write_oci_dir
 from lamina_tests.support.cliproc import run_cli
 from lamina_tests.support.faultproxy import Fault, FaultProxy
 from lamina_tests.support.services import Registry, free_port, start_registry

@@ -10,9 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 from lamina.sources import open_image
-from lamina.testing.big import write_big_docker_archive
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina.validate import validate
+from lamina_testing.big import write_big_docker_archive
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_classic
 from lamina_tests.support.sample_repo import SampleRepo, completed_processes
 
 
@@ -46,17 +46,22 @@ def test_a_build_killed_mid_extraction_leaves_nothing_and_the_next_one_is_correc
         'composed_image(name="img", base="scratch", platform="linux/amd64", layers=[":big"])\n',
     )
     log = tmp_path / "killed.log"
+    marker = tmp_path / "paused"
+    # The extraction stops itself with the layer's bytes in its temporary file, not yet renamed
+    # into place (cli.py _test_pause), and says so in `marker`: it is killed there, not after a guess.
+    pause = f'--subprocess-environment-env-vars=+["LAMINA_TEST_PAUSE_AT=copy:{marker}"]'
     with log.open("wb") as out:
         child = subprocess.Popen(
-            repo.pants_argv("package", "images:img"), cwd=repo.root, env=repo.env(), stdin=subprocess.DEVNULL,
+            repo.pants_argv(pause, "package", "images:img"), cwd=repo.root, env=repo.env(), stdin=subprocess.DEVNULL,
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 300
-        while "Starting: lamina: extract" not in log.read_text(errors="replace"):
+        while not marker.exists():
             assert child.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.05)
-        time.sleep(0.3)  # well inside the copy of a 300 MB layer
+        partial = marker.read_text()
+        assert partial.endswith(".tmp") and os.path.isfile(partial), partial  # inside the copy
         below = _descendants(child.pid)
         os.killpg(child.pid, signal.SIGKILL)
         for pid in below:

@@ -1,12 +1,15 @@
-"""The composition checks on a stack of layer indexes: conflicts, foreign whiteouts, broken hard links."""
+"""The composition checks on a stack of layer indexes: conflicts, replacements, foreign whiteouts, broken hard links."""
 from __future__ import annotations
 
 import fnmatch
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from lamina.analyze.stackfs import Applied, Node, Override, apply
 from lamina.analyze.index import LayerIndex
 from lamina.analyze.report import Finding, Policy, Report, layer_name
+
+if TYPE_CHECKING:
+    from lamina.analyze.start import StartConfig
 
 # (tool, globs) of files that record which packages are installed.
 PACKAGE_DATABASES = (
@@ -52,7 +55,7 @@ def conflicts(applied: Applied, policy: Policy) -> list[Finding]:
     stack = applied.fs.stack
     by_path: dict[str, list[Override]] = {}
     for o in applied.overrides:
-        if not stack[o.upper.layer].knows(stack[o.lower.layer]):
+        if not is_replacement(o) and not stack[o.upper.layer].knows(stack[o.lower.layer]):
             by_path.setdefault(o.path, []).append(o)
     severity = "error" if policy.on_conflict == "error" else "warning"
     out = []
@@ -75,6 +78,62 @@ def conflicts(applied: Applied, policy: Policy) -> list[Finding]:
                     "others installed; rebuild the layers on a common base or merge the databases")
             message += f"; {hint}"
         out.append(Finding("conflict", severity, message, (path,), tuple(layers), final.layer, hint=hint))
+    return out
+
+
+def is_replacement(o: Override) -> bool:
+    """An override that changes what a lower layer's paths lead to or who may use them: a symlink
+    replaced by a directory or a file (what it led to is no longer found through it), or a
+    directory whose mode or owner the upper layer's entry changes (directories merge, and the
+    upper entry's metadata wins: /tmp loses its 1777, /home/app its owner)."""
+    if o.lower.kind == "symlink":
+        return o.upper.kind in ("dir", "file")
+    return o.lower.kind == "dir" and o.upper.kind == "dir"
+
+
+def _replacement(stack: Sequence[LayerIndex], o: Override) -> tuple[str, str]:
+    """(message, hint) of one replacement."""
+    lower, upper = layer_name(stack, o.lower.layer), layer_name(stack, o.upper.layer)
+    a, b = o.lower.facts, o.upper.facts
+    if o.lower.kind == "symlink":
+        hint = ("build that layer on this base, or put its files under the symlink's target; "
+                "a Dockerfile COPY follows the symlink")
+        message = (f"{upper} replaces the symlink /{o.path} -> {a.linkname} of {lower} with {_kind_name(o.upper)}: "
+                   f"what the symlink led to is no longer found at /{o.path}; {hint}")
+        return message, hint
+    changed = []
+    if a.mode != b.mode:
+        changed.append(f"mode {a.mode:04o} to {b.mode:04o}")
+    if (a.uid, a.gid) != (b.uid, b.gid):
+        changed.append(f"owner {a.uid}:{a.gid} to {b.uid}:{b.gid}")
+    hint = "give the directory entry the lower layer's mode and owner, or leave the entry out of the layer"
+    message = f"{upper} changes directory /{o.path} of {lower}: {', '.join(changed)}; {hint}"
+    return message, hint
+
+
+def replacements(applied: Applied, policy: Policy) -> list[Finding]:
+    """Lower symlinks a layer replaces with a directory or file, and lower directories whose mode or
+    owner it changes, where the layer was not built on the lower one in its source image. A layer
+    made on top of the stack (the files layer) counts as built on nothing here: it is made to
+    follow symlinks and keep directories as they are, so such a change in it is reported too.
+    Graded like conflicts (`on_conflict`, `allowed_conflicts`)."""
+    if policy.on_conflict == "ignore":
+        return []
+    stack = applied.fs.stack
+    severity = "error" if policy.on_conflict == "error" else "warning"
+    seen = set()
+    out = []
+    for o in applied.overrides:
+        upper, lower = stack[o.upper.layer], stack[o.lower.layer]
+        built_on = lower.digest in upper.below or lower.diff_id in upper.below_diff_ids
+        key = (o.path, o.lower.layer, o.upper.layer)
+        if not is_replacement(o) or built_on or key in seen or policy.allows(o.path):
+            continue
+        if o.path not in applied.fs.nodes:
+            continue  # removed again higher up
+        seen.add(key)
+        message, hint = _replacement(stack, o)
+        out.append(Finding("replacement", severity, message, (o.path,), (o.lower.layer, o.upper.layer), hint=hint))
     return out
 
 
@@ -112,12 +171,23 @@ def hardlinks(applied: Applied) -> list[Finding]:
     return out
 
 
-def check(stack: Sequence[LayerIndex], policy: Policy = Policy()) -> Report:
-    """Every check on a stack of layers (base first), graded by `policy`."""
+def check(stack: Sequence[LayerIndex], policy: Policy = Policy(), start: Optional[StartConfig] = None) -> Report:
+    """Every check on a stack of layers (base first), graded by `policy`; with the image's `start`
+    config, also whether its entrypoint + cmd would start (and scripts use its PATH)."""
     from lamina.analyze.deps import missing_libraries
+    from lamina.analyze.start import script_interpreters, start_executable, start_findings
+    from lamina.analyze.startable import User
 
     applied = apply(stack)
-    findings = conflicts(applied, policy) + whiteouts(applied) + hardlinks(applied)
+    fs = applied.fs
+    findings = conflicts(applied, policy) + replacements(applied, policy) + whiteouts(applied) + hardlinks(applied)
+    checks_start = start is not None and policy.on_start_failure != "ignore"
     if policy.check_dependencies:
-        findings += missing_libraries(applied.fs)
-    return Report(applied.fs.stack, tuple(findings), policy)
+        findings += missing_libraries(fs)
+        # A start script's interpreter is reported once, as the start command's problem.
+        skip = start_executable(fs, start) if start is not None and checks_start else None
+        findings += script_interpreters(fs, start, skip)
+    if start is not None and checks_start:
+        findings += start_findings(fs, start, policy)
+        return Report(fs.stack, tuple(findings), policy, start.argv, User.parse(start.user).describe())
+    return Report(fs.stack, tuple(findings), policy)

@@ -1,4 +1,4 @@
-"""Tests of the composition checks: conflicts and what is not one, policies, foreign whiteouts."""
+"""Tests of the composition checks: conflicts and what is not one, policies, replacements, foreign whiteouts."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -7,11 +7,11 @@ from typing import Mapping, Sequence
 import pytest
 
 from lamina.analyze.check import check, package_database
-from lamina.analyze.index import LayerIndex
+from lamina.analyze.index import IndexEntry, LayerIndex
 from lamina.analyze.report import Policy, Report
 from lamina.errors import SpecError
-from lamina.testing.images import FakeImage, FakeLayer, FileValue
-from lamina.testing.stacks import indexes
+from lamina_testing.images import FakeImage, FakeLayer, FileValue
+from lamina_testing.stacks import indexes
 
 BASE = FakeLayer({"etc/": None, "etc/passwd": b"root\n", "bin/": None, "bin/echo": b"echo", "bin/cat": b"cat"},
                  "ADD rootfs /")
@@ -166,10 +166,57 @@ def test_the_text_report_groups_findings_one_line_each() -> None:
     assert lines[4:] == [
         "conflicts (1):",
         "  " + report.of_kind("conflict")[0].severity + ": " + report.of_kind("conflict")[0].message,
+        "replaced symlinks and directories: none",
         "whiteouts: none",  # b was built on base: removing its cat is expected
         "hard links: none",
         "missing libraries: none",
+        "script interpreters: none",  # no start command group: the check had no image config
     ]
     doc = report.to_json()
-    assert doc["counts"] == {"conflict": 1, "whiteout": 0, "hardlink": 0, "missing-library": 0}
+    assert doc["counts"] == {"conflict": 1, "replacement": 0, "whiteout": 0, "hardlink": 0, "missing-library": 0,
+                             "interpreter": 0, "start": 0}
     assert doc["stack"][2]["source"] == "b" and doc["findings"][0]["winner"] == 2 and doc["errors"] == 0
+
+
+USR_MERGED = FakeLayer({"usr/": None, "usr/lib/": None, "usr/lib/libc.so.6": b"libc", "lib": "->usr/lib",
+                        "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"}, "ADD rootfs /")
+
+
+def test_a_foreign_layer_replacing_a_lower_symlink_with_a_directory_is_reported_naming_both_layers() -> None:
+    other = _on(FakeLayer({"lib/": None}), {"lib/": None, "lib/libfoo.so": b"foo"})
+    report = check(_stack((FakeImage([USR_MERGED]), "debian", [0]), (other, "other", [1])))
+    (finding,) = report.of_kind("replacement")
+    assert (finding.paths, finding.layers, finding.severity) == (("lib",), (0, 1), "warning")
+    assert finding.message.startswith("[1] other layer 1 (sha256:")
+    assert "replaces the symlink /lib -> usr/lib of [0] debian layer 0 (sha256:" in finding.message
+    assert "with a directory: what the symlink led to is no longer found at /lib" in finding.message
+    assert report.of_kind("conflict") == ()  # reported once, as what it is
+    strict = check(_stack((FakeImage([USR_MERGED]), "debian", [0]), (other, "other", [1])), Policy("error"))
+    assert strict.errors == (replace(finding, severity="error"),)  # graded like a conflict
+
+
+def test_a_layer_built_on_the_symlink_may_replace_it() -> None:
+    image = FakeImage([USR_MERGED, FakeLayer({"bin/": None, "bin/x": b"x"})])
+    assert check(indexes(image, "img")).of_kind("replacement") == ()
+
+
+def _layer(index: int, source: str, entries: Sequence[IndexEntry], on_top: bool = False) -> LayerIndex:
+    digest = f"sha256:{index:064x}"
+    return LayerIndex(source, index, digest, digest, "", 0, "", "linux/amd64", (), (), tuple(entries), on_top=on_top)
+
+
+def test_a_files_layer_changing_a_lower_directorys_mode_or_owner_is_reported() -> None:
+    base = _layer(0, "base", [IndexEntry("tmp", "dir", 0o1777, 0, 0), IndexEntry("home", "dir", 0o755, 0, 0),
+                              IndexEntry("home/app", "dir", 0o755, 1000, 1000), IndexEntry("bin", "symlink", 0o777, 0, 0,
+                                                                                           linkname="usr/bin")])
+    files = _layer(-1, "files of //app:img", [
+        IndexEntry("bin", "dir", 0o755, 0, 0), IndexEntry("bin/tool", "file", 0o755, 0, 0),
+        IndexEntry("home", "dir", 0o755, 0, 0), IndexEntry("home/app", "dir", 0o755, 0, 0),
+        IndexEntry("home/app/f", "file", 0o644, 0, 0),
+        IndexEntry("tmp", "dir", 0o755, 0, 0), IndexEntry("tmp/f", "file", 0o644, 0, 0)], on_top=True)
+    found = {f.paths[0]: f.message for f in check((base, files)).of_kind("replacement")}
+    assert sorted(found) == ["bin", "home/app", "tmp"]
+    assert "changes directory /tmp of [0] base layer 0 (sha256:" in found["tmp"]
+    assert "mode 1777 to 0755" in found["tmp"] and "owner 1000:1000 to 0:0" in found["home/app"]
+    assert "replaces the symlink /bin -> usr/bin" in found["bin"]
+    assert found["tmp"].startswith("[1] files of //app:img (sha256:")

@@ -10,7 +10,7 @@ import pytest
 from lamina.analyze.index import read_index
 from lamina.cli import main
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, write_docker_oci, write_oci_dir
 
 BASE = FakeLayer({"bin/": None, "bin/sh": b"sh"}, "ADD rootfs /")
 DPKG = {"var/": None, "var/lib/": None, "var/lib/dpkg/": None}
@@ -101,7 +101,7 @@ def test_layers_conflicts_on_a_composed_image(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from lamina.testing.elffiles import make_elf
+    from lamina_testing.elffiles import make_elf
 
     (tmp_path / "app").write_bytes(make_elf(type="exec", interp="/lib/ld.so", needed=["libfoo.so.1"]))
     (tmp_path / "files.json").write_text(json.dumps({"files": [{"src": str(tmp_path / "app"), "dest": "/bin/app"}]}))
@@ -135,3 +135,25 @@ def test_files_layer_makes_the_layer_once_for_compose_and_check(tmp_path: Path, 
     assert rc != 0 and "no files: a files layer needs at least one" in err and "Traceback" not in err
     rc, _, err = _run(capsys, "files-layer", str(tmp_path / "nope.json"), "--out", str(tmp_path / "fl3"))
     assert rc != 0 and "nope.json" in err and "Traceback" not in err
+
+
+def test_files_layer_below_the_scans_of_a_usr_merged_base_keeps_its_symlinks(tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture) -> None:
+    write_oci_dir(FakeImage([FakeLayer({"usr/": None, "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"})]),
+                  str(tmp_path / "base"))
+    (tmp_path / "tool").write_bytes(b"tool")
+    (tmp_path / "files.json").write_text(json.dumps({"files": [{"src": str(tmp_path / "tool"), "dest": "/bin/tool"}]}))
+    base = str(tmp_path / "base.json")
+    assert _run(capsys, "scan", str(tmp_path / "base"), "--out", base)[0] == 0
+    reports = {}
+    for name, below in (("on-base", ["--below", base]), ("blind", [])):
+        rc, out, err = _run(capsys, "files-layer", str(tmp_path / "files.json"), "--out", str(tmp_path / name), *below)
+        assert rc == 0, err
+        (index,) = read_index(str(tmp_path / name / "index.json"))
+        reports[name] = ([e.path for e in index.entries],
+                         _run(capsys, "check", "--index", base, "--index", str(tmp_path / name / "index.json"))[1])
+    paths, report = reports["on-base"]
+    assert paths == ["usr", "usr/bin", "usr/bin/tool"] and "replaced symlinks and directories: none" in report, report
+    paths, report = reports["blind"]  # made without the layers below: its bin/ replaces the symlink, and check says so
+    assert paths == ["bin", "bin/tool"]
+    assert "replaced symlinks and directories (1):" in report and "replaces the symlink /bin -> usr/bin" in report, report

@@ -91,11 +91,24 @@ def _missing(fs: FileSystem, node: Node, elf: ElfInfo, system: list[str]) -> lis
     return missing
 
 
+def _system_dirs(fs: FileSystem) -> list[str]:
+    return _conf_dirs(fs) + ["/" + d for d in STANDARD_DIRS]
+
+
+def unresolved(fs: FileSystem, node: Node) -> list[str]:
+    """What one dynamic ELF file needs and `fs` lacks: its interpreter, then its DT_NEEDED names
+    ([] for a static or non-ELF file)."""
+    elf = node.facts.elf
+    if elf is None or not elf.is_dynamic:
+        return []
+    return _missing(fs, node, elf, _system_dirs(fs))
+
+
 def missing_libraries(fs: FileSystem) -> list[Finding]:
     """A warning per dynamic ELF executable or library whose interpreter or a DT_NEEDED cannot be found."""
     machines = {MACHINES.get(l.platform.split("/")[1]) for l in fs.stack if l.platform.count("/") >= 1}
     machines.discard(None)
-    system = _conf_dirs(fs) + ["/" + d for d in STANDARD_DIRS]
+    system = _system_dirs(fs)
     out = []
     for path in sorted(fs.nodes):
         node = fs.nodes[path]

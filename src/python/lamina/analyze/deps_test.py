@@ -5,9 +5,9 @@ from typing import Mapping
 
 from lamina.analyze.check import check
 from lamina.analyze.report import Finding, Policy
-from lamina.testing.elffiles import make_elf
-from lamina.testing.images import FakeImage, FakeLayer, FileValue
-from lamina.testing.stacks import indexes
+from lamina_testing.elffiles import make_elf
+from lamina_testing.images import FakeImage, FakeLayer, FileValue
+from lamina_testing.stacks import indexes
 
 INTERP = "/lib64/ld-linux-x86-64.so.2"
 LIBC = make_elf(soname="libc.so.6", needed=["ld-linux-x86-64.so.2"])

@@ -16,7 +16,8 @@ KINDS = ("file", "dir", "symlink", "hardlink", "other")
 
 @dataclass(frozen=True)
 class IndexEntry:
-    """One tar entry of a layer; `sha256` (hex) for regular files, `elf` for ELF files."""
+    """One tar entry of a layer; `sha256` (hex) for regular files, `elf` for ELF files, `shebang`
+    (the first line, bounded) for files that start with `#!`."""
 
     path: str  # normalized, relative, no leading '/'
     kind: str  # one of KINDS
@@ -27,6 +28,7 @@ class IndexEntry:
     linkname: str = ""  # symlink text as stored; hard link target normalized
     sha256: str = ""
     elf: Optional[ElfInfo] = None
+    shebang: str = ""
 
     @property
     def is_opaque(self) -> bool:
@@ -59,6 +61,8 @@ class IndexEntry:
             out["whiteout"] = self.whiteout_target
         if self.elf is not None:
             out["elf"] = self.elf.to_json()
+        if self.shebang:
+            out["shebang"] = self.shebang
         return out
 
     @staticmethod
@@ -69,7 +73,8 @@ class IndexEntry:
         elf = data.get("elf")
         return IndexEntry(str(data["path"]), kind, int(data["mode"]), int(data["uid"]), int(data["gid"]),
                           int(data.get("size", 0)), str(data.get("linkname", "")), str(data.get("sha256", "")),
-                          ElfInfo.from_json(elf) if isinstance(elf, dict) else None)
+                          ElfInfo.from_json(elf) if isinstance(elf, dict) else None,
+                          str(data.get("shebang", "")))  # absent in indexes made before it was recorded
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ class LayerIndex:
     # Made for the stack it tops, as the layer of a composed image's own files is (as a Dockerfile's
     # COPY is): it was built on every layer below it.
     on_top: bool = False
+    # Whether its entries record `#!` lines (indexes made before they did are still read).
+    shebangs: bool = True
 
     def knows(self, other: LayerIndex) -> bool:
         """True when `other` was below this layer in this layer's source image (it was built on it)."""
@@ -118,6 +125,8 @@ class LayerIndex:
         }
         if self.on_top:
             out["on_top"] = True
+        if self.shebangs:
+            out["shebangs"] = True
         return out
 
     @staticmethod
@@ -137,6 +146,7 @@ class LayerIndex:
             entries=tuple(IndexEntry.from_json(e) for e in data["entries"]),
             texts=tuple(sorted((str(k), str(v)) for k, v in texts.items())),
             on_top=bool(data.get("on_top", False)),
+            shebangs=bool(data.get("shebangs", False)),
         )
 
 

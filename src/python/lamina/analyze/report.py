@@ -1,6 +1,7 @@
 """Findings, the policy that grades them, and the report: one line per finding, grouped, as text or JSON."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -9,21 +10,28 @@ from lamina.errors import SpecError
 
 REPORT_FORMAT = "lamina.check-report/1"
 ON_CONFLICT = ("warn", "error", "ignore")
+ON_START_FAILURE = ON_CONFLICT
 # (kind, heading) in report order.
 GROUPS = (
     ("conflict", "conflicts"),
+    ("replacement", "replaced symlinks and directories"),
     ("whiteout", "whiteouts"),
     ("hardlink", "hard links"),
     ("missing-library", "missing libraries"),
+    ("interpreter", "script interpreters"),
+    ("start", "start command"),  # only in a report of a check that was given the image's config
 )
 KINDS = tuple(kind for kind, _ in GROUPS)
 MAX_ERRORS_LISTED = 20  # error findings an error message lists
 # kind -> how the error summary counts it (one, many).
 _COUNTED = {
     "conflict": ("conflict", "conflicts"),
+    "replacement": ("replaced symlink or directory", "replaced symlinks or directories"),
     "whiteout": ("foreign whiteout", "foreign whiteouts"),
     "hardlink": ("broken hard link", "broken hard links"),
     "missing-library": ("binary with missing libraries", "binaries with missing libraries"),
+    "interpreter": ("script whose interpreter is missing", "scripts whose interpreter is missing"),
+    "start": ("start command that cannot start", "start commands that cannot start"),
 }
 
 
@@ -32,10 +40,15 @@ class Policy:
     on_conflict: str = "warn"  # warn | error | ignore
     allowed_conflicts: tuple[str, ...] = ()  # fnmatch globs on paths, with or without a leading '/'
     check_dependencies: bool = True
+    # The image's entrypoint + cmd that would not start: warn | error | ignore (not checked).
+    on_start_failure: str = "warn"
 
     def __post_init__(self) -> None:
         if self.on_conflict not in ON_CONFLICT:
             raise SpecError(f"on_conflict {self.on_conflict!r} is not one of {', '.join(ON_CONFLICT)}")
+        if self.on_start_failure not in ON_START_FAILURE:
+            raise SpecError(
+                f"on_start_failure {self.on_start_failure!r} is not one of {', '.join(ON_START_FAILURE)}")
 
     def allows(self, path: str) -> bool:
         import fnmatch
@@ -46,7 +59,7 @@ class Policy:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str  # conflict | whiteout | hardlink | missing-library
+    kind: str  # one of KINDS
     severity: str  # warning | error
     message: str  # one line, complete on its own
     paths: tuple[str, ...]  # the paths concerned, no leading '/'
@@ -72,6 +85,10 @@ class Report:
     stack: tuple[LayerIndex, ...]
     findings: tuple[Finding, ...]
     policy: Policy
+    # The start command checked (entrypoint + cmd, () for none) and how the user was taken;
+    # None when the check had no image config.
+    start: Optional[tuple[str, ...]] = None
+    start_user: str = ""
 
     @property
     def errors(self) -> tuple[Finding, ...]:
@@ -98,11 +115,12 @@ class Report:
         return "\n".join(lines)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "format": REPORT_FORMAT,
             "policy": {"on_conflict": self.policy.on_conflict,
                        "allowed_conflicts": list(self.policy.allowed_conflicts),
-                       "check_dependencies": self.policy.check_dependencies},
+                       "check_dependencies": self.policy.check_dependencies,
+                       "on_start_failure": self.policy.on_start_failure},
             "stack": [
                 {"position": i, "source": l.source, "index": l.index, "digest": l.digest, "diff_id": l.diff_id,
                  "created_by": l.created_by}
@@ -112,6 +130,9 @@ class Report:
             "counts": {kind: len(self.of_kind(kind)) for kind, _ in GROUPS},
             "errors": len(self.errors),
         }
+        if self.start is not None:
+            out["start"] = {"argv": list(self.start), "user": self.start_user}
+        return out
 
     def text(self, kinds: Sequence[str] = KINDS, legend: bool = True) -> str:
         """The report for people: the stack (with `legend`), then one line per finding under its group."""
@@ -122,8 +143,11 @@ class Report:
             created = created[:57] + "..." if len(created) > 60 else created
             where = l.source if l.on_top else f"{l.source} layer {l.index}"  # on top: made by lamina, no index
             lines.append(f"  [{i}] {where} {l.digest[:19]} {created}".rstrip())
+        if legend and self.start is not None:
+            argv = json.dumps(list(self.start)) if self.start else "nothing (no entrypoint or cmd)"
+            lines.append(f"starts: {argv} as user {self.start_user}")
         for kind, heading in GROUPS:
-            if kind not in kinds:
+            if kind not in kinds or (kind == "start" and self.start is None):
                 continue
             found = self.of_kind(kind)
             lines.append(f"{heading} ({len(found)}):" if found else f"{heading}: none")

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # Small loader configuration files whose text goes into the index (glob, on normalized paths).
 TEXT_FILES = ("etc/ld.so.conf", "etc/ld.so.conf.d/*.conf", "etc/ld-musl-*.path")
 TEXT_LIMIT = 64 << 10
+SHEBANG_LIMIT = 256  # bytes of a `#!` line kept, as the kernel's BINPRM_BUF_SIZE
 _LAMINA_COMMENT = re.compile(r"^lamina: layer \S+ from (.*?) \((.*)\)(?:; built on (no layer here|layers [0-9,-]+))?$")
 
 
@@ -35,11 +36,19 @@ def _wants_text(path: str, size: int) -> bool:
     return size <= TEXT_LIMIT and any(fnmatch.fnmatchcase(path, g) for g in TEXT_FILES)
 
 
-def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Optional[str]]:
-    """(sha256 hex, ELF facts, text) of one file's content, read in chunks."""
+def _shebang(head: bytes) -> str:
+    """A file's first line when it starts with `#!` (at most SHEBANG_LIMIT bytes), else ""."""
+    if head[:2] != b"#!":
+        return ""
+    return head[:SHEBANG_LIMIT].split(b"\n", 1)[0].decode("utf-8", "replace")
+
+
+def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Optional[str], str]:
+    """(sha256 hex, ELF facts, text, `#!` line) of one file's content, read in chunks."""
     h = hashlib.sha256()
     scanner: Optional[ElfScanner] = None
     text = bytearray() if want_text else None
+    shebang = ""
     first = True
     while True:
         data = f.read(CHUNK)
@@ -50,29 +59,34 @@ def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Opt
             first = False
             if data[:4] == MAGIC:
                 scanner = ElfScanner()
+            shebang = _shebang(data)
         if scanner is not None:
             scanner.feed(data)
         if text is not None:
             text += data
     elf = scanner.result() if scanner is not None else None
-    return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None
+    return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None, shebang
 
 
-def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str) -> LayerIndex:
-    """The index of one layer; reads its blob once, to the end (so its digest is checked)."""
+def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
+               stream: Optional[IO[bytes]] = None) -> LayerIndex:
+    """The index of one layer; reads its blob once, to the end (so its digest is checked).
+
+    `stream`: the layer's uncompressed bytes as a caller that stores the blob reads them (see
+    extract), so that storing and indexing are one pass."""
     what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
     entries: list[IndexEntry] = []
     texts: dict[str, str] = {}
-    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size))):
+    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size)), stream):
         if not e.path:
             continue  # the root directory itself
-        sha, elf, text = content if content is not None else ("", None, None)
+        sha, elf, text, shebang = content if content is not None else ("", None, None, "")
         if text is not None:
             texts[e.path] = text
         else:
             texts.pop(e.path, None)  # a later entry of the same path replaces the earlier one
         entries.append(IndexEntry(e.path, e.kind, e.mode & 0o7777, e.uid, e.gid,
-                                  e.size if e.kind == "file" else 0, e.linkname, sha, elf))
+                                  e.size if e.kind == "file" else 0, e.linkname, sha, elf, shebang))
     return LayerIndex(
         source=source,
         index=layer.index,

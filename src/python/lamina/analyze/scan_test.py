@@ -22,10 +22,10 @@ from lamina.image import Layer
 from lamina.model import Descriptor
 from lamina.select import parse_selector, select
 from lamina.sources import open_image
-from lamina.testing.elffiles import make_elf
-from lamina.testing.images import (MEDIA, FakeImage, FakeLayer, blob_file, flip_byte, oci_manifest, sha,
+from lamina_testing.elffiles import make_elf
+from lamina_testing.images import (MEDIA, FakeImage, FakeLayer, blob_file, flip_byte, oci_manifest, sha,
                                    write_oci_dir)
-from lamina.testing.stacks import indexes
+from lamina_testing.stacks import indexes
 
 LIB = make_elf(needed=["libc.so.6"], soname="libfoo.so.1")
 FILES = {
@@ -90,6 +90,30 @@ def test_loader_config_text_is_captured_and_nothing_else() -> None:
     (index,) = indexes(FakeImage([FakeLayer(FILES)]), "src")
     assert dict(index.texts) == {"etc/ld.so.conf": "include /etc/ld.so.conf.d/*.conf\n",
                                  "etc/ld.so.conf.d/app.conf": "/opt/app/lib\n"}
+
+
+def test_the_hash_bang_line_of_a_script_is_recorded_bounded() -> None:
+    long = b"#!/usr/bin/env " + b"x" * 400 + b"\n"
+    entries = _entries({"a": b"#!/bin/sh -e\r\necho\n", "b": b"#!", "c": long, "d": b"no script\n", "e": LIB,
+                        "f": b"#"})
+    assert entries["a"].shebang == "#!/bin/sh -e\r"  # the line as the kernel reads it, '\r' and all
+    assert entries["b"].shebang == "#!"
+    assert entries["c"].shebang == long[:256].decode() and len(entries["c"].shebang) == 256
+    assert entries["d"].shebang == entries["e"].shebang == entries["f"].shebang == ""
+    (index,) = indexes(FakeImage([FakeLayer({"a": b"#!/bin/sh\n"})]), "src")
+    doc = json.loads(dumps([index]))["layers"][0]
+    assert doc["entries"][0]["shebang"] == "#!/bin/sh" and doc["shebangs"] is True
+    assert loads(dumps([index]), "x") == (index,)
+
+
+def test_an_index_made_before_hash_bang_lines_were_recorded_is_read() -> None:
+    doc = json.loads(dumps(indexes(FakeImage([FakeLayer({"a": b"#!/bin/sh\n"})]), "src")))
+    layer = doc["layers"][0]
+    del layer["shebangs"]
+    for entry in layer["entries"]:
+        entry.pop("shebang", None)
+    (old,) = loads(json.dumps(doc).encode(), "old.json")
+    assert old.shebangs is False and old.entries[0].shebang == ""
 
 
 def test_layer_identity_and_the_layers_below_it_are_recorded() -> None:

@@ -77,44 +77,77 @@ class FileSystem:
     def get(self, path: str) -> Optional[Node]:
         return self.nodes.get(path.strip("/"))
 
+    def stat(self, path: str) -> Optional[tuple[str, int, int, int]]:
+        """(kind, mode, uid, gid) of what is at `path` itself (no symlink followed); None if nothing."""
+        node = self.nodes.get(path.strip("/"))
+        if node is None:
+            return None
+        f = node.facts
+        return node.kind, f.mode, f.uid, f.gid
+
     def resolve(self, path: str) -> Optional[Node]:
         """The node `path` leads to, following symlinks in every component; None if it leads nowhere."""
-        parts = deque(p for p in path.split("/") if p)
-        current = ""
-        hops = 0
-        node: Optional[Node] = None
-        while parts:
-            name = parts.popleft()
-            if name == ".":
-                continue
-            if name == "..":
-                current = posixpath.dirname(current)
-                node = self.nodes.get(current)
-                continue
-            candidate = posixpath.join(current, name) if current else name
-            node = self.nodes.get(candidate)
-            if node is None:
-                return None
-            if node.kind == "symlink":
-                hops += 1
-                if hops > SYMLINK_HOPS:
-                    return None
-                link = node.entry.linkname
-                if link.startswith("/"):
-                    current = ""
-                parts.extendleft(reversed([p for p in link.split("/") if p]))
-                continue
-            if parts and node.kind != "dir":
-                return None
-            current = candidate
-        return node if current else None
+        real, found = _walk(self.nodes, path)
+        return self.nodes.get(real) if found and real else None
+
+    def real_path(self, path: str) -> str:
+        """`path` with every symlink in it followed, as far as the filesystem has it (a missing
+        part and what follows it are kept as written): where the kernel would look for it."""
+        return _walk(self.nodes, path)[0]
+
+    def place(self, path: str) -> str:
+        """Where an entry named `path` lands when a layer holding it is unpacked on this
+        filesystem: its parent directory with the symlinks in it followed, its own name kept (as
+        Docker and containerd unpack layers, and as a Dockerfile's COPY writes)."""
+        return _place(self.nodes, path)
 
     def text(self, path: str) -> Optional[str]:
         """The captured text of a small config file, from the layer that provided it."""
         node = self.resolve(path)
         if node is None or node.entry.kind != "file":
             return None
-        return dict(self.stack[node.layer].texts).get(node.path)
+        return dict(self.stack[node.layer].texts).get(node.entry.path)  # as its layer names it
+
+
+def _walk(nodes: Mapping[str, Node], path: str) -> tuple[str, bool]:
+    """(`path` with its symlinks followed, whether every part of it exists). Stays inside the
+    root ('..' at the root is the root); a part that is missing, or not a directory where one is
+    needed, ends the walk and the rest is kept as written; a symlink loop keeps the path as written."""
+    parts = deque(p for p in path.split("/") if p and p != ".")
+    current = ""
+    hops = 0
+    while parts:
+        name = parts.popleft()
+        if name == "..":
+            current = posixpath.dirname(current)
+            continue
+        candidate = posixpath.join(current, name) if current else name
+        node = nodes.get(candidate)
+        if node is not None and node.kind == "symlink":
+            hops += 1
+            if hops > SYMLINK_HOPS:
+                return "/".join(p for p in path.split("/") if p and p != "."), False
+            link = node.entry.linkname
+            if link.startswith("/"):
+                current = ""
+            parts.extendleft(reversed([p for p in link.split("/") if p and p != "."]))
+            continue
+        if node is None or (parts and node.kind != "dir"):
+            rest = posixpath.normpath("/".join([candidate, *parts])).lstrip("/")
+            return ("" if rest == "." else rest), False
+        current = candidate
+    return current, True
+
+
+def _place(nodes: Mapping[str, Node], path: str) -> str:
+    parent, name = posixpath.split(path)
+    if not parent:
+        return path
+    node = nodes.get(parent)
+    if node is not None and node.kind == "dir":
+        return path  # no symlink on the way: every path in the tree is a real one
+    real = _walk(nodes, parent)[0]
+    return posixpath.join(real, name) if real else name
 
 
 @dataclass(frozen=True)
@@ -169,35 +202,36 @@ def apply(stack: Sequence[LayerIndex]) -> Applied:
         for e in layer.entries:
             if e.is_whiteout:
                 removed: list[Node] = []
+                landed = _place(tree.nodes, e.path)  # the marker's directory, symlinks followed
                 if e.is_opaque:
-                    tree.clear(e.whiteout_target, removed)
+                    tree.clear(posixpath.dirname(landed), removed)
                 else:
-                    tree.remove(e.whiteout_target, removed)
+                    tree.remove(posixpath.join(posixpath.dirname(landed), posixpath.basename(e.whiteout_target)),
+                                removed)
                 removals.extend(Removal(n, pos, e.path) for n in removed if n.layer != pos)
             else:
                 own.add(e.path)
         for e in layer.entries:
             if e.is_whiteout:
                 continue
-            _ensure_parents(tree, e.path, pos, overrides)
+            path = _place(tree.nodes, e.path)
+            _ensure_parents(tree, path, pos, overrides)
             target = None
             if e.kind == "hardlink":
-                found = tree.nodes.get(e.linkname)
+                found = tree.nodes.get(_place(tree.nodes, e.linkname))
                 if found is not None and found.kind == "dir":
                     broken.append(BrokenLink(e.path, e.linkname, pos, "directory"))
                 elif found is None and e.linkname not in own:
                     broken.append(BrokenLink(e.path, e.linkname, pos, "missing"))
                 elif found is not None:
                     target = found.facts
-            node = Node(e.path, pos, e, target)
-            existing = tree.nodes.get(e.path)
-            if existing is not None:
-                if existing.kind == "dir" and node.kind == "dir":
-                    pass  # directories merge
-                elif existing.layer != pos and existing.signature() != node.signature():
-                    overrides.append(Override(e.path, existing, node))
-                if existing.kind == "dir" and node.kind != "dir":
-                    tree.clear(e.path, [])  # a non-directory replaces a directory and all it held
+            node = Node(path, pos, e, target)
+            existing = tree.nodes.get(path)
+            # (Directories merge, and the upper one's mode and owner win: that too is an override.)
+            if existing is not None and existing.layer != pos and existing.signature() != node.signature():
+                overrides.append(Override(path, existing, node))
+            if existing is not None and existing.kind == "dir" and node.kind != "dir":
+                tree.clear(path, [])  # a non-directory replaces a directory and all it held
             tree.put(node)
     return Applied(FileSystem(tuple(stack), tree.nodes), tuple(overrides), tuple(removals), tuple(broken))
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Mapping, Optional, Sequence
 
+from lamina.analyze.index import IndexEntry, LayerIndex
 from lamina.analyze.stackfs import Applied, apply
-from lamina.testing.images import FakeImage, FakeLayer, FileValue
-from lamina.testing.stacks import indexes
+from lamina_testing.images import FakeImage, FakeLayer, FileValue
+from lamina_testing.stacks import indexes
 
 
 def _apply(*layers: Mapping[str, FileValue]) -> Applied:
@@ -53,10 +54,61 @@ def test_directories_merge_and_a_file_replacing_a_directory_takes_its_subtree() 
     assert (override.path, override.lower.kind, override.upper.kind) == ("e", "dir", "file")
 
 
-def test_parents_are_implied_and_replace_a_lower_non_directory() -> None:
-    applied = _apply({"lib": "->usr/lib"}, {"lib/x": b"x"})
+def test_implied_parents_follow_a_lower_symlink_as_an_unpack_does() -> None:
+    applied = _apply({"usr/": None, "usr/lib/": None, "lib": "->usr/lib"}, {"lib/x": b"x"})
+    assert applied.fs.nodes["lib"].kind == "symlink"
+    assert "usr/lib/x" in applied.fs.nodes and "lib/x" not in applied.fs.nodes
+    assert applied.fs.resolve("/lib/x") is applied.fs.nodes["usr/lib/x"]
+    assert applied.overrides == ()
+
+
+def test_an_implied_parent_replaces_a_lower_file() -> None:
+    applied = _apply({"lib": b"a file"}, {"lib/x": b"x"})
     assert applied.fs.nodes["lib"].kind == "dir" and "lib/x" in applied.fs.nodes
-    assert [(o.path, o.lower.kind, o.upper.kind) for o in applied.overrides] == [("lib", "symlink", "dir")]
+    assert [(o.path, o.lower.kind, o.upper.kind) for o in applied.overrides] == [("lib", "file", "dir")]
+
+
+def test_a_directory_entry_replaces_a_lower_symlink_and_what_follows_lands_in_it() -> None:
+    applied = _apply({"usr/": None, "usr/bin/": None, "usr/bin/sh": b"sh", "bin": "->usr/bin"},
+                     {"bin/": None, "bin/tool": b"t"})
+    assert applied.fs.nodes["bin"].kind == "dir" and "bin/tool" in applied.fs.nodes
+    assert "usr/bin/tool" not in applied.fs.nodes
+    assert applied.fs.resolve("/bin/sh") is None  # what the symlink led to is gone from /bin
+    assert [(o.path, o.lower.kind, o.upper.kind) for o in applied.overrides] == [("bin", "symlink", "dir")]
+
+
+def test_a_whiteout_under_a_symlinked_directory_removes_the_real_path() -> None:
+    applied = _apply({"usr/": None, "usr/bin/": None, "usr/bin/old": b"o", "bin": "->usr/bin"},
+                     {"bin/.wh.old": b""})
+    assert "usr/bin/old" not in applied.fs.nodes
+    assert [r.node.path for r in applied.removals] == ["usr/bin/old"]
+
+
+def test_place_follows_symlinks_in_the_parent_only() -> None:
+    fs = _apply({"usr/": None, "usr/bin/": None, "bin": "->usr/bin", "usr/bin/sh": "->dash",
+                 "abs": "->/usr", "loop": "->loop"}).fs
+    assert fs.place("bin/sh") == "usr/bin/sh"
+    assert fs.place("bin/new/deeper") == "usr/bin/new/deeper"
+    assert fs.place("abs/bin/x") == "usr/bin/x"
+    assert fs.place("bin") == "bin"
+    assert fs.place("loop/x") == "loop/x"
+    assert fs.real_path("bin/sh") == "usr/bin/dash"
+
+
+def _dir_layer(index: int, entries: Sequence[IndexEntry], source: str = "img") -> LayerIndex:
+    digest = f"sha256:{index:064x}"
+    return LayerIndex(source, index, digest, digest, "", 0, "", "linux/amd64", (), (), tuple(entries))
+
+
+def test_a_directory_whose_mode_or_owner_changes_is_an_override() -> None:
+    lower = _dir_layer(0, [IndexEntry("tmp", "dir", 0o1777, 0, 0), IndexEntry("home", "dir", 0o755, 0, 0),
+                           IndexEntry("home/app", "dir", 0o750, 1000, 1000)])
+    upper = _dir_layer(1, [IndexEntry("tmp", "dir", 0o755, 0, 0), IndexEntry("home", "dir", 0o755, 0, 0),
+                           IndexEntry("home/app", "dir", 0o750, 0, 0), IndexEntry("home/app/f", "file", 0o644, 0, 0)])
+    applied = apply((lower, upper))
+    assert [(o.path, o.lower.entry.mode, o.upper.entry.mode) for o in applied.overrides] == [
+        ("tmp", 0o1777, 0o755), ("home/app", 0o750, 0o750)]
+    assert applied.fs.nodes["tmp"].entry.mode == 0o755  # the upper one's mode wins
 
 
 def test_identical_content_is_not_an_override() -> None:

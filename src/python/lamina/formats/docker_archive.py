@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import re
-from typing import Optional
+from typing import Optional, Union
 
 from lamina.blobs import sha256_stream, sniff_compression
 from lamina.errors import DigestMismatch, InvalidSource
-from lamina.formats.store import TarSource
+from lamina.formats.store import DirSource, TarSource
 from lamina.image import Image, Layer, config_diff_ids, layer_history
 from lamina.model import (
     COMPRESSION_MEDIA_TYPE,
@@ -26,8 +26,9 @@ def _normalize_tag(tag: str) -> str:
     return tag if ":" in tag.rsplit("/", 1)[-1] else tag + ":latest"
 
 
-def read_docker_archive(source: TarSource, name: str, tag: Optional[str] = None) -> Image:
-    """The image in a `docker save` archive, picked by tag when it holds several."""
+def read_docker_archive(source: Union[TarSource, DirSource], name: str, tag: Optional[str] = None) -> Image:
+    """The image in a `docker save` archive (packed, or unpacked into a directory), picked by tag
+    when it holds several."""
     where = source.where
     manifest = parse_json(source.read_file("manifest.json", "manifest.json"), f"{where}: manifest.json")
     if not isinstance(manifest, list) or not manifest or not all(isinstance(m, dict) for m in manifest):
@@ -83,6 +84,7 @@ def read_docker_archive(source: TarSource, name: str, tag: Optional[str] = None)
                 index=i,
                 history=histories[i],
                 opener=opener,
+                path=source.member_file(layer_name, "layer") if isinstance(source, DirSource) else None,
                 source=name,
             )
         )

@@ -10,7 +10,8 @@ from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
 from lamina.model import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 from lamina.sources import open_image
-from lamina.testing.images import (
+from lamina.validate import validate
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     sha,
@@ -18,7 +19,6 @@ from lamina.testing.images import (
     write_docker_oci,
     write_tar,
 )
-from lamina.validate import validate
 
 MEDIA = {"none": OCI_LAYER, "gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD}
 

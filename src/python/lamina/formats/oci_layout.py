@@ -49,10 +49,9 @@ def _pick(entries: list[dict], where: str, tag: Optional[str], platform: Optiona
             known = sorted({n for e in entries for n in _ref_names(e)})
             raise InvalidSource(f"{where}: no image tagged {tag!r}; it has {', '.join(known) or 'no tags'}")
     if len(candidates) > 1 and platform is not None:
-        by_platform = [
-            e for e in candidates
-            if isinstance(e.get("platform"), dict) and platform.matches(Platform.of_config(e["platform"]))
-        ]
+        # the registry's rule (Platform.best): linux/arm picks arm/v7 here too
+        with_platform = [e for e in candidates if isinstance(e.get("platform"), dict)]
+        by_platform = [with_platform[i] for i in platform.best([Platform.of_config(e["platform"]) for e in with_platform])]
         if by_platform:
             candidates = by_platform
     if len(candidates) > 1 and len({e.get("digest") for e in candidates}) == 1:

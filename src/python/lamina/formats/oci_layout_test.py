@@ -11,7 +11,8 @@ from lamina.formats import oci_layout
 from lamina.formats.oci_layout import layout_files
 from lamina.model import ANN_REF_NAME, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor, Platform
 from lamina.sources import open_image
-from lamina.testing.images import (
+from lamina.validate import validate
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     blob_file,
@@ -22,7 +23,6 @@ from lamina.testing.images import (
     write_oci_dir,
     write_oci_multi,
 )
-from lamina.validate import validate
 
 
 def _image(arch: str = "amd64", variant: str = "") -> FakeImage:
@@ -185,3 +185,26 @@ def test_layout_files_tag_each_entry() -> None:
     assert [e["annotations"][ANN_REF_NAME] for e in index["manifests"]] == ["a:1", "b:2"]
     assert {e["digest"] for e in index["manifests"]} == {sha(b"m")}
     assert "annotations" not in json.loads(layout_files(desc, ())["index.json"])["manifests"][0]
+
+
+ARM_FAMILY = (("arm", "v6"), ("arm", "v7"), ("arm64", "v8"))
+
+
+@pytest.mark.parametrize("wanted, picked", [
+    ("linux/arm", ("arm", "v7")), ("linux/arm/v6", ("arm", "v6")), ("linux/arm64", ("arm64", "v8")),
+    ("linux/arm64/v8", ("arm64", "v8")),
+], ids=["arm-default-v7", "arm-v6", "arm64", "arm64-v8"])
+@pytest.mark.parametrize("nested", [False, True], ids=["top-level", "nested"])
+def test_a_layout_picks_a_platform_by_the_registrys_rule(tmp_path, wanted: str, picked: tuple, nested: bool) -> None:  # type: ignore[no-untyped-def]
+    from lamina.registry.source import pick_platform
+
+    path = str(tmp_path / "layout")
+    write_oci_multi(path, [(_image(arch, variant), None) for arch, variant in ARM_FAMILY], nested=nested)
+    image = open_image("oci:" + path, platform=Platform.parse(wanted))  # was: "holds 3 images; name one"
+    assert (image.platform.architecture, image.platform.variant) == picked
+    # the registry picks the same entry of the same index
+    index = {"manifests": [{"mediaType": OCI_MANIFEST, "digest": "sha256:" + f"{i}" * 64, "size": 1,
+                            "platform": {"os": "linux", "architecture": a, "variant": v}}
+                           for i, (a, v) in enumerate(ARM_FAMILY)]}
+    chosen = pick_platform(index, Platform.parse(wanted), "registry")
+    assert ARM_FAMILY[int(chosen.digest[-1])] == picked

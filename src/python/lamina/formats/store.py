@@ -8,12 +8,15 @@ from typing import Optional, Protocol
 from lamina.blobs import Opener, chunks, copy_extent_verified, copy_stream, link_or_copy, verified
 from lamina.errors import DigestMismatch, InvalidSource
 from lamina.formats.tarindex import TarIndex, safe_member_path
-from lamina.model import Descriptor
+from lamina.model import Descriptor, check_digest
 
 SMALL_LIMIT = 64 << 20  # manifests, configs and indexes larger than this are refused
 
 
 def blob_path(digest: str) -> str:
+    """blobs/sha256/<hex>: the one place a digest becomes a path. Refuses anything but a
+    well-formed sha256 digest, so that no name read from data ("sha256:../../x") leaves blobs/."""
+    check_digest(digest, "blob name")
     algo, hex_ = digest.split(":", 1)
     return f"blobs/{algo}/{hex_}"
 
@@ -86,6 +89,24 @@ class DirSource:
     def blob_size(self, digest: str) -> Optional[int]:
         path = self.blob_file(digest)
         return os.path.getsize(path) if path else None
+
+    # A `docker save` archive unpacked into a directory (the engine's export stream, see
+    # daemon.export_unpacked) is read through these, as TarSource reads one still packed.
+    def member_file(self, name: str, what: str) -> str:
+        path = self._path(name)
+        if not os.path.isfile(path):
+            raise InvalidSource(f"{self.root}: {what} {name!r} is not in the archive")
+        if not os.path.realpath(path).startswith(os.path.realpath(self.root) + os.sep):
+            raise InvalidSource(f"{self.root}: {what} {name!r} points outside the archive")
+        return path
+
+    def member_opener(self, name: str, what: str) -> tuple[Opener, int]:
+        path = self.member_file(name, what)
+        return (lambda: open(path, "rb")), os.path.getsize(path)
+
+    def head(self, name: str) -> bytes:
+        with open(self.member_file(name, "layer"), "rb") as f:
+            return f.read(4)
 
 
 class TarSource:

@@ -7,7 +7,7 @@ import pytest
 
 from lamina.errors import InvalidSource, UnsafeArchive
 from lamina.formats.tarindex import TarIndex, safe_member_path
-from lamina.testing.images import FileValue, write_tar
+from lamina_testing.images import FileValue, write_tar
 
 
 def _index(tmp_path, entries: list[tuple[str, FileValue]]) -> TarIndex:  # type: ignore[no-untyped-def]

@@ -13,7 +13,15 @@ import tarfile
 import tempfile
 from typing import BinaryIO, Optional
 
-from lamina.blobs import CHUNK, DiffIdCheckingReader, VerifiedReader, chunks, copy_extent_verified, fsync_outputs
+from lamina.blobs import (
+    CHUNK,
+    DiffIdCheckingReader,
+    VerifiedReader,
+    chunks,
+    copy_extent,
+    copy_extent_verified,
+    fsync_outputs,
+)
 from lamina.errors import InvalidSource
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, blob_path, replace_path
@@ -60,6 +68,18 @@ def write_oci_layout(image: Image, out_dir: str, progress: Optional[Progress] = 
         progress.close()
 
 
+USTAR_MAX_SIZE = 8**11 - 1  # the largest size a ustar header's 11 octal digits hold: 8 GiB - 1
+
+
+def header_bytes(info: tarfile.TarInfo) -> bytes:
+    """The header of one member of the tars lamina writes: ustar; a member of 8 GiB or more (which
+    ustar cannot hold) in GNU format, whose size field holds it as a base-256 number, as GNU tar
+    writes it (Docker's and containerd's archive/tar read it, so `docker load` does; so do GNU tar
+    and Python's tarfile). Members under 8 GiB get the same bytes as ever."""
+    fmt = tarfile.USTAR_FORMAT if info.size <= USTAR_MAX_SIZE else tarfile.GNU_FORMAT
+    return info.tobuf(fmt, tarfile.ENCODING, "surrogateescape")
+
+
 def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.size = size
@@ -93,7 +113,7 @@ class _Counting(io.RawIOBase):
 
 
 class _TarWriter:
-    """A plain (ustar) tar written straight to a file, as tarfile's "w" mode writes it (headers,
+    """A plain (ustar; GNU for a member of 8 GiB or more) tar written straight to a file, as tarfile's "w" mode writes it (headers,
     512-byte padding, two zero blocks, a whole last record), but with layer bytes copied by the
     kernel where it can."""
 
@@ -102,7 +122,7 @@ class _TarWriter:
         self.offset = 0
 
     def _header(self, info: tarfile.TarInfo) -> None:
-        buf = info.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+        buf = header_bytes(info)
         self.f.write(buf)
         self.offset += len(buf)
 
@@ -124,7 +144,13 @@ class _TarWriter:
         self._header(info)
         raw = opener()
         try:
-            if not check_diff_id and copy_extent_verified(raw, self.f, d.digest, d.size, what):
+            # A blob someone already verified (a bundle lamina extract wrote) is copied by the
+            # kernel as it is, its size checked; any other is hashed as it is written.
+            if layer.verified_by and not check_diff_id:
+                copied = copy_extent(raw, self.f, d.size, what)
+            else:
+                copied = not check_diff_id and copy_extent_verified(raw, self.f, d.digest, d.size, what)
+            if copied:
                 progress.add(d.size)
                 raw.close()
                 raw = None

@@ -15,7 +15,8 @@ from lamina.formats.write import FORMATS, write, write_docker_archive, write_oci
 from lamina.image import Image, Layer, Taken
 from lamina.sources import open_image
 from lamina.spec import parse_spec
-from lamina.testing.images import (
+from lamina.validate import validate
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     blob_file,
@@ -27,8 +28,7 @@ from lamina.testing.images import (
     write_docker_classic,
     write_oci_dir,
 )
-from lamina.testing.kernel import count_kernel_copies
-from lamina.validate import validate
+from lamina_testing.kernel import count_kernel_copies
 
 BASE = FakeImage([FakeLayer({"etc/os-release": b"ID=base\n"}, "ADD base /"),
                   FakeLayer({"bin/sh": b"#!sh\n" * 50}, "RUN sh", "gzip")])
@@ -282,3 +282,55 @@ def test_archive_bytes_are_what_tarfile_writes(tmp_path) -> None:  # type: ignor
             dst.addfile(info, src.extractfile(info) if info.isreg() else None)
     with open(out, "rb") as a, open(again, "rb") as b:
         assert a.read() == b.read()
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_a_verified_layer_is_copied_by_the_kernel_without_reading_it_back(tmp_path, fmt: str,  # type: ignore[no-untyped-def]
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    write_docker_classic({"plain:1": PLAIN}, str(tmp_path / "plain.tar"))
+    image = open_image(str(tmp_path / "plain.tar"))
+    read_back: list = []
+    real = os.preadv
+    monkeypatch.setattr(os, "preadv", lambda fd, bufs, pos: read_back.append(pos) or real(fd, bufs, pos))
+    copies = count_kernel_copies(monkeypatch)
+    vouched = compose(None, [_take(l, image.source, ":", image.platform, trusted=True) for l in image.layers],
+                      platform=image.platform)
+    write(vouched, fmt, _out(tmp_path, fmt, "vouched"))
+    assert sorted(copies) == sorted(len(l.blob) for l in PLAIN.layers) and read_back == []
+    checked = compose(None, [_take(l, image.source, ":", image.platform) for l in image.layers], platform=image.platform)
+    write(checked, fmt, _out(tmp_path, fmt, "checked"))
+    assert read_back  # a layer nobody verified is hashed as it was written
+    with open(_out(tmp_path, fmt, "vouched"), "rb") as a, open(_out(tmp_path, fmt, "checked"), "rb") as b:
+        assert a.read() == b.read()
+
+
+def test_a_member_of_8_gib_or_more_gets_a_gnu_base_256_size() -> None:
+    from lamina.formats.write import _tarinfo, header_bytes
+
+    size = 9 << 30  # more than ustar's 11 octal digits hold
+    header = header_bytes(_tarinfo("blobs/sha256/" + "a" * 64, size))
+    assert len(header) == tarfile.BLOCKSIZE and header[124] == 0x80  # the base-256 marker of the size field
+    parsed = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape")
+    assert (parsed.name, parsed.size, parsed.mode, parsed.mtime) == ("blobs/sha256/" + "a" * 64, size, 0o644, 0)
+    small = _tarinfo("x", (8 << 30) - 1)  # the largest ustar size: as ever
+    assert header_bytes(small) == small.tobuf(tarfile.USTAR_FORMAT, tarfile.ENCODING, "surrogateescape")
+
+
+@pytest.mark.parametrize("fmt", ["docker-archive", "oci-archive"])
+def test_archives_with_members_past_the_ustar_limit_read_back(tmp_path, fmt: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.formats.write as writer
+
+    monkeypatch.setattr(writer, "USTAR_MAX_SIZE", 600)  # as if the layers were 8 GiB
+    image = _composed(tmp_path)
+    out = _out(tmp_path, fmt)
+    write(image, fmt, out)
+    with open(out, "rb") as f:  # a GNU header for each big member, ustar for the rest
+        magics = set()
+        offset = 0
+        data = f.read()
+        while data[offset:offset + 512].strip(b"\0"):
+            info = tarfile.TarInfo.frombuf(data[offset:offset + 512], tarfile.ENCODING, "surrogateescape")
+            magics.add((info.size > 600, data[offset + 257:offset + 265]))
+            offset += 512 + -(-info.size // 512) * 512
+    assert magics == {(True, tarfile.GNU_MAGIC), (False, tarfile.POSIX_MAGIC)}
+    assert validate(open_image(out)).layers == len(image.layers)

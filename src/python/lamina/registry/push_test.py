@@ -12,7 +12,7 @@ from lamina.registry.errors import BadReference
 from lamina.registry.push import BlobOutcome, PushResult, _blobs, parse_targets
 from lamina.registry.reference import Reference
 from lamina.sources import open_image
-from lamina.testing.images import FakeImage, FakeLayer, write_oci_dir
+from lamina_testing.images import FakeImage, FakeLayer, write_oci_dir
 
 FAKE = FakeImage([FakeLayer({"a": b"a" * 100}, "ADD a /"), FakeLayer({"b": b"b" * 100}, "RUN b", "gzip")])
 

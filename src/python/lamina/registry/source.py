@@ -37,7 +37,8 @@ def _media_type(fetched: FetchedManifest, doc: dict, where: str) -> str:
 
 
 def pick_platform(index: dict, wanted: Platform, where: str) -> Descriptor:
-    """The entry of an image index built for `wanted` (a variant-less request takes the only os/arch match)."""
+    """The entry of an image index built for `wanted`, by Platform.best (a request without a
+    variant takes any, preferring the default one: linux/arm picks arm/v7)."""
     entries = index.get("manifests")
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise InvalidSource(f"{where}: index has no manifests list")
@@ -45,10 +46,7 @@ def pick_platform(index: dict, wanted: Platform, where: str) -> Descriptor:
               and (e["platform"].get("os"), e["platform"].get("architecture")) != ("unknown", "unknown")]
     if not images and len(entries) == 1:
         return Descriptor.from_json(entries[0], f"{where}: index")
-    exact = [e for e in images if wanted.matches(Platform.of_config(e["platform"]))]
-    if not exact and not wanted.variant:
-        exact = [e for e in images
-                 if (e["platform"].get("os"), e["platform"].get("architecture")) == (wanted.os, wanted.architecture)]
+    exact = [images[i] for i in wanted.best([Platform.of_config(e["platform"]) for e in images])]
     if len(exact) >= 1 and len({e.get("digest") for e in exact}) == 1:
         return Descriptor.from_json(exact[0], f"{where}: index")
     have = ", ".join(sorted({str(Platform.of_config(e["platform"])) for e in images})) or "none"

@@ -34,7 +34,9 @@ class CliRun:
 def run_cli(argv: Sequence[str], cwd: Optional[str] = None, env: Optional[Mapping[str, str]] = None,
             timeout: float = 600) -> CliRun:
     child_env = dict(os.environ if env is None else env)
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    # this interpreter's path, made absolute: the child runs in another directory (Pants' test
+    # sandboxes put relative source roots on sys.path)
+    child_env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p) for p in sys.path if p)
     proc = subprocess.run([sys.executable, "-c", _WRAPPER, *argv], cwd=cwd, env=child_env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
     lines = proc.stderr.splitlines()

@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-# The plugin and core sources reach the test sandbox as `files` targets at their repo paths.
+# The plugin and core sources reach the test sandbox as `files` targets at their repo paths. The
+# plugin (which imports the core to check BUILD fields) is on the sample repo's pythonpath.
 PLUGIN_DIRS = ("pants-plugins", "src/python")
+# The core's PEX is built from a target in the sample repo (`[lamina].core_target`), so the core's
+# runtime modules are copied in under the same source root and address as in this repo.
+CORE_BUILD = 'files(name="core_files", sources=["lamina/**/*.py", "!lamina/**/*_test.py"])\n'
+CORE_TARGET = "src/python:core_files"
 
 
 def _checkout_dir(name: str) -> Path:
@@ -18,6 +24,19 @@ def _checkout_dir(name: str) -> Path:
         if (base / name).is_dir():
             return (base / name).resolve()
     raise RuntimeError(f"{name}/ is not in the test sandbox; the test needs a dependency on its files")
+
+
+def copy_core(root: Path) -> None:
+    """The core's runtime modules (`lamina/**/*.py` but tests) into `root`/src/python, with their target."""
+    src = _checkout_dir("src/python") / "lamina"
+    dest = root / "src" / "python"
+    for path in sorted(src.rglob("*.py")):
+        if path.name.endswith("_test.py") or "__pycache__" in path.parts:
+            continue
+        target = dest / "lamina" / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    (dest / "BUILD").write_text(CORE_BUILD)
 
 
 def pants_pex_section() -> str:
@@ -36,7 +55,8 @@ def pants_pex_section() -> str:
 
 
 class SampleRepo:
-    def __init__(self, root: Path, extra_toml: str = "") -> None:
+    def __init__(self, root: Path, extra_toml: str = "", lamina_toml: str = "") -> None:
+        """`extra_toml` is appended to pants.toml; `lamina_toml` are lines of its `[lamina]` table."""
         self.root = root
         self.last_max_rss_kib = 0
         root.mkdir(parents=True, exist_ok=True)
@@ -59,10 +79,15 @@ enabled = false
 env_vars = ["PIP_CONFIG_FILE=/dev/null"]
 
 {pants_pex_section()}
+[lamina]
+core_target = "{CORE_TARGET}"
+{lamina_toml}
+
 {extra_toml}
 """
         )
         (root / "BUILD_ROOT").write_text("")
+        copy_core(root)
 
     def write(self, relpath: str, text: str) -> Path:
         path = self.root / relpath

@@ -8,7 +8,7 @@ from lamina.analyze.index import LayerIndex
 from lamina.analyze.scan import scan_layer
 from lamina.image import Layer
 from lamina.model import Descriptor
-from lamina.testing.images import MEDIA, FakeImage, sha
+from lamina_testing.images import MEDIA, FakeImage, sha
 
 
 def fake_layers(image: FakeImage) -> tuple[Layer, ...]:

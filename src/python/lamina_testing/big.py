@@ -70,7 +70,7 @@ def write_bomb_oci(path: str, files: Mapping[str, bytes], inflated: int) -> str:
     """An OCI layout at `path` whose one gzip layer is a tar of `files`, its end-of-archive blocks,
     then `inflated` zero bytes (a few hundred KB of gzip per 400 MiB), compressed as it is written,
     with a true digest and diff_id; returns the layer's digest."""
-    from lamina.testing.images import layer_tar
+    from lamina_testing.images import layer_tar
 
     blobs = os.path.join(path, "blobs", "sha256")
     os.makedirs(blobs, exist_ok=True)

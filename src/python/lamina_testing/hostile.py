@@ -1,7 +1,7 @@
 """Hostile and broken image sources, one builder per flaw, shared by the reader, extract, compose and CLI tests.
 
 Each Case builds its source under a directory and says which error lamina must raise for it and
-which text that error must contain. Everything is synthetic (lamina.testing.images).
+which text that error must contain. Everything is synthetic (lamina_testing.images).
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError, UnsafeArchive
-from lamina.testing.images import (
+from lamina_testing.images import (
     FakeImage,
     FakeLayer,
     blob_file,

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-import pytest
+if TYPE_CHECKING:  # only for the annotation: importing the helpers needs no pytest
+    import pytest
 
 
 def count_kernel_copies(monkeypatch: pytest.MonkeyPatch) -> list[int]:

@@ -1,1 +1,0 @@
-"""Test helpers that ship with lamina: synthetic images in every format the readers accept."""

@@ -1,0 +1,86 @@
+"""Owns the real Debian base image tests build: a `debootstrap --variant=minbase` rootfs, cached per machine."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+from lamina_tests.support.images import image_exists
+from lamina_tests.support.services import docker
+
+__all__ = ["DEBIAN_SUITE", "debian_image", "debian_mirror", "debian_rootfs_tar"]
+
+DEBIAN_SUITE = "bookworm"  # Debian 12: usr-merged (/bin -> usr/bin, /lib -> usr/lib)
+CACHE_DIR = Path(os.path.expanduser("~/.cache/lamina/debian"))
+SOURCES = ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEBOOTSTRAP_TIMEOUT_S = 1200
+
+
+def debian_mirror() -> str:
+    """The Debian mirror apt on this machine is configured with (debootstrap downloads from it)."""
+    for path in SOURCES:
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split()
+            if words[:1] == ["URIs:"] and len(words) > 1 and "security" not in words[1]:
+                return words[1]
+            if words[:1] == ["deb"] and len(words) > 2 and "security" not in words[-3:][0]:
+                return next(w for w in words[1:] if "://" in w)
+    return DEFAULT_MIRROR
+
+
+def debian_rootfs_tar(suite: str = DEBIAN_SUITE) -> Path:
+    """A tar of a `debootstrap --variant=minbase SUITE` rootfs, built once per machine under
+    ~/.cache/lamina/debian/ (keyed by suite). Raises RuntimeError when debootstrap is missing or
+    cannot reach the mirror."""
+    out = CACHE_DIR / f"{suite}-minbase.tar"
+    if out.is_file():
+        return out
+    debootstrap = shutil.which("debootstrap") or next(
+        (p for p in ("/usr/sbin/debootstrap", "/sbin/debootstrap") if os.path.isfile(p)), None)
+    if debootstrap is None:
+        raise RuntimeError("no debootstrap on this machine (apt-get install debootstrap)")
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / f"{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if out.is_file():
+            return out
+        with tempfile.TemporaryDirectory(prefix=f"lamina-{suite}-", dir=CACHE_DIR) as tmp:
+            root = Path(tmp) / "rootfs"
+            done = subprocess.run(
+                [debootstrap, "--variant=minbase", suite, str(root), debian_mirror()],
+                capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT_S, stdin=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise RuntimeError(f"debootstrap {suite} failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
+            # What `docker import` needs: the tree as is (owners, modes, symlinks), no apt caches.
+            for sub in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for entry in (root / sub).glob("*.deb" if sub.endswith("archives") else "*_*"):
+                    entry.unlink()
+            partial = Path(tmp) / "rootfs.tar"
+            subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(root), "-cf", str(partial), "."],
+                           check=True, timeout=600)
+            os.replace(partial, out)
+    return out
+
+
+def debian_image(tag: Optional[str] = None, suite: str = DEBIAN_SUITE) -> str:
+    """The engine image `docker import`ed from debian_rootfs_tar(suite) (reused when present)."""
+    tag = tag or f"lamina-test/debian:{suite}-minbase"
+    if image_exists(tag):
+        return tag
+    tar = debian_rootfs_tar(suite)
+    docker("import", "--change", 'CMD ["/bin/sh"]', str(tar), tag)
+    return tag
+
+
+if __name__ == "__main__":  # build the cache ahead of a test run: python -m lamina_tests.support.debian
+    print(debian_rootfs_tar())
