@@ -21,14 +21,17 @@ def main(argv: list[str]) -> None:
         del sys.modules[module]  # imported again below, instrumented
     with atheris.instrument_imports(include=INSTRUMENTED):
         from lamina_fuzz.contract import check
-        from lamina_fuzz.targets import TARGETS
+        from lamina_fuzz.targets import JSON_TARGETS, TARGETS
+    from lamina_fuzz.mutator import custom_mutator
 
     target = TARGETS[name]
 
     def one_input(data: bytes) -> None:
         check(target, data)
 
-    atheris.Setup([argv[0]] + argv[2:], one_input)
+    # atheris.Mutate is looked up per call: atheris binds the real one when Fuzz() starts.
+    mutator = custom_mutator(lambda data, size: atheris.Mutate(data, size)) if name in JSON_TARGETS else None
+    atheris.Setup([argv[0]] + argv[2:], one_input, custom_mutator=mutator)
     atheris.Fuzz()
 
 

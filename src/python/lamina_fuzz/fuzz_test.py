@@ -119,3 +119,14 @@ def test_other_exceptions_are_findings() -> None:
 
     with pytest.raises(KeyError):
         check(target, b"")
+
+
+def test_the_json_mutator_changes_one_document_and_keeps_size_tokens() -> None:
+    from lamina_fuzz.mutator import custom_mutator
+
+    seed = seeds_of("docker_archive")[0]
+    mutate = custom_mutator(lambda data, size: data)  # the byte mutations: none here
+    changed = [out for out in (mutate(seed, 1 << 16, s) for s in range(40)) if out != seed]
+    assert changed and all(out.count(b"\n%%\n") == seed.count(b"\n%%\n") for out in changed)
+    oci = seeds_of("oci_layout")[0]
+    assert any(b"{s:" in out for out in (mutate(oci, 1 << 16, s) for s in range(10)))

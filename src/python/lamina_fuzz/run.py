@@ -63,12 +63,15 @@ def _child_env(tmp: str) -> dict[str, str]:
 
 
 def _crash_report(log: str) -> str:
-    for marker in ("=== Uncaught Python exception: ===", "==ERROR: libFuzzer:", "ALARM: working on the last Unit"):
+    """The exception (its type and message, and the innermost frame) or libFuzzer's error line."""
+    at = log.find("=== Uncaught Python exception: ===")
+    if at >= 0:
+        block = log[at:].split("\n\n", 1)[0].splitlines()
+        return "\n".join(block[:2] + block[-3:-1])
+    for marker in ("==ERROR: libFuzzer:", "ALARM: working on the last Unit"):
         at = log.find(marker)
         if at >= 0:
-            lines = log[at:].splitlines()
-            tail = [l for l in lines[1:40] if l.strip()]
-            return "\n".join([lines[0]] + tail[-8:])
+            return log[at:].splitlines()[0]
     return ""
 
 

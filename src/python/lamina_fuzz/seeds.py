@@ -79,7 +79,9 @@ def tar_bytes(entries: Sequence[tuple[str, object]], fmt: int = tarfile.PAX_FORM
                 assert isinstance(value, bytes)
                 info.size, info.mode = len(value), 0o755
                 tf.addfile(info, io.BytesIO(value))
-    return buf.getvalue()
+    data = buf.getvalue()
+    end = -(-len(data.rstrip(b"\0")) // 512) * 512  # tarfile pads to 10 KB; small seeds mutate better
+    return data[:end] + b"\0" * 1024
 
 
 def layers() -> list[bytes]:
