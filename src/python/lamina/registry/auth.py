@@ -78,6 +78,16 @@ def _decode_auth(value: str, where: str) -> tuple[str, str]:
     return user, password
 
 
+def _text(entry: Mapping, key: str, where: str) -> str:
+    """entry[key] as text that can be sent (UTF-8: JSON's lone surrogate escapes cannot)."""
+    text = str(entry.get(key) or "")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise AuthError(f"{where}: {key} is not valid UTF-8 text; fix it or run `docker login` again") from None
+    return text
+
+
 def parse_docker_config(data: bytes, path: str) -> DockerConfig:
     """A DockerConfig from config.json bytes; AuthError naming `path` when they are malformed."""
     try:
@@ -94,11 +104,11 @@ def parse_docker_config(data: bytes, path: str) -> DockerConfig:
         if not isinstance(entry, dict):
             continue
         where = f"{path}: auths[{key!r}]"
-        user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        user, password = _text(entry, "username", where), _text(entry, "password", where)
         if entry.get("auth"):
-            user, password = _decode_auth(str(entry["auth"]), where)
-        creds = Credentials(user, password, str(entry.get("identitytoken") or ""),
-                            str(entry.get("registrytoken") or ""), f"{path} auths")
+            user, password = _decode_auth(_text(entry, "auth", where), where)
+        creds = Credentials(user, password, _text(entry, "identitytoken", where),
+                            _text(entry, "registrytoken", where), f"{path} auths")
         auths.append((normalize_registry(key), creds))
     helpers = raw.get("credHelpers") if raw.get("credHelpers") is not None else {}
     if not isinstance(helpers, dict):
@@ -129,7 +139,8 @@ def parse_helper_output(stdout: bytes, helper: str) -> Credentials:
     """Credentials from `docker-credential-NAME get` output ({"ServerURL", "Username", "Secret"})."""
     try:
         data = json.loads(stdout)
-        user, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
+        where = f"docker-credential-{helper} get"
+        user, secret = _text(data, "Username", where), _text(data, "Secret", where)
     except (ValueError, AttributeError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"docker-credential-{helper} get printed no credentials JSON ({e}); check the helper") from e
     if user == _TOKEN_USERNAME:

@@ -194,3 +194,13 @@ def test_json_nested_too_deeply_is_an_auth_error() -> None:  # found by lamina_f
                  lambda: parse_token_response(_DEEP, "https://auth/token")):
         with pytest.raises(AuthError, match="recursion"):
             read()
+
+
+def test_credentials_that_are_not_utf8_are_an_auth_error() -> None:  # found by lamina_fuzz (UnicodeEncodeError)
+    from lamina.registry.auth import parse_helper_output
+    from lamina.registry.errors import AuthError
+
+    with pytest.raises(AuthError, match=r"auths\['r.test'\]: username is not valid UTF-8"):
+        parse_docker_config(b'{"auths": {"r.test": {"username": "\\udcff", "password": "p"}}}', "config.json")
+    with pytest.raises(AuthError, match="Secret is not valid UTF-8"):
+        parse_helper_output(b'{"Username": "u", "Secret": "\\ud800"}', "pass")
