@@ -61,7 +61,7 @@ def _pick(entries: list[dict], where: str, tag: Optional[str], platform: Optiona
         by_platform = [with_platform[i] for i in platform.best([Platform.of_config(e["platform"]) for e in with_platform])]
         if by_platform:
             candidates = by_platform
-    if len(candidates) > 1 and len({e.get("digest") for e in candidates}) == 1:
+    if len(candidates) > 1 and len({str(e.get("digest")) for e in candidates}) == 1:
         return candidates[0]  # one image under several tags (as lamina writes image_tags)
     if len(candidates) > 1:
         names = sorted({shown(n) for e in candidates for n in _ref_names(e)})

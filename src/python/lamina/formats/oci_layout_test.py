@@ -252,3 +252,19 @@ def test_registry_platforms_with_a_newline_are_shown_escaped() -> None:
     with pytest.raises(InvalidSource) as e:
         pick_platform({"manifests": [entry, dict(entry, digest="sha256:" + "b" * 64)]}, Platform.parse("linux/amd64"), "r")
     assert len(str(e.value).splitlines()) == 1 and "'x\\ny/arm64'" in str(e.value)
+
+
+def test_index_entries_whose_digest_is_not_a_string_are_invalid_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.registry.source import pick_platform  # found by lamina_fuzz: TypeError (unhashable)
+
+    path = str(tmp_path / "oci")
+    write_oci_multi(path, [(_image("amd64"), "1"), (_image("arm64"), "1")])
+    index = json.load(open(os.path.join(path, "index.json")))
+    for entry in index["manifests"]:
+        entry["digest"] = {"not": "a digest"}
+    json.dump(index, open(os.path.join(path, "index.json"), "w"))
+    with pytest.raises(InvalidSource, match="is not a sha256 digest"):
+        open_image(f"oci:{path}:1")
+    entry = {"mediaType": OCI_MANIFEST, "digest": [1], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}
+    with pytest.raises(InvalidSource, match="is not a sha256 digest"):
+        pick_platform({"manifests": [entry, dict(entry)]}, Platform.parse("linux/amd64"), "r")

@@ -47,7 +47,7 @@ def pick_platform(index: dict, wanted: Platform, where: str) -> Descriptor:
     if not images and len(entries) == 1:
         return Descriptor.from_json(entries[0], f"{where}: index")
     exact = [images[i] for i in wanted.best([Platform.of_config(e["platform"]) for e in images])]
-    if len(exact) >= 1 and len({e.get("digest") for e in exact}) == 1:
+    if len(exact) >= 1 and len({str(e.get("digest")) for e in exact}) == 1:
         return Descriptor.from_json(exact[0], f"{where}: index")
     have = ", ".join(sorted({shown(str(Platform.of_config(e["platform"]))) for e in images})) or "none"
     if exact:
