@@ -38,6 +38,7 @@ class Outcome:
     edges: int
     features: int
     corpus: int
+    peak_rss_mb: int
     crashes: tuple[str, ...]  # paths of the inputs that crashed (or hung, or ran out of memory)
     seconds: float
     returncode: int
@@ -46,7 +47,7 @@ class Outcome:
 
     def line(self) -> str:
         text = (f"{self.target:18} inputs={self.inputs:<9} edges={self.edges:<6} features={self.features:<6} "
-                f"corpus={self.corpus:<5} crashes={len(self.crashes)}  ({self.seconds:.0f}s)")
+                f"corpus={self.corpus:<5} rss={self.peak_rss_mb}MB crashes={len(self.crashes)}  ({self.seconds:.0f}s)")
         for path in self.crashes:
             text += f"\n    crash input: {path}"
         if self.error:
@@ -102,6 +103,7 @@ def run_target(name: str, seconds: int, corpus: str, artifacts: str, rss_mb: int
     if proc.returncode and not crashes and not error:
         error = f"the fuzzer exited with status {proc.returncode}:\n" + "\n".join(log.splitlines()[-10:])
     return Outcome(name, int(stats.get("number_of_executed_units", last[0])), int(last[1]), int(last[2]), int(last[3]),
+                   int(stats.get("peak_rss_mb", 0)),
                    crashes if crashes or not proc.returncode else ("(no input kept)",), time.monotonic() - start,
                    proc.returncode, log, error)
 
