@@ -11,6 +11,8 @@ from typing import BinaryIO, Callable, Iterator, Optional
 from lamina.errors import DigestMismatch, InvalidSource
 
 CHUNK = 1 << 20  # 1 MiB: every copy and hash works in pieces of this size.
+_ZSTD_HEADER_MAX = 18  # the largest zstd frame header
+_ZSTD_UNKNOWN_SIZE = (1 << 64) - 1  # a frame header's content size when it does not declare one
 _ZSTD_FEED = 1 << 10  # zstd input per decompress call: at most ~32 MiB out, even from a bomb
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -434,6 +436,8 @@ class DiffIdHasher:
         self._hash = hashlib.sha256()
         self._compression = compression
         self._d = self._new()
+        self._frame_head = bytearray()  # the first bytes of the current zstd frame (its header)
+        self._frame_out = 0  # what the current zstd frame decompressed to so far
 
     def _new(self):  # type: ignore[no-untyped-def]
         if self._compression == "gzip":
@@ -481,8 +485,28 @@ class DiffIdHasher:
         while data:
             if self._d.eof:
                 self._d = self._new()
-            self._hash.update(self._d.decompress(data))
+                self._frame_head, self._frame_out = bytearray(), 0
+            if len(self._frame_head) < _ZSTD_HEADER_MAX:
+                self._frame_head += data[: _ZSTD_HEADER_MAX - len(self._frame_head)]
+            out = self._d.decompress(data)
+            self._frame_out += len(out)
+            self._hash.update(out)
+            if self._d.eof:
+                self._check_frame_size()
             data = self._d.unused_data if self._d.eof else b""
+
+    def _check_frame_size(self) -> None:
+        """Fed in pieces, libzstd can end a frame without checking the content size its header
+        declares (fed whole, it does): check it here, so the pieces do not change the verdict."""
+        import zstandard
+
+        try:
+            size = zstandard.get_frame_parameters(bytes(self._frame_head)).content_size
+        except zstandard.ZstdError:
+            return  # no frame header to hold it to (a skippable frame)
+        if size != _ZSTD_UNKNOWN_SIZE and size != self._frame_out:
+            raise InvalidSource(f"{self._what}: corrupt zstd layer (a frame declares {size} bytes of content "
+                                f"and holds {self._frame_out})")
 
     def digest(self) -> str:
         if self._d is not None and not self._d.eof:

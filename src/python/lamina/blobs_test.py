@@ -251,4 +251,15 @@ def test_gzip_and_zstd_layers_read_alike_wherever_they_are_read() -> None:
     hasher = DiffIdHasher("gzip", "l")
     with pytest.raises(InvalidSource, match="corrupt gzip layer"):
         hasher.update(padded)
+
+
+@pytest.mark.parametrize("step", [10, 7, 1])
+def test_a_zstd_frame_holding_less_than_it_declares_is_corrupt_however_it_is_fed(step: int) -> None:
+    # found by lamina_fuzz: fed in pieces, libzstd ended this frame (declared size 3584, one empty
+    # raw block) without an error, and DiffIdHasher hashed it as empty content
+    data = bytes.fromhex("28b52ffd60000d010000")
+    hasher = DiffIdHasher("zstd", "layer")
+    with pytest.raises(InvalidSource, match="corrupt zstd layer"):
+        for i in range(0, len(data), step):
+            hasher.update(data[i:i + step])
         hasher.digest()

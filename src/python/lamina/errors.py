@@ -2,6 +2,11 @@
 from __future__ import annotations
 
 
+def shown(name: str) -> str:
+    """A name read from an archive, for a one-line message: as it is when printable, else its repr."""
+    return name if name.isprintable() else repr(name)
+
+
 class LaminaError(Exception):
     """Base of every error the core raises for bad input; its message is one line for the user."""
 

@@ -111,6 +111,8 @@ def parse_json(data: bytes, where: str) -> Any:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidSource(f"{where}: malformed JSON ({e})") from e
+    except RecursionError:
+        raise InvalidSource(f"{where}: JSON nested too deeply to read") from None
 
 
 def expect_dict(value: Any, where: str) -> dict:

@@ -149,3 +149,8 @@ def test_parse_json_names_where_on_malformed_input() -> None:
         parse_json(b"{", "cfg.json")
     with pytest.raises(InvalidSource, match="malformed JSON"):
         parse_json(b"\xff\xfe{", "bytes")
+
+
+def test_json_nested_too_deeply_is_invalid_source_in_one_line() -> None:  # found by lamina_fuzz (RecursionError)
+    with pytest.raises(InvalidSource, match=r"^manifest\.json: JSON nested too deeply to read$"):
+        parse_json(b"[" * 5000 + b"]" * 5000, "manifest.json")

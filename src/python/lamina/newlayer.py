@@ -182,7 +182,7 @@ def read_files_layer_dir(path: str) -> Layer:
             meta = json.loads(f.read())
     except FileNotFoundError:
         raise SpecError(f"files_layer {path!r} has no {FILES_LAYER_META}: make it with `lamina files-layer`") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise SpecError(f"files_layer {path!r}: cannot read {FILES_LAYER_META}: {e}") from None
     ok = (isinstance(meta, dict) and meta.get("mediaType") == OCI_LAYER_GZIP
           and isinstance(meta.get("size"), int) and not isinstance(meta.get("size"), bool) and meta["size"] >= 0

@@ -171,3 +171,11 @@ def test_two_destinations_landing_on_one_path_through_a_symlink_are_refused(tmp_
                                                   "'/usr/bin/x')")):
         build_files_layer([("/bin/x", str(tmp_path / "a")), ("/usr/bin/x", str(tmp_path / "b"))],
                           str(tmp_path / "l.tgz"), USR_MERGED)
+
+
+def test_a_files_layer_description_nested_too_deeply_is_a_spec_error(tmp_path) -> None:  # found by lamina_fuzz
+    from lamina.newlayer import FILES_LAYER_META, read_files_layer_dir
+
+    (tmp_path / FILES_LAYER_META).write_bytes(b"[" * 5000 + b"]" * 5000)
+    with pytest.raises(SpecError, match="cannot read files-layer.json"):
+        read_files_layer_dir(str(tmp_path))

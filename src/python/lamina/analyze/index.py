@@ -172,12 +172,14 @@ def loads(data: bytes, where: str) -> tuple[LayerIndex, ...]:
         doc = json.loads(data)
     except ValueError as e:
         raise InvalidIndex(f"{where}: not JSON ({e}); make it with `lamina scan`") from e
+    except RecursionError:
+        raise InvalidIndex(f"{where}: JSON nested too deeply to read; make it with `lamina scan`") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         found = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise InvalidIndex(f"{where}: not a layer index (format {found!r}, expected {FORMAT!r}); make it with `lamina scan`")
     try:
         return tuple(LayerIndex.from_json(l) for l in doc["layers"])
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # OverflowError: int(1e400)
         raise InvalidIndex(f"{where}: malformed layer index ({type(e).__name__}: {e})") from e
 
 

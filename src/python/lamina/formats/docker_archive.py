@@ -5,7 +5,7 @@ import re
 from typing import Optional, Union
 
 from lamina.blobs import sha256_stream, sniff_compression
-from lamina.errors import DigestMismatch, InvalidSource
+from lamina.errors import DigestMismatch, InvalidSource, shown
 from lamina.formats.store import DirSource, TarSource
 from lamina.image import Image, Layer, config_diff_ids, layer_history
 from lamina.model import (
@@ -26,6 +26,12 @@ def _normalize_tag(tag: str) -> str:
     return tag if ":" in tag.rsplit("/", 1)[-1] else tag + ":latest"
 
 
+def _repo_tags(entry: dict) -> tuple[str, ...]:
+    """An entry's RepoTags that are strings (none when it is not a list)."""
+    tags = entry.get("RepoTags")
+    return tuple(t for t in tags if isinstance(t, str)) if isinstance(tags, list) else ()
+
+
 def read_docker_archive(source: Union[TarSource, DirSource], name: str, tag: Optional[str] = None) -> Image:
     """The image in a `docker save` archive (packed, or unpacked into a directory), picked by tag
     when it holds several."""
@@ -36,12 +42,12 @@ def read_docker_archive(source: Union[TarSource, DirSource], name: str, tag: Opt
     entries = manifest
     if tag:
         wanted = _normalize_tag(tag)
-        entries = [m for m in manifest if wanted in [_normalize_tag(t) for t in (m.get("RepoTags") or [])]]
+        entries = [m for m in manifest if wanted in [_normalize_tag(t) for t in _repo_tags(m)]]
         if not entries:
-            known = sorted({t for m in manifest for t in (m.get("RepoTags") or [])})
+            known = sorted({shown(t) for m in manifest for t in _repo_tags(m)})
             raise InvalidSource(f"{where}: no image tagged {tag!r}; it has {', '.join(known) or 'no tags'}")
     if len(entries) > 1:
-        known = sorted({t for m in entries for t in (m.get("RepoTags") or [])})
+        known = sorted({shown(t) for m in entries for t in _repo_tags(m)})
         raise InvalidSource(
             f"{where}: holds {len(entries)} images; name one as docker-archive:{where}:TAG "
             f"(tags: {', '.join(known) or 'none'})"
@@ -88,7 +94,7 @@ def read_docker_archive(source: Union[TarSource, DirSource], name: str, tag: Opt
                 source=name,
             )
         )
-    tags = tuple(t for t in (entry.get("RepoTags") or []) if isinstance(t, str))
+    tags = _repo_tags(entry)
     return Image(
         source=name,
         config_bytes=config_bytes,

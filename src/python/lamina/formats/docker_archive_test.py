@@ -146,3 +146,31 @@ def test_uncompressed_classic_layer_is_checked_against_its_diff_id(tmp_path) -> 
     assert image.layers[0].descriptor.digest == sha(fake.layers[0].tar)  # taken from the config ...
     with pytest.raises(DigestMismatch, match="blob content is " + sha(FakeLayer({"b": b"b"}).blob)):
         validate(image)  # ... and checked when read
+
+
+def _retagged(tmp_path, repo_tags) -> str:  # type: ignore[no-untyped-def]
+    """A classic archive whose manifest.json entry has `repo_tags` as its RepoTags."""
+    path = str(tmp_path / "saved.tar")
+    write_docker_classic({"app:1": _image()}, path)
+    import tarfile
+
+    with tarfile.open(path) as tf:
+        members = [(m.name, tf.extractfile(m).read()) for m in tf.getmembers()]  # type: ignore[union-attr]
+    manifest = json.loads(dict(members)["manifest.json"])
+    manifest[0]["RepoTags"] = repo_tags
+    write_tar(path, [(n, json.dumps(manifest).encode() if n == "manifest.json" else d) for n, d in members])
+    return path
+
+
+@pytest.mark.parametrize("repo_tags", [True, 5, [{}], [1]], ids=["bool", "int", "dicts", "ints"])
+def test_repo_tags_of_the_wrong_type_are_no_tags(tmp_path, repo_tags) -> None:  # type: ignore[no-untyped-def]
+    path = _retagged(tmp_path, repo_tags)  # found by lamina_fuzz: TypeError / AttributeError
+    assert open_image("docker-archive:" + path).tags == ()
+    with pytest.raises(InvalidSource, match="no image tagged 'zzz'; it has no tags$"):
+        open_image(f"docker-archive:{path}:zzz")
+
+
+def test_a_tag_with_a_newline_is_shown_escaped_in_a_one_line_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = _retagged(tmp_path, ["a\nb:1"])  # found by lamina_fuzz: the message had two lines
+    with pytest.raises(InvalidSource, match=r"it has 'a\\nb:1'$"):
+        open_image(f"docker-archive:{path}:zzz")

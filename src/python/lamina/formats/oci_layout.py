@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lamina.errors import InvalidSource
+from lamina.errors import InvalidSource, shown
 from lamina.formats.store import BlobSource, read_blob
 from lamina.image import Image, Layer, config_diff_ids, layer_history
 from lamina.model import (
@@ -22,12 +22,19 @@ from lamina.model import (
 
 
 def _ref_names(desc_json: dict) -> list[str]:
-    ann = desc_json.get("annotations") or {}
+    ann = desc_json.get("annotations")
+    if not isinstance(ann, dict):
+        return []
     names = []
     for key in (ANN_REF_NAME, "io.containerd.image.name"):
         if isinstance(ann.get(key), str):
             names.append(ann[key])
     return names
+
+
+def _platform_json(desc_json: dict) -> dict:
+    platform = desc_json.get("platform")
+    return platform if isinstance(platform, dict) else {}
 
 
 def _tag_matches(wanted: str, names: list[str]) -> bool:
@@ -46,7 +53,7 @@ def _pick(entries: list[dict], where: str, tag: Optional[str], platform: Optiona
     if tag:
         candidates = [e for e in entries if _tag_matches(tag, _ref_names(e))]
         if not candidates:
-            known = sorted({n for e in entries for n in _ref_names(e)})
+            known = sorted({shown(n) for e in entries for n in _ref_names(e)})
             raise InvalidSource(f"{where}: no image tagged {tag!r}; it has {', '.join(known) or 'no tags'}")
     if len(candidates) > 1 and platform is not None:
         # the registry's rule (Platform.best): linux/arm picks arm/v7 here too
@@ -54,11 +61,12 @@ def _pick(entries: list[dict], where: str, tag: Optional[str], platform: Optiona
         by_platform = [with_platform[i] for i in platform.best([Platform.of_config(e["platform"]) for e in with_platform])]
         if by_platform:
             candidates = by_platform
-    if len(candidates) > 1 and len({e.get("digest") for e in candidates}) == 1:
+    if len(candidates) > 1 and len({str(e.get("digest")) for e in candidates}) == 1:
         return candidates[0]  # one image under several tags (as lamina writes image_tags)
     if len(candidates) > 1:
-        names = sorted({n for e in candidates for n in _ref_names(e)})
-        platforms = sorted({str(Platform.of_config(e["platform"])) for e in candidates if isinstance(e.get("platform"), dict)})
+        names = sorted({shown(n) for e in candidates for n in _ref_names(e)})
+        platforms = sorted({shown(str(Platform.of_config(e["platform"]))) for e in candidates
+                            if isinstance(e.get("platform"), dict)})
         hint = f"tags: {', '.join(names)}" if names else f"platforms: {', '.join(platforms)}"
         raise InvalidSource(f"{where}: holds {len(candidates)} images; name one ({hint})")
     if not candidates:
@@ -136,13 +144,13 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
         sub = nested.get("manifests")
         if not isinstance(sub, list) or not all(isinstance(e, dict) for e in sub):
             raise InvalidSource(f"{where}: index {desc.digest} has no manifests list")
-        sub = [e for e in sub if (e.get("platform") or {}).get("architecture") != "unknown"]  # attestations
+        sub = [e for e in sub if _platform_json(e).get("architecture") != "unknown"]  # attestations
         if len(sub) > 1 and platform is None:
             platform = Platform.host()
         if platform is not None and len(sub) > 1 and not any(
             isinstance(e.get("platform"), dict) and platform.matches(Platform.of_config(e["platform"])) for e in sub
         ):
-            have = ", ".join(sorted(str(Platform.of_config(e.get("platform") or {})) for e in sub))
+            have = ", ".join(sorted(shown(str(Platform.of_config(_platform_json(e)))) for e in sub))
             raise InvalidSource(f"{where}: no image for platform {platform} (it has {have})")
         desc = Descriptor.from_json(_pick(sub, where, None, platform), f"{where}: index")
     raise InvalidSource(f"{where}: indexes nested too deeply")

@@ -208,3 +208,63 @@ def test_a_layout_picks_a_platform_by_the_registrys_rule(tmp_path, wanted: str, 
                            for i, (a, v) in enumerate(ARM_FAMILY)]}
     chosen = pick_platform(index, Platform.parse(wanted), "registry")
     assert ARM_FAMILY[int(chosen.digest[-1])] == picked
+
+
+@pytest.mark.parametrize("annotations", [[1], 5], ids=["list", "int"])
+def test_index_annotations_that_are_not_an_object_are_invalid_source(tmp_path, annotations) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "oci")  # found by lamina_fuzz: AttributeError
+    write_oci_dir(_image(), path, tag="1")
+    index = json.load(open(os.path.join(path, "index.json")))
+    index["manifests"][0]["annotations"] = annotations
+    json.dump(index, open(os.path.join(path, "index.json"), "w"))
+    with pytest.raises(InvalidSource, match="index.json: expected a JSON object"):
+        open_image("oci:" + path)
+
+
+@pytest.mark.parametrize("platform", ["x", 7], ids=["string", "int"])
+def test_a_nested_index_entry_whose_platform_is_not_an_object_is_skipped(tmp_path, platform) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "oci")  # found by lamina_fuzz: AttributeError
+    write_oci_multi(path, [(_image("amd64"), None), (_image("arm64"), None)], nested=True)
+    index_entry = json.load(open(os.path.join(path, "index.json")))["manifests"][0]
+    nested_path = blob_file(path, index_entry["digest"])
+    nested = json.load(open(nested_path))
+    nested["manifests"][1]["platform"] = platform
+    data = json.dumps(nested).encode()
+    with open(blob_file(path, sha(data)), "wb") as f:
+        f.write(data)
+    index_entry.update(digest=sha(data), size=len(data))
+    json.dump({"schemaVersion": 2, "manifests": [index_entry]}, open(os.path.join(path, "index.json"), "w"))
+    assert str(open_image("oci:" + path, platform=Platform.parse("linux/amd64")).platform) == "linux/amd64"
+
+
+def test_a_ref_name_with_a_newline_is_shown_escaped_in_a_one_line_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "oci")  # found by lamina_fuzz: the message had two lines
+    write_oci_dir(_image(), path, tag="x\ny")
+    with pytest.raises(InvalidSource, match=r"it has 'x\\ny'$"):
+        open_image(f"oci:{path}:zzz")
+
+
+def test_registry_platforms_with_a_newline_are_shown_escaped() -> None:
+    from lamina.registry.source import pick_platform  # found by lamina_fuzz: the message had two lines
+
+    entry = {"mediaType": OCI_MANIFEST, "digest": "sha256:" + "a" * 64, "size": 1,
+             "platform": {"os": "x\ny", "architecture": "arm64"}}
+    with pytest.raises(InvalidSource) as e:
+        pick_platform({"manifests": [entry, dict(entry, digest="sha256:" + "b" * 64)]}, Platform.parse("linux/amd64"), "r")
+    assert len(str(e.value).splitlines()) == 1 and "'x\\ny/arm64'" in str(e.value)
+
+
+def test_index_entries_whose_digest_is_not_a_string_are_invalid_source(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.registry.source import pick_platform  # found by lamina_fuzz: TypeError (unhashable)
+
+    path = str(tmp_path / "oci")
+    write_oci_multi(path, [(_image("amd64"), "1"), (_image("arm64"), "1")])
+    index = json.load(open(os.path.join(path, "index.json")))
+    for entry in index["manifests"]:
+        entry["digest"] = {"not": "a digest"}
+    json.dump(index, open(os.path.join(path, "index.json"), "w"))
+    with pytest.raises(InvalidSource, match="is not a sha256 digest"):
+        open_image(f"oci:{path}:1")
+    entry = {"mediaType": OCI_MANIFEST, "digest": [1], "size": 1, "platform": {"os": "linux", "architecture": "amd64"}}
+    with pytest.raises(InvalidSource, match="is not a sha256 digest"):
+        pick_platform({"manifests": [entry, dict(entry)]}, Platform.parse("linux/amd64"), "r")

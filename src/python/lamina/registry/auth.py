@@ -78,11 +78,21 @@ def _decode_auth(value: str, where: str) -> tuple[str, str]:
     return user, password
 
 
+def _text(entry: Mapping, key: str, where: str) -> str:
+    """entry[key] as text that can be sent (UTF-8: JSON's lone surrogate escapes cannot)."""
+    text = str(entry.get(key) or "")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise AuthError(f"{where}: {key} is not valid UTF-8 text; fix it or run `docker login` again") from None
+    return text
+
+
 def parse_docker_config(data: bytes, path: str) -> DockerConfig:
     """A DockerConfig from config.json bytes; AuthError naming `path` when they are malformed."""
     try:
         raw = json.loads(data or b"{}")
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"{path}: malformed JSON ({e}); fix or remove the Docker config file") from e
     if not isinstance(raw, dict):
         raise AuthError(f"{path}: expected a JSON object; fix or remove the Docker config file")
@@ -94,11 +104,11 @@ def parse_docker_config(data: bytes, path: str) -> DockerConfig:
         if not isinstance(entry, dict):
             continue
         where = f"{path}: auths[{key!r}]"
-        user, password = str(entry.get("username") or ""), str(entry.get("password") or "")
+        user, password = _text(entry, "username", where), _text(entry, "password", where)
         if entry.get("auth"):
-            user, password = _decode_auth(str(entry["auth"]), where)
-        creds = Credentials(user, password, str(entry.get("identitytoken") or ""),
-                            str(entry.get("registrytoken") or ""), f"{path} auths")
+            user, password = _decode_auth(_text(entry, "auth", where), where)
+        creds = Credentials(user, password, _text(entry, "identitytoken", where),
+                            _text(entry, "registrytoken", where), f"{path} auths")
         auths.append((normalize_registry(key), creds))
     helpers = raw.get("credHelpers") if raw.get("credHelpers") is not None else {}
     if not isinstance(helpers, dict):
@@ -129,8 +139,9 @@ def parse_helper_output(stdout: bytes, helper: str) -> Credentials:
     """Credentials from `docker-credential-NAME get` output ({"ServerURL", "Username", "Secret"})."""
     try:
         data = json.loads(stdout)
-        user, secret = str(data.get("Username") or ""), str(data.get("Secret") or "")
-    except (ValueError, AttributeError, UnicodeDecodeError) as e:
+        where = f"docker-credential-{helper} get"
+        user, secret = _text(data, "Username", where), _text(data, "Secret", where)
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"docker-credential-{helper} get printed no credentials JSON ({e}); check the helper") from e
     if user == _TOKEN_USERNAME:
         return Credentials(identity_token=secret, origin=f"docker-credential-{helper}")
@@ -296,7 +307,7 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, Optional[float]]
     """(token, expires_in seconds or None) from a token endpoint's JSON answer."""
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise AuthError(f"token endpoint {realm} answered no JSON ({e})") from e
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:

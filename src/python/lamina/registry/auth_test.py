@@ -181,3 +181,26 @@ def test_merge_scopes_orders_actions_canonically() -> None:
     assert merge_scopes(("repository:a:push,pull",)) == ("repository:a:pull,push",)
     assert merge_scopes(("repository:a:push", "repository:a:pull")) == ("repository:a:pull,push",)
     assert merge_scopes(("repository:a:*,delete,push,pull",)) == ("repository:a:pull,push,delete,*",)
+
+
+_DEEP = b"[" * 5000 + b"]" * 5000
+
+
+def test_json_nested_too_deeply_is_an_auth_error() -> None:  # found by lamina_fuzz (RecursionError)
+    from lamina.registry.auth import parse_helper_output, parse_token_response
+    from lamina.registry.errors import AuthError
+
+    for read in (lambda: parse_docker_config(_DEEP, "config.json"), lambda: parse_helper_output(_DEEP, "pass"),
+                 lambda: parse_token_response(_DEEP, "https://auth/token")):
+        with pytest.raises(AuthError, match="recursion"):
+            read()
+
+
+def test_credentials_that_are_not_utf8_are_an_auth_error() -> None:  # found by lamina_fuzz (UnicodeEncodeError)
+    from lamina.registry.auth import parse_helper_output
+    from lamina.registry.errors import AuthError
+
+    with pytest.raises(AuthError, match=r"auths\['r.test'\]: username is not valid UTF-8"):
+        parse_docker_config(b'{"auths": {"r.test": {"username": "\\udcff", "password": "p"}}}', "config.json")
+    with pytest.raises(AuthError, match="Secret is not valid UTF-8"):
+        parse_helper_output(b'{"Username": "u", "Secret": "\\ud800"}', "pass")

@@ -117,7 +117,7 @@ class RegistryClient:
                 try:
                     found = json.loads(reply.body).get("tags")
                     tags = sorted(t for t in found if isinstance(t, str)) if isinstance(found, list) else []
-                except (ValueError, AttributeError, UnicodeDecodeError):
+                except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                     tags = None
             elif reply is not None and reply.status == 404:
                 codes = "NAME_UNKNOWN"

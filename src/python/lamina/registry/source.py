@@ -6,7 +6,7 @@ import sys
 from typing import Optional
 
 from lamina.blobs import Opener
-from lamina.errors import InvalidSource
+from lamina.errors import InvalidSource, shown
 from lamina.formats.oci_layout import read_manifest_image
 from lamina.image import Image
 from lamina.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Platform, expect_dict, parse_json
@@ -47,9 +47,9 @@ def pick_platform(index: dict, wanted: Platform, where: str) -> Descriptor:
     if not images and len(entries) == 1:
         return Descriptor.from_json(entries[0], f"{where}: index")
     exact = [images[i] for i in wanted.best([Platform.of_config(e["platform"]) for e in images])]
-    if len(exact) >= 1 and len({e.get("digest") for e in exact}) == 1:
+    if len(exact) >= 1 and len({str(e.get("digest")) for e in exact}) == 1:
         return Descriptor.from_json(exact[0], f"{where}: index")
-    have = ", ".join(sorted({str(Platform.of_config(e["platform"])) for e in images})) or "none"
+    have = ", ".join(sorted({shown(str(Platform.of_config(e["platform"]))) for e in images})) or "none"
     if exact:
         raise InvalidSource(f"{where}: several images match platform {wanted} ({have}); name the variant, "
                             f"e.g. --platform {wanted}/v7")

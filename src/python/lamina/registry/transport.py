@@ -137,7 +137,7 @@ def error_codes(body: bytes) -> str:
 
     try:
         errors = json.loads(body).get("errors") or []
-    except (ValueError, AttributeError, UnicodeDecodeError):
+    except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
         return ""
     parts = []
     for e in errors if isinstance(errors, list) else []:

@@ -99,3 +99,7 @@ def test_a_registry_token_from_the_docker_config_is_sent_as_the_bearer_token(tmp
             t.request("GET", "/v2/", scopes=("repository:a:pull",), what="test")
     finally:
         server.shutdown()
+
+
+def test_error_codes_of_json_nested_too_deeply_are_none() -> None:  # found by lamina_fuzz (RecursionError)
+    assert error_codes(b"[" * 5000 + b"]" * 5000) == ""
