@@ -143,7 +143,7 @@ def error_codes(body: bytes) -> str:
     for e in errors if isinstance(errors, list) else []:
         if isinstance(e, dict):
             parts.append(f"{e.get('code', '')}: {e.get('message', '')}".strip(": "))
-    return "; ".join(parts)[:300]
+    return " ".join("; ".join(parts).split())[:300]  # one line, whatever the registry wrote
 
 
 class Transport:

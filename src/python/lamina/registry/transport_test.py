@@ -103,3 +103,7 @@ def test_a_registry_token_from_the_docker_config_is_sent_as_the_bearer_token(tmp
 
 def test_error_codes_of_json_nested_too_deeply_are_none() -> None:  # found by lamina_fuzz (RecursionError)
     assert error_codes(b"[" * 5000 + b"]" * 5000) == ""
+
+
+def test_error_codes_are_one_line_whatever_the_registry_wrote() -> None:  # found by lamina_fuzz
+    assert error_codes(b'{"errors":[{"code":"x\\ny","message":"busy\\r\\nnow\\u2028"}]}') == "x y: busy now"
