@@ -326,7 +326,11 @@ class Transport:
                     redirects += 1
                     if redirects > 5:
                         raise RegistryError(f"{what}: more than 5 redirects from {self.host}")
-                    url = urllib.parse.urljoin(url, location)
+                    try:
+                        url = urllib.parse.urljoin(url, location)
+                    except ValueError:  # "http://[x": no URL
+                        raise RegistryError(f"{what}: {self.host} redirected to {location[:100]!r}, "
+                                            "which is not a URL") from None
                     continue
                 if is_transient_status(resp.status):
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())
