@@ -90,7 +90,7 @@ def oci_layer_media_type(media_type: str) -> str:
 
 def check_digest(value: Any, where: str) -> str:
     """`value` if it is a well-formed sha256 digest, else InvalidSource naming `where`."""
-    if not isinstance(value, str) or not _DIGEST_RE.match(value):
+    if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):  # match's $ allows a trailing newline
         raise InvalidSource(f"{where}: {value!r} is not a sha256 digest (sha256:<64 hex digits>)")
     return value
 

@@ -154,3 +154,8 @@ def test_parse_json_names_where_on_malformed_input() -> None:
 def test_json_nested_too_deeply_is_invalid_source_in_one_line() -> None:  # found by lamina_fuzz (RecursionError)
     with pytest.raises(InvalidSource, match=r"^manifest\.json: JSON nested too deeply to read$"):
         parse_json(b"[" * 5000 + b"]" * 5000, "manifest.json")
+
+
+def test_a_digest_with_a_trailing_newline_is_not_a_digest() -> None:  # found by lamina_fuzz ($ matched before it)
+    with pytest.raises(InvalidSource, match="is not a sha256 digest"):
+        check_digest("sha256:" + "a" * 64 + "\n", "index.json")

@@ -87,7 +87,10 @@ class FakePool:
                 self._docs.setdefault(digest, (m.name, m.content))
 
     def _key(self, url: str) -> str:
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+        except ValueError:  # a member header that is no URL ("[" unclosed): taken as it is
+            return url
         if not parts.netloc or parts.netloc == self._host:
             return parts.path
         return f"{parts.scheme}://{parts.netloc}{parts.path}"

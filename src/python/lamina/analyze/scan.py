@@ -11,6 +11,7 @@ from typing import IO, TYPE_CHECKING, Optional, Sequence
 from lamina.analyze.index import IndexEntry, LayerIndex
 from lamina.blobs import CHUNK
 from lamina.elf import MAGIC, ElfInfo, ElfScanner
+from lamina.errors import InvalidSource
 from lamina.extract import read_selection
 from lamina.image import Image, Layer
 from lamina.layertar import walk
@@ -120,6 +121,10 @@ def scan_source(text: str, selector: Optional[str] = None, name: Optional[str] =
     if selector is not None:
         layers = select(image, parse_selector(selector))
     elif selection is not None:
+        wrong = [i for i in selection.indices if not 0 <= i < len(image.layers)]
+        if wrong:
+            raise InvalidSource(f"{path}: lamina-selection.json names layer {wrong[0]}, but the image has "
+                                f"{len(image.layers)}; extract the bundle again")
         layers = tuple(image.layers[i] for i in selection.indices)
     else:
         layers = image.layers

@@ -333,3 +333,18 @@ def test_the_files_layer_knows_every_layer_below_it() -> None:
     assert (conflict.layers, conflict.winner) == ((0, 1, 2), 2)
     assert on_top.describe().startswith("files of //app:img (sha256:")
 
+
+
+@pytest.mark.parametrize("index", [1000, -1], ids=["past-the-end", "negative"])
+def test_a_bundle_whose_selection_names_a_layer_the_image_lacks_is_invalid_source(tmp_path: Path, index: int) -> None:
+    from lamina.errors import InvalidSource  # found by lamina_fuzz: IndexError
+
+    write_oci_dir(IMAGE, str(tmp_path / "img"))
+    image = open_image(str(tmp_path / "img"))
+    extract(image, select(image, parse_selector("1")), str(tmp_path / "bundle"), "1")
+    path = tmp_path / "bundle" / "lamina-selection.json"
+    selection = json.loads(path.read_text())
+    selection["layers"][0]["index"] = index
+    path.write_text(json.dumps(selection))
+    with pytest.raises(InvalidSource, match=f"names layer {index}, but the image has 3"):
+        scan_source(str(tmp_path / "bundle"))

@@ -23,7 +23,7 @@ from typing import BinaryIO, Optional
 import urllib3
 
 from lamina.blobs import CHUNK, Opener, Window, copy_stream, verified
-from lamina.errors import DigestMismatch
+from lamina.errors import DigestMismatch, shown
 from lamina.model import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_MANIFEST, Descriptor, sha256_digest
 from lamina.registry.errors import NotFound, RegistryError, RegistryUnreachable
 from lamina.registry.reference import Reference
@@ -116,7 +116,7 @@ class RegistryClient:
             if reply is not None and reply.status == 200:
                 try:
                     found = json.loads(reply.body).get("tags")
-                    tags = sorted(t for t in found if isinstance(t, str)) if isinstance(found, list) else []
+                    tags = sorted(shown(t) for t in found if isinstance(t, str)) if isinstance(found, list) else []
                 except (ValueError, AttributeError, UnicodeDecodeError, RecursionError):
                     tags = None
             elif reply is not None and reply.status == 404:

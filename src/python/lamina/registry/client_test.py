@@ -27,3 +27,10 @@ def test_a_missing_tag_is_not_found_whatever_the_tags_list_says(body: bytes) -> 
     client = RegistryClient("registry.test", RegistryOptions(), _Transport(body))  # type: ignore[arg-type]
     with pytest.raises(NotFound, match="no manifest for tag 1"):
         client.get_manifest(parse_reference("registry.test/team/app:1"))
+
+
+def test_tags_with_a_newline_are_shown_escaped() -> None:  # found by lamina_fuzz: a two-line error
+    client = RegistryClient("registry.test", RegistryOptions(), _Transport(b'{"tags": ["\\n2"]}'))  # type: ignore[arg-type]
+    with pytest.raises(NotFound) as e:
+        client.get_manifest(parse_reference("registry.test/team/app:1"))
+    assert len(str(e.value).splitlines()) == 1 and "it has tags '\\n2'" in str(e.value)

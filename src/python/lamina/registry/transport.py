@@ -143,7 +143,7 @@ def error_codes(body: bytes) -> str:
     for e in errors if isinstance(errors, list) else []:
         if isinstance(e, dict):
             parts.append(f"{e.get('code', '')}: {e.get('message', '')}".strip(": "))
-    return "; ".join(parts)[:300]
+    return " ".join("; ".join(parts).split())[:300]  # one line, whatever the registry wrote
 
 
 class Transport:
@@ -326,7 +326,11 @@ class Transport:
                     redirects += 1
                     if redirects > 5:
                         raise RegistryError(f"{what}: more than 5 redirects from {self.host}")
-                    url = urllib.parse.urljoin(url, location)
+                    try:
+                        url = urllib.parse.urljoin(url, location)
+                    except ValueError:  # "http://[x": no URL
+                        raise RegistryError(f"{what}: {self.host} redirected to {location[:100]!r}, "
+                                            "which is not a URL") from None
                     continue
                 if is_transient_status(resp.status):
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())

@@ -103,3 +103,27 @@ def test_a_registry_token_from_the_docker_config_is_sent_as_the_bearer_token(tmp
 
 def test_error_codes_of_json_nested_too_deeply_are_none() -> None:  # found by lamina_fuzz (RecursionError)
     assert error_codes(b"[" * 5000 + b"]" * 5000) == ""
+
+
+def test_error_codes_are_one_line_whatever_the_registry_wrote() -> None:  # found by lamina_fuzz
+    assert error_codes(b'{"errors":[{"code":"x\\ny","message":"busy\\r\\nnow\\u2028"}]}') == "x y: busy now"
+
+
+def test_a_redirect_to_something_that_is_no_url_is_a_registry_error() -> None:  # found by lamina_fuzz (ValueError)
+    import pytest
+    from urllib3 import HTTPHeaderDict
+
+    from lamina.registry.errors import RegistryError
+
+    class _Pool:
+        def request(self, method: str, url: str, **_: object) -> object:
+            class _Resp:
+                status, headers = 307, HTTPHeaderDict({"Location": "http://[x/"})
+
+                def drain_conn(self) -> None:
+                    pass
+            return _Resp()
+
+    transport = Transport("registry.test", RegistryOptions(), pool=_Pool())  # type: ignore[arg-type]
+    with pytest.raises(RegistryError, match="redirected to 'http://\\[x/', which is not a URL"):
+        transport.request("GET", "/v2/", scopes=(), what="probe")
