@@ -16,6 +16,7 @@ from typing import BinaryIO, Optional
 from lamina.blobs import (
     CHUNK,
     DiffIdCheckingReader,
+    TeeReader,
     VerifiedReader,
     chunks,
     copy_extent,
@@ -91,27 +92,6 @@ def _tarinfo(name: str, size: int = 0, directory: bool = False) -> tarfile.TarIn
     return info
 
 
-class _Counting(io.RawIOBase):
-    def __init__(self, raw: BinaryIO, progress: Progress) -> None:
-        super().__init__()
-        self._raw = raw
-        self._progress = progress
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        n = self._raw.readinto(buffer) or 0
-        self._progress.add(n)
-        return n
-
-    def close(self) -> None:
-        try:
-            self._raw.close()
-        finally:
-            super().close()
-
-
 class _TarWriter:
     """A plain (ustar; GNU for a member of 8 GiB or more) tar written straight to a file, as tarfile's "w" mode writes it (headers,
     512-byte padding, two zero blocks, a whole last record), but with layer bytes copied by the
@@ -155,7 +135,7 @@ class _TarWriter:
                 raw.close()
                 raw = None
             else:
-                stream = io.BufferedReader(VerifiedReader(_Counting(raw, progress), d.digest, d.size, what), CHUNK)
+                stream = io.BufferedReader(VerifiedReader(TeeReader(raw, None, progress.add), d.digest, d.size, what), CHUNK)
                 raw = None  # the stream owns it now
                 if check_diff_id:
                     # also check what it decompresses to, as extract does (for an uncompressed
