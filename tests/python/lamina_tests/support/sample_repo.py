@@ -113,9 +113,16 @@ core_target = "{CORE_TARGET}"
         if proc.returncode != 0 and _SPAWN_FLAKE in proc.stderr:
             # Pants' engine could not start one of its processes (its own ETXTBSY retry failed: a
             # known Pants problem on loaded machines, pantsbuild/pants#19318), so that process never
-            # ran; the run is repeated once (what did finish is a cache hit), and says so.
+            # ran; the run is repeated once (what did finish is a cache hit), and says so. The two
+            # runs' logs (stderr) are returned together: a process the first run completed is a cache
+            # hit in the second, so tests that count completed processes see it once, in the first
+            # part. The goal's output (stdout) is the second run's.
             print(f"sample repo: `pants {' '.join(args)}` hit Pants' process-spawn failure; running it again")
+            first = proc
             proc = self._pants_once(args, env, timeout)
+            proc = subprocess.CompletedProcess(
+                proc.args, proc.returncode, proc.stdout, first.stderr + proc.stderr
+            )
         if check and proc.returncode != 0:
             raise AssertionError(f"pants {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
         return proc
