@@ -9,11 +9,12 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
-from lamina.errors import LaminaError, SpecError
+from lamina.errors import InvalidSource, LaminaError, SpecError
 from lamina.model import Platform, parse_json
 
 if TYPE_CHECKING:
     from lamina.image import Image
+    from lamina.progress import Progress
     from lamina.registry.transport import RegistryOptions
 
 
@@ -278,15 +279,65 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress(label: str, total: int) -> "Progress":
+    from lamina.progress import Progress
+
+    return Progress(label, total)
+
+
 def cmd_push(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from lamina.compress import compress_missing, distributable, read_compressed
     from lamina.registry.locations import BlobLocations, default_path
     from lamina.registry.push import parse_targets, push
 
     targets = parse_targets(args.to)
     options = _registry(args)
-    with _image(args, options) as image:
-        for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
-            print(result.summary(), flush=True)
+    have = {}
+    if is_spec(args.source):
+        from lamina.spec import parse_spec
+
+        with open(args.source, "rb") as f:
+            spec = parse_spec(parse_json(f.read(), args.source))
+        for directory in spec.compressed:
+            form = read_compressed(directory)
+            have[form.diff_id] = form
+    scratch = tempfile.mkdtemp(prefix="lamina-compress-", dir=os.environ.get("LAMINA_TMPDIR") or None)
+    try:
+        with _image(args, options) as image:
+            if args.compression != "none":
+                # Uncompressed layers (from `docker save`, the engine) go up compressed, as `docker push`
+                # sends them; the config's diff_ids are the same. A form the spec names is used as it is.
+                forms = compress_missing(image, args.compression, scratch, have, _progress)
+                image = distributable(image, forms)
+            for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
+                print(result.summary(), flush=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    """One layer's compressed form, for a push to send (the Pants plugin caches it per layer)."""
+    from lamina.compress import compress_layer
+    from lamina.image import Layer
+    from lamina.model import OCI_LAYER, Descriptor, check_digest
+
+    digest = check_digest(args.digest, "--digest")
+    path = args.blob
+    try:
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise InvalidSource(f"{path}: {e.strerror}") from None
+    layer = Layer(Descriptor(OCI_LAYER, digest, size), digest, -1, (), path=path, source=path)
+    bar = _progress(f"compressing {path}", size)
+    try:
+        form = compress_layer(layer, args.compression, args.out, bar)
+    finally:
+        bar.close()
+    print(json.dumps(form.to_json(), sort_keys=True), flush=True)
     return 0
 
 
@@ -428,8 +479,19 @@ def parser() -> argparse.ArgumentParser:
     pu.add_argument("--to", action="append", required=True, metavar="HOST[:PORT]/REPO:TAG",
                     help="a tag to push to; repeatable")
     pu.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
+    pu.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
+                    help="how uncompressed layers (docker save, the engine) are sent: compressed "
+                         "deterministically first (default gzip), or as they are (none)")
     _registry_flags(pu)
     pu.set_defaults(func=cmd_push)
+
+    cz = sub.add_parser("compress", help="write an uncompressed layer's compressed form (blob and "
+                                         "compressed.json) for `push` to send; checks the layer's digest")
+    cz.add_argument("blob", help="the uncompressed layer blob (a file)")
+    cz.add_argument("--digest", required=True, help="its sha256 digest (= its diff_id), checked as it is read")
+    cz.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
+    cz.add_argument("--out", required=True, help="directory to write (replaced whole)")
+    cz.set_defaults(func=cmd_compress)
 
     di = sub.add_parser("daemon-id", help="print the ID of an image in the Docker engine (DOCKER_HOST)")
     di.add_argument("name", help="image name or ID in the engine")

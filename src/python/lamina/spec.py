@@ -39,6 +39,9 @@ class Spec:
     allow_platform_mismatch: bool
     target: Optional[str] = None  # the build target this image is for: the audit names it for the base and files layers
     files_layer: Optional[str] = None  # a directory from `lamina files-layer`, used instead of files/file_dirs
+    # Directories from `lamina compress`: the compressed forms of uncompressed layers, which a push
+    # sends instead of compressing them itself (the Pants plugin's cached compressions).
+    compressed: tuple[str, ...] = ()
 
 
 def _str(value: Any, where: str) -> str:
@@ -101,7 +104,7 @@ def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
 
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
 _KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
-         "target", "files_layer"}
+         "target", "files_layer", "compressed"}
 
 
 def parse_spec(data: Any) -> Spec:
@@ -163,4 +166,5 @@ def parse_spec(data: Any) -> Spec:
         allow_platform_mismatch=allow,
         target=_str(data["target"], "target") if data.get("target") is not None else None,
         files_layer=files_layer,
+        compressed=_str_list(data.get("compressed", []), "compressed"),
     )

@@ -23,6 +23,11 @@ class BlobOutcome:
     size: int
     how: str  # "present" (HEAD found it), "mounted" (from `source_repo`) or "uploaded"
     source_repo: str = ""
+    layer: bool = True  # False for the config
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
 @dataclass(frozen=True)
@@ -45,9 +50,18 @@ class PushResult:
     def mounted(self) -> int:
         return sum(1 for b in self.blobs if b.how == "mounted")
 
+    def layers(self, how: str) -> tuple[int, int]:
+        """(count, bytes) of the layers that were `how`."""
+        picked = [b for b in self.blobs if b.layer and b.how == how]
+        return len(picked), sum(b.size for b in picked)
+
     def summary(self) -> str:
-        return (f"pushed {self.target} {self.digest} \u2014 uploaded {self.uploaded_bytes} bytes, "
-                f"skipped {self.skipped_bytes} bytes ({self.mounted} mounted)")
+        parts = []
+        for how, words in (("uploaded", "uploaded"), ("mounted", "mounted"), ("present", "already there")):
+            count, size = self.layers(how)
+            parts.append(f"{count} {words} ({_mib(size)})")
+        return (f"pushed {self.target} {self.digest} \u2014 layers {', '.join(parts)}; blobs in all: "
+                f"uploaded {self.uploaded_bytes} bytes, skipped {self.skipped_bytes} bytes ({self.mounted} mounted)")
 
 
 def _source_repo(text: str, registry: str) -> Optional[str]:
@@ -67,6 +81,7 @@ class _Blob:
     opener: Optional[Opener]
     mount_from: tuple[str, ...]  # repositories of the same registry that may hold it
     diff_id: Optional[tuple[str, str]] = None  # (compression, diff_id) to check as it is uploaded
+    layer: bool = True
 
 
 def _bytes_opener(data: bytes) -> Opener:
@@ -92,7 +107,7 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
         out.append(_Blob(d, layer.opener_or_file(), tuple(dict.fromkeys(repos)), check))
     config = image.config_descriptor
     if config.digest not in seen:
-        out.append(_Blob(config, _bytes_opener(image.config_bytes), (whole,) if whole else ()))
+        out.append(_Blob(config, _bytes_opener(image.config_bytes), (whole,) if whole else (), layer=False))
     return out
 
 
@@ -101,12 +116,12 @@ def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Seq
     d = blob.descriptor
     candidates = [r for r in dict.fromkeys([*blob.mount_from, *pushed_repos, *remembered]) if r != repo]
     if client.head_blob(repo, d.digest, push_scope(repo)) is not None:
-        return BlobOutcome(d.digest, d.size, "present")
+        return BlobOutcome(d.digest, d.size, "present", layer=blob.layer)
     location: Optional[str] = None
     for from_repo in candidates:
         location = client.mount_blob(repo, d.digest, from_repo)
         if location is None:
-            return BlobOutcome(d.digest, d.size, "mounted", from_repo)
+            return BlobOutcome(d.digest, d.size, "mounted", from_repo, blob.layer)
     if blob.opener is None:
         raise InvalidSource(
             f"{where}: blob {d.digest} is not in {client.registry}/{repo} and the source has no bytes for it "
@@ -114,7 +129,7 @@ def _push_blob(client: RegistryClient, repo: str, blob: _Blob, pushed_repos: Seq
             "source to this registry first"
         )
     client.upload_blob(repo, d, blob.opener, location, f"{client.registry}/{repo}: blob {d.digest}", blob.diff_id)
-    return BlobOutcome(d.digest, d.size, "uploaded")
+    return BlobOutcome(d.digest, d.size, "uploaded", layer=blob.layer)
 
 
 def parse_targets(texts: Sequence[str]) -> tuple[Reference, ...]:
@@ -158,7 +173,7 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
         key = (target.registry, target.repository)
         digest = clients[target.registry].put_manifest(target, OCI_MANIFEST, manifest)
         blobs = outcomes[key] if key not in first else tuple(
-            BlobOutcome(b.digest, b.size, "present") for b in outcomes[key])
+            BlobOutcome(b.digest, b.size, "present", layer=b.layer) for b in outcomes[key])
         first.add(key)
         results.append(PushResult(target, digest, blobs))
     return tuple(results)

@@ -79,4 +79,5 @@ def test_summary_line() -> None:
         BlobOutcome("sha256:a", 100, "uploaded"), BlobOutcome("sha256:b", 30, "mounted", "base"),
         BlobOutcome("sha256:c", 7, "present")))
     assert result.summary() == ("pushed 127.0.0.1:5000/app:1 sha256:" + "f" * 64
-                                + " \u2014 uploaded 100 bytes, skipped 37 bytes (1 mounted)")
+                                + " \u2014 layers 1 uploaded (100 bytes), 1 mounted (30 bytes), 1 already there "
+                                "(7 bytes); blobs in all: uploaded 100 bytes, skipped 37 bytes (1 mounted)")
