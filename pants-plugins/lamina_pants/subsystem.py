@@ -1,9 +1,17 @@
 """The `[lamina]` options."""
 from __future__ import annotations
 
-from pants.option.option_types import BoolOption, StrListOption, StrOption
+from enum import Enum
+
+from pants.option.option_types import BoolOption, EnumOption, StrListOption, StrOption
 from pants.option.subsystem import Subsystem
 from pants.util.strutil import softwrap
+
+
+class PushCompression(Enum):
+    gzip = "gzip"
+    zstd = "zstd"
+    none = "none"
 
 
 class LaminaSubsystem(Subsystem):
@@ -60,6 +68,22 @@ class LaminaSubsystem(Subsystem):
             """
         ),
         advanced=True,
+    )
+    push_compression = EnumOption(
+        default=PushCompression.gzip,
+        help=softwrap(
+            """
+            How `pants publish` sends layers that are stored uncompressed (those of `docker save`
+            archives and of the engine, `docker-daemon:`): compressed first, as `docker push` sends
+            them, with `gzip` (the default; every registry and engine reads it) or `zstd` (smaller
+            and faster to unpack; needs containerd 1.5+ or Docker 23+ on the pulling side), or
+            `none` to send them as they are. Each layer is compressed once, in its own process
+            keyed on its bytes, so its compressed digest is stable and a registry that has it is
+            sent nothing. The image's config (its diff_ids) is the same whatever is chosen; local
+            outputs (`pants package`) keep the uncompressed bytes. Layers that come compressed
+            (from a registry, an OCI layout) are sent as they are.
+            """
+        ),
     )
     require_pinned_sources = BoolOption(
         default=False,

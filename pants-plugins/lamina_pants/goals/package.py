@@ -229,6 +229,11 @@ class ComposeInputs:
     spec: Digest
     read_only: Tuple[Tuple[str, Digest], ...]
     stack: ComposedStack
+    spec_json: str = ""  # the text of SPEC_FILE, for a goal that adds to it
+
+    def bundles(self) -> Tuple[Bundle, ...]:
+        """The stack's bundles, base first."""
+        return ((self.stack.base,) if self.stack.base is not None else ()) + self.stack.layers
 
 
 SPEC_FILE = "__spec.json"
@@ -263,8 +268,9 @@ async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
         base_dir = read_only_dir("base", composed.base.digest)
         bundles.append((base_dir, composed.base.digest))
         spec["base"] = {"source": base_dir, "verified": True}
-    digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())]))
-    return ComposeInputs(digest, tuple(bundles), composed)
+    text = json.dumps(spec, sort_keys=True)
+    digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, text.encode())]))
+    return ComposeInputs(digest, tuple(bundles), composed, text)
 
 
 @rule(desc="Package a composed image")

@@ -1,6 +1,7 @@
 """`pants publish` for `composed_image`: `lamina push` to each registry, no Docker engine needed."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -12,6 +13,7 @@ from pants.core.goals.publish import (
     PublishRequest,
 )
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
+from pants.engine.fs import CreateDigest, Digest, FileContent
 from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
@@ -28,6 +30,7 @@ from lamina_pants.target_types import (
     ComposedImageTagsField,
 )
 from lamina_pants.util_rules.core import LaminaCore
+from lamina_pants.util_rules.distribution import CompressedLayers, CompressedLayersRequest
 
 
 class PublishComposedImageRequest(PublishRequest):
@@ -74,13 +77,26 @@ async def publish_composed_image(
     # the process read-only), not from a copy of the packaged archive.
     wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, ComposedImageFieldSet.create(wrapped.target))
+    # Uncompressed layers (from `docker save` archives, the engine) go up compressed: each made once,
+    # keyed on the layer's bytes alone, so an unchanged layer has the same digest and is not sent again.
+    compression = lamina.push_compression.value
+    spec_digest, read_only = inputs.spec, inputs.read_only
+    if compression != "none":
+        compressed = await Get(CompressedLayers, CompressedLayersRequest(fs.address, inputs.bundles(), compression))
+        spec = json.loads(inputs.spec_json)
+        spec["compressed"] = [name for name, _ in compressed.dirs]
+        spec_digest = await Get(
+            Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())])
+        )
+        read_only = (*read_only, *compressed.dirs)
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
     process = await Get(
         Process,
         VenvPexProcess(
             core.pex,
-            argv=("push", SPEC_FILE, *(f"--to={r}" for r in refs), *lamina.registry_args()),
-            input_digest=inputs.spec,
+            argv=("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}",
+                  *lamina.registry_args()),
+            input_digest=spec_digest,
             description=f"lamina: push {fs.address}",
             extra_env=dict(env),
             cache_scope=ProcessCacheScope.PER_SESSION,
@@ -91,7 +107,7 @@ async def publish_composed_image(
         env=process.env,
         input_digest=process.input_digest,
         append_only_caches=process.append_only_caches,
-        immutable_input_digests={**process.immutable_input_digests, **dict(inputs.read_only)},
+        immutable_input_digests={**process.immutable_input_digests, **dict(read_only)},
         keep_sandboxes=keep_sandboxes,
     )
     return PublishProcesses(

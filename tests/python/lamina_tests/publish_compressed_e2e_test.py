@@ -1,0 +1,135 @@
+"""End to end: `pants publish` sends the uncompressed layers of `docker save` archives compressed,
+once, with stable digests: a registry that has them is sent nothing, and after one source changed
+only its layer goes up. Witness: the real registry's access log and the manifest it serves."""
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+import urllib.request
+import uuid
+from typing import Dict, List, Set
+
+import pytest
+
+from lamina_tests.support.images import BASE_IMAGE, build_base_image, build_image, docker_save
+from lamina_tests.support.sample_repo import SampleRepo, completed_processes
+from lamina_tests.support.services import docker, require_docker, start_registry
+
+PREFIX = f"lamina-pubz-{uuid.uuid4().hex[:8]}"
+GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+
+def _text(seed: str, mib: int) -> bytes:
+    """Compressible, but not trivially: numbered lines of words."""
+    words = ["layer", "digest", "registry", "manifest", "config", seed, "lamina", "compose"]
+    lines = (f"{i:08d} {words[i % 8]} {words[(i * 7) % 8]} {seed} {i * 2654435761 % 1000003}\n" for i in range(1 << 30))
+    out = bytearray()
+    for line in lines:
+        out += line.encode()
+        if len(out) >= mib << 20:
+            return bytes(out)
+    return bytes(out)
+
+
+def _manifest(registry, repo: str, tag: str) -> dict:  # type: ignore[no-untyped-def]
+    request = urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}",
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        return json.loads(reply.read())
+
+
+def _uploaded(registry) -> Set[str]:  # type: ignore[no-untyped-def]
+    """Digests of the blobs whose upload the registry completed (PUT .../blobs/uploads/...?digest=)."""
+    out = set()
+    for e in registry.access_log_lines():
+        if e.method == "PUT" and "/blobs/uploads/" in e.path and e.status == 201:
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(e.path).query)
+            out.update(query.get("digest", []))
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    require_docker()
+    build_base_image()
+    tmp = tmp_path_factory.mktemp("pubz")
+    registry = start_registry(tmp / "registry")
+    repo = SampleRepo(tmp / "repo")
+    images = repo.root / "images"
+    images.mkdir()
+    docker_save(BASE_IMAGE, images / "base.tar")
+    tags: Dict[str, str] = {}
+    for name in ("a", "b"):
+        tags[name] = build_image(f"{PREFIX}/{name}:1", f"FROM {BASE_IMAGE}\nCOPY {name}.txt /opt/{name}.txt\n",
+                                 {f"{name}.txt": _text(f"{name}-1", 6)})
+        docker_save(tags[name], images / f"{name}.tar")
+    repo.write(
+        "images/BUILD",
+        f"""
+docker_layer(name="a", image="a.tar", layer=-1)
+docker_layer(name="b", image="b.tar", layer=-1)
+composed_image(
+    name="app", base="base.tar", layers=[":a", ":b"], repository="{PREFIX}/app", image_tags=["v1"],
+    registries=["{registry.host}"], cmd=["sh", "-c", "wc -c /opt/a.txt /opt/b.txt"],
+)
+""",
+    )
+    yield repo, registry, images
+    registry.stop()
+    docker("image", "rm", "-f", *tags.values(), f"{registry.host}/{PREFIX}/app:v1", check=False)
+
+
+def _layer_line(output: str) -> List[int]:
+    found = re.search(r"layers (\d+) uploaded \(.*?\), (\d+) mounted \(.*?\), (\d+) already there", output)
+    assert found, output
+    return [int(g) for g in found.groups()]
+
+
+def test_publish_sends_compressed_layers_once_and_after_a_change_only_the_changed_one(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, registry, images = setup
+    repo.pants("package", "images:app")  # its config and audit trail, in dist/
+    registry.clear_access_log()
+    first = repo.pants("publish", "images:app")
+    out = first.stdout + first.stderr
+    manifest = _manifest(registry, f"{PREFIX}/app", "v1")
+    layers = manifest["layers"]
+    assert [l["mediaType"] for l in layers] == [GZIP] * len(layers), layers
+    # What went up is the compressed layers (and the config): under half the layers' tar size.
+    package = json.loads((repo.root / "dist" / "images" / "app.layers.json").read_text())
+    tar_bytes = sum(row["size"] for row in package["layers"])
+    sent = _uploaded(registry)
+    assert {l["digest"] for l in layers} <= sent, (sent, layers)
+    assert sum(l["size"] for l in layers) < 0.5 * tar_bytes, (layers, tar_bytes)
+    assert _layer_line(out)[0] == len(layers), out
+    # The diff_ids are the uncompressed layers': the config is the one `pants package` made.
+    assert manifest["config"]["digest"] == package["config"]
+
+    # It pulls and runs, in the real engine.
+    ref = f"{registry.host}/{PREFIX}/app:v1"
+    docker("image", "rm", "-f", ref, check=False)
+    docker("pull", "-q", ref)
+    ran = docker("run", "--rm", "--network", "none", ref).stdout
+    assert "/opt/a.txt" in ran and "/opt/b.txt" in ran, ran
+
+    # Again, a new Pants session: nothing is compressed again, no layer byte is sent.
+    registry.clear_access_log()
+    again = repo.pants("publish", "images:app")
+    out = again.stdout + again.stderr
+    assert not [p for p in completed_processes(again.stderr) if p.startswith("lamina: compress")], out
+    assert _uploaded(registry) == set(), registry.access_log_lines()
+    assert _layer_line(out)[0] == 0, out
+    assert _manifest(registry, f"{PREFIX}/app", "v1") == manifest
+
+    # One source changed: only its layer is compressed and sent.
+    build_image(f"{PREFIX}/b:1", f"FROM {BASE_IMAGE}\nCOPY b.txt /opt/b.txt\n", {"b.txt": _text("b-2", 6)})
+    docker_save(f"{PREFIX}/b:1", images / "b.tar")
+    registry.clear_access_log()
+    changed = repo.pants("publish", "images:app")
+    out = changed.stdout + changed.stderr
+    compressed = [p for p in completed_processes(changed.stderr) if p.startswith("lamina: compress")]
+    assert len(compressed) == 1, out
+    new = _manifest(registry, f"{PREFIX}/app", "v1")
+    assert new["layers"][:-1] == layers[:-1] and new["layers"][-1] != layers[-1]
+    assert _uploaded(registry) == {new["layers"][-1]["digest"], new["config"]["digest"]}, registry.access_log_lines()
+    assert _layer_line(out)[0] == 1, out
