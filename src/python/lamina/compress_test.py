@@ -11,6 +11,8 @@ import sys
 import pytest
 import zstandard
 
+import lamina.cli  # noqa: F401  (run in a subprocess: this makes it a dependency)
+
 from lamina.compress import (
     DESCRIPTOR_FILE,
     compress_layer,
