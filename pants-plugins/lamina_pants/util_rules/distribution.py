@@ -64,6 +64,10 @@ async def compress_one(request: _CompressOne) -> Digest:
 
 def _uncompressed_layers(selection: bytes) -> list[str]:
     data = json.loads(selection)
+    if data.get("registry_copies"):
+        # The engine pulled the source image from a registry, which keeps these layers compressed:
+        # the push names those blobs (and compresses a layer itself only if it cannot read them).
+        return []
     return [
         layer["descriptor"]["digest"]
         for layer in data.get("layers", [])

@@ -13,7 +13,7 @@ from lamina.compose import compose
 from lamina.errors import InvalidSource, SpecError
 from lamina.extract import read_selection
 from lamina.formats.write import write
-from lamina.image import Image, Layer
+from lamina.image import Image, Layer, with_copies
 from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_dir
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
@@ -34,6 +34,8 @@ def _open(spec: LayerSpec, platform: Optional[Platform],
                         "not one; leave it out to have the layers checked as they are read")
     name = spec.name or (selection.source if selection else spec.source)
     image = open_image(spec.source, name=name, platform=platform, registry=registry)
+    if selection is not None:
+        image = with_copies(image, selection.copies)
     if spec.verified:
         image = dataclasses.replace(image, layers=tuple(
             dataclasses.replace(l, verified_by="lamina extract") if l.has_bytes else l for l in image.layers))

@@ -51,12 +51,13 @@ def is_spec(source: str) -> bool:
 
 
 @contextmanager
-def _engine_source(source: str) -> Iterator[str]:
-    """`source`, or for `docker-daemon:NAME` (an image in the local engine, DOCKER_HOST) a
+def _engine_source(source: str) -> Iterator[tuple[str, tuple[str, ...]]]:
+    """(`source`, ()), or for `docker-daemon:NAME` (an image in the local engine, DOCKER_HOST) a
     `docker-archive:` of it, unpacked from the engine's export stream into a temporary directory
-    removed on exit: nothing of it is kept, only what the command makes of it."""
+    removed on exit (nothing of it is kept, only what the command makes of it), and the registry
+    manifests the engine says the image is at (its RepoDigests, as `docker://` references)."""
     if not source.startswith("docker-daemon:"):
-        yield source
+        yield source, ()
         return
     import shutil
     import tempfile
@@ -67,7 +68,7 @@ def _engine_source(source: str) -> Iterator[str]:
     tmp = tempfile.mkdtemp(prefix="lamina-engine-", dir=os.environ.get("LAMINA_TMPDIR") or None)
     try:
         exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"))
-        yield "docker-archive:" + exported.path
+        yield "docker-archive:" + exported.path, tuple(f"docker://{d}" for d in exported.repo_digests)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -82,8 +83,11 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     options = options or _registry(args)
     if not is_spec(args.source):
-        with _engine_source(args.source) as source:
-            yield open_image(source, name=args.source, platform=_platform(args.platform), registry=options)
+        from lamina.image import with_copies
+
+        with _engine_source(args.source) as (source, copies):
+            yield with_copies(open_image(source, name=args.source, platform=_platform(args.platform), registry=options),
+                              copies)
         return
     import tempfile
 
@@ -161,7 +165,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_source
 
-    with _engine_source(args.source) as source:
+    with _engine_source(args.source) as (source, _):
         name = args.name or (args.source if source != args.source else None)  # an engine image: as named
         result = scan_source(source, args.layer, name, _platform(args.platform), _registry(args))
     write_index(result.layers, args.out)
@@ -224,9 +228,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from lamina.select import parse_selector, select
     from lamina.sources import open_image
 
-    with _engine_source(args.source) as source:
-        image = open_image(source, name=args.name or args.source, platform=_platform(args.platform),
-                           registry=_registry(args))
+    from lamina.image import with_copies
+
+    with _engine_source(args.source) as (source, copies):
+        image = with_copies(open_image(source, name=args.name or args.source, platform=_platform(args.platform),
+                                       registry=_registry(args)), copies)
         selector = parse_selector(args.layer)
         layers = select(image, selector)
         selection = extract(image, layers, args.out, str(selector), index=args.index,
@@ -307,12 +313,18 @@ def cmd_push(args: argparse.Namespace) -> int:
     scratch = tempfile.mkdtemp(prefix="lamina-compress-", dir=os.environ.get("LAMINA_TMPDIR") or None)
     try:
         with _image(args, options) as image:
+            clients: dict = {}
             if args.compression != "none":
                 # Uncompressed layers (from `docker save`, the engine) go up compressed, as `docker push`
-                # sends them; the config's diff_ids are the same. A form the spec names is used as it is.
+                # sends them; the config's diff_ids are the same. A layer a registry already keeps
+                # compressed (the engine pulled its image from there) is named by that blob; a form
+                # the spec names is used as it is; the rest are compressed here.
+                from lamina.registry.twins import registry_forms, with_registry_forms
+
+                image = with_registry_forms(image, registry_forms(image, options, clients, _warn))
                 forms = compress_missing(image, args.compression, scratch, have, _progress)
                 image = distributable(image, forms)
-            for result in push(image, targets, options, locations=BlobLocations(default_path(os.environ))):
+            for result in push(image, targets, options, clients, locations=BlobLocations(default_path(os.environ))):
                 print(result.summary(), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -104,6 +104,9 @@ class Exported:
     image_id: str
     path: str
     size: int
+    # Where the engine says the image came from: registry manifests (HOST/REPO@sha256:...) it was
+    # pulled from or pushed to, whose compressed layer blobs a push can mount instead of sending.
+    repo_digests: tuple[str, ...] = ()
 
 
 def export(engine: Engine, name: str, out_path: str) -> Exported:
@@ -174,7 +177,9 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
     from lamina.formats.store import DirSource
     from lamina.formats.tarindex import safe_member_path
 
-    image_id = resolve(engine, name)
+    info = _inspect(engine, name)
+    image_id = str(info["Id"])
+    repo_digests = tuple(d for d in (info.get("RepoDigests") or ()) if isinstance(d, str) and "@sha256:" in d)
     tag = _saved_name(engine, name, image_id)
     os.makedirs(out_dir)
     size = 0
@@ -212,7 +217,7 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
     if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
         raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
                           f"{saved.config_descriptor.digest}); run the export again")
-    return Exported(image_id, out_dir, size)
+    return Exported(image_id, out_dir, size, repo_digests)
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:

@@ -47,9 +47,12 @@ class Selection:
     source: str
     selector: str
     indices: tuple[int, ...]
+    copies: tuple[str, ...] = ()  # registry manifests of the source image (see Layer.copies)
 
     def to_json(self, image: Image) -> dict:
+        extra = {"registry_copies": list(self.copies)} if self.copies else {}
         return {
+            **extra,
             "source": self.source,
             "selector": self.selector,
             "platform": str(image.platform),
@@ -72,8 +75,12 @@ def read_selection(layout_dir: str) -> Optional[Selection]:
     with open(path, "rb") as f:
         data = parse_json(f.read(), path)
     try:
-        return Selection(str(data["source"]), str(data["selector"]), tuple(int(l["index"]) for l in data["layers"]))
-    except (KeyError, TypeError, ValueError) as e:
+        copies = data.get("registry_copies") or []
+        if not isinstance(copies, list) or not all(isinstance(c, str) for c in copies):
+            raise ValueError(f"registry_copies {copies!r} is not a list of strings")
+        return Selection(str(data["source"]), str(data["selector"]), tuple(int(l["index"]) for l in data["layers"]),
+                         tuple(copies))
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidSource(f"{path}: malformed selection file ({e})") from e
 
 
@@ -171,7 +178,8 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, 
     With `index`, the bundle also holds INDEX_FILE: the scan index of each selected layer, made in
     the same pass that copies it (what `lamina scan` of the bundle would write). `pause`: see
     copy_layer_verified."""
-    selection = Selection(image.source, selector, tuple(l.index for l in layers))
+    copies = tuple(dict.fromkeys(c for l in layers for c in l.copies))
+    selection = Selection(image.source, selector, tuple(l.index for l in layers), copies)
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-tmp-", dir=parent)

@@ -53,6 +53,9 @@ class Layer:
     source: str = field(default="", compare=False)  # the image it came from, as the user named it
     verified_by: str = field(default="", compare=False)  # e.g. "lamina extract"; "" = not yet verified
     taken: Optional[Taken] = field(default=None, compare=False)
+    # Registry manifests (docker://HOST/REPO@sha256:...) of its source image as the engine recorded
+    # them (RepoDigests): where the layer is kept compressed, for a push to mount or fetch from.
+    copies: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def created_by(self) -> str:
@@ -100,6 +103,13 @@ class Layer:
         """This layer (of `image`) as a composition takes it by `selector` for `target`."""
         taken = Taken(selector, target, image.platform, tuple(image.diff_ids[: self.index]) if self.index >= 0 else None)
         return dataclasses.replace(self, taken=taken)
+
+
+def with_copies(image: "Image", copies: tuple[str, ...]) -> "Image":
+    """`image` with `copies` (registry manifests of the same image) recorded on each of its layers."""
+    if not copies:
+        return image
+    return dataclasses.replace(image, layers=tuple(dataclasses.replace(l, copies=copies) for l in image.layers))
 
 
 def manifest_bytes(config: Descriptor, layers: tuple[Descriptor, ...]) -> bytes:

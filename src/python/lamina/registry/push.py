@@ -97,9 +97,9 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
         if d.digest in seen:
             continue
         seen.add(d.digest)
-        # Where the layer came from: as the image knows it, or as an image read back from disk
-        # records it in the layer's annotation.
-        named = (layer.source, dict(d.annotations).get(ANN_SOURCE, ""))
+        # Where the layer came from: as the image knows it, as an image read back from disk
+        # records it in the layer's annotation, or where the engine says its image is kept.
+        named = (layer.source, dict(d.annotations).get(ANN_SOURCE, ""), *layer.copies)
         repos = [r for r in (*(_source_repo(n, registry) for n in named), whole) if r]
         # A layer no one has verified (read from a source, not a bundle) is checked against its
         # diff_id too as it is sent, as a writer checks it.
