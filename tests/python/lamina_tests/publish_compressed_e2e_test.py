@@ -34,7 +34,8 @@ def _text(seed: str, mib: int) -> bytes:
 
 def _manifest(registry, repo: str, tag: str) -> dict:  # type: ignore[no-untyped-def]
     request = urllib.request.Request(f"http://{registry.host}/v2/{repo}/manifests/{tag}",
-                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+                                     headers={"Accept": "application/vnd.oci.image.manifest.v1+json, "
+                                                        "application/vnd.docker.distribution.manifest.v2+json"})
     with urllib.request.urlopen(request, timeout=30) as reply:
         return json.loads(reply.read())
 
@@ -133,3 +134,33 @@ def test_publish_sends_compressed_layers_once_and_after_a_change_only_the_change
     assert new["layers"][:-1] == layers[:-1] and new["layers"][-1] != layers[-1]
     assert _uploaded(registry) == {new["layers"][-1]["digest"], new["config"]["digest"]}, registry.access_log_lines()
     assert _layer_line(out)[0] == 1, out
+
+
+def test_an_engine_image_pulled_from_the_registry_is_published_by_mounting_the_registrys_own_blobs(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, registry, _ = setup
+    local = build_image(f"{PREFIX}/pulled:1", f"FROM {BASE_IMAGE}\nCOPY c.txt /opt/c.txt\n", {"c.txt": _text("c", 3)})
+    src = f"{registry.host}/{PREFIX}/src:1"
+    docker("tag", local, src)
+    docker("push", src)
+    docker("image", "rm", "-f", local, src)
+    docker("pull", "-q", src)  # the engine now records where it came from (RepoDigests)
+    source_layers = _manifest(registry, f"{PREFIX}/src", "1")["layers"]
+    repo.write(
+        "engine/BUILD",
+        f'composed_image(name="eng", base="docker-daemon:{src}", repository="{PREFIX}/eng", image_tags=["v1"], '
+        f'registries=["{registry.host}"], env={{"FROM": "engine"}})\n',
+    )
+    registry.clear_access_log()
+    result = repo.pants("publish", "engine:eng")
+    out = result.stdout + result.stderr
+    # Every layer mounted from the source repository or already there: no layer byte compressed or sent.
+    uploaded, mounted, present = _layer_line(out)
+    assert uploaded == 0 and mounted + present == len(source_layers), out
+    assert not [p for p in completed_processes(result.stderr) if p.startswith("lamina: compress")], out
+    pushed = _manifest(registry, f"{PREFIX}/eng", "v1")
+    assert [l["digest"] for l in pushed["layers"]] == [l["digest"] for l in source_layers]
+    assert _uploaded(registry) == {pushed["config"]["digest"]}, registry.access_log_lines()
+    # Only manifests and the config were read of the source: no layer blob fetched.
+    assert not [e for e in registry.access_log_lines() if e.method == "GET" and "/blobs/" in e.path
+                and e.path.rsplit("/", 1)[-1] in {l["digest"] for l in source_layers}]
+    docker("image", "rm", "-f", src, check=False)
