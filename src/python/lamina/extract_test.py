@@ -217,3 +217,29 @@ def test_the_test_pause_hook_stops_extract_with_the_bytes_unpublished(tmp_path, 
     assert not (tmp_path / "b").exists()
     monkeypatch.delenv("LAMINA_TEST_PAUSE_AT")
     assert lamina.cli.main(["extract", "oci:" + str(tmp_path / "img"), "--layer", "0", "--out", str(tmp_path / "b")]) == 0
+
+
+def test_a_bundle_keeps_where_the_engine_says_its_source_image_is_kept(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    from lamina.build import _open
+    from lamina.image import with_copies
+    from lamina.spec import LayerSpec
+
+    copies = ("docker://127.0.0.1:5000/src/a@sha256:" + "1" * 64,)
+    image = with_copies(source, copies)
+    out = str(tmp_path / "bundle")
+    extract(image, select(image, parse_selector("-1")), out, "-1")
+    assert read_selection(out).copies == copies
+    # composing from the bundle gives its layers the same copies, for a push to mount from
+    _, layers, _ = _open(LayerSpec(out, None, None), None)
+    assert [l.copies for l in layers] == [copies]
+    # a bundle without them reads as before; a malformed list is one clear error
+    plain = str(tmp_path / "plain")
+    extract(source, select(source, parse_selector("-1")), plain, "-1")
+    assert read_selection(plain).copies == ()
+    with open(os.path.join(out, SELECTION_FILE)) as f:
+        data = json.load(f)
+    data["registry_copies"] = "docker://x"
+    with open(os.path.join(out, SELECTION_FILE), "w") as f:
+        json.dump(data, f)
+    with pytest.raises(InvalidSource, match="registry_copies"):
+        read_selection(out)
