@@ -10,6 +10,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
+from lamina.errors import shown
 from lamina.registry.errors import AuthError
 from lamina.registry.reference import DOCKER_HUB, DOCKER_HUB_API
 
@@ -308,9 +309,9 @@ def parse_token_response(body: bytes, realm: str) -> tuple[str, Optional[float]]
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
-        raise AuthError(f"token endpoint {realm} answered no JSON ({e})") from e
+        raise AuthError(f"token endpoint {shown(str(realm))} answered no JSON ({e})") from e
     token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
     if not isinstance(token, str) or not token:
-        raise AuthError(f"token endpoint {realm} answered JSON without a token")
+        raise AuthError(f"token endpoint {shown(str(realm))} answered JSON without a token")
     expires = data.get("expires_in")
     return token, float(expires) if isinstance(expires, (int, float)) and not isinstance(expires, bool) else None

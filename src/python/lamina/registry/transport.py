@@ -21,6 +21,7 @@ from lamina.registry.auth import (
     parse_token_response,
     token_request,
 )
+from lamina.errors import shown
 from lamina.registry.errors import AuthError, NotFound, RegistryError, RegistryUnreachable
 from lamina.registry.reference import is_loopback
 from lamina.registry.retry import NO_RETRY, Attempts, RetryPolicy, is_transient_status, parse_retry_after
@@ -229,15 +230,16 @@ class Transport:
         if bearer is not None:
             method, url, headers, body = token_request(bearer, scopes, creds)
             parsed = urllib.parse.urlsplit(url)
+            endpoint = shown(parsed.netloc)  # from the registry's challenge: printed as it is only if printable
             if parsed.scheme != "https" and not (is_loopback(parsed.netloc) or parsed.netloc in self.options.insecure):
-                raise AuthError(f"{what}: token endpoint {bearer.get('realm')} is plain HTTP on a non-loopback host; "
+                raise AuthError(f"{what}: token endpoint {shown(str(bearer.get('realm')))} is plain HTTP on a non-loopback host; "
                                 f"refusing to send credentials there (list it with --insecure to allow)")
             reply = self._exchange(method, url, headers, body, NO_RETRY if body else self.options.retry,
-                                   f"token endpoint {parsed.netloc}", SMALL_BODY_LIMIT)
+                                   f"token endpoint {endpoint}", SMALL_BODY_LIMIT)
             if reply.status in (401, 403):
-                raise self._refused(f"{what}: the token endpoint {parsed.netloc}", reply.status)
+                raise self._refused(f"{what}: the token endpoint {endpoint}", reply.status)
             if reply.status != 200:
-                raise RegistryError(f"{what}: the token endpoint {parsed.netloc} answered HTTP {reply.status} "
+                raise RegistryError(f"{what}: the token endpoint {endpoint} answered HTTP {reply.status} "
                                     f"{error_codes(reply.body)}".rstrip())
             token, expires = parse_token_response(reply.body, bearer.get("realm"))
             self._tokens[scopes] = (token, time.monotonic() + max((expires or 60.0) - _TOKEN_MARGIN_S, 1.0))

@@ -127,3 +127,35 @@ def test_a_redirect_to_something_that_is_no_url_is_a_registry_error() -> None:  
     transport = Transport("registry.test", RegistryOptions(), pool=_Pool())  # type: ignore[arg-type]
     with pytest.raises(RegistryError, match="redirected to 'http://\\[x/', which is not a URL"):
         transport.request("GET", "/v2/", scopes=(), what="probe")
+
+
+def test_a_token_endpoint_whose_name_holds_a_line_break_is_named_on_one_line() -> None:  # found by lamina_fuzz
+    import pytest
+    from urllib3 import HTTPHeaderDict
+
+    from lamina.registry.errors import RegistryError
+
+    class _Resp:
+        def __init__(self, status: int, headers: dict) -> None:
+            self.status, self.headers, self._body = status, HTTPHeaderDict(headers), [b""]
+
+        def read(self, *_: object, **__: object) -> bytes:
+            return self._body.pop() if self._body else b""
+
+        def drain_conn(self) -> None:
+            pass
+
+        def release_conn(self) -> None:
+            pass
+
+    class _Pool:
+        def request(self, method: str, url: str, **_: object) -> object:
+            if "/token" in url:
+                return _Resp(404, {})
+            # U+0085 (NEL) is a line break to str.splitlines
+            return _Resp(401, {"WWW-Authenticate": 'Bearer realm="https://auth.fu\x85x/token",service="r"'})
+
+    transport = Transport("registry.test", RegistryOptions(), pool=_Pool())  # type: ignore[arg-type]
+    with pytest.raises(RegistryError) as raised:
+        transport.request("GET", "/v2/", scopes=(), what="probe")
+    assert "answered HTTP 404" in str(raised.value) and len(str(raised.value).splitlines()) == 1, str(raised.value)
