@@ -458,9 +458,10 @@ class ComposedImageSkipPushField(BoolField):
 
 
 FILE_FORMATS = ("docker-archive", "oci", "oci-archive")  # written to dist/
-OUTPUT_FORMATS = (*FILE_FORMATS, "docker-daemon")
-# docker-daemon writes no image file: its ending only names the audit trail's stem.
-FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar", "docker-daemon": "image"}
+OUTPUT_FORMATS = (*FILE_FORMATS, "docker-daemon", "registry")
+# docker-daemon and registry write no image file: their ending only names the audit trail's stem.
+FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar", "docker-daemon": "image",
+                  "registry": "image"}
 
 
 class ComposedImageOutputFormatField(StringField):
@@ -473,7 +474,11 @@ class ComposedImageOutputFormatField(StringField):
         `"oci"` (an OCI layout directory, `.oci`), `"oci-archive"` (a tar of one, `.oci.tar`), or
         `"docker-daemon"`: the image loaded straight into the local Docker engine (`DOCKER_HOST`)
         under its `repository:tag`s, sending only the layers the engine does not already have on
-        that stack, with no image file in `dist/` (only the `<name>.layers.json` audit trail).
+        that stack, with no image file in `dist/` (only the `<name>.layers.json` audit trail);
+        or `"registry"`: nothing but the audit trail, the image being for `pants publish` only.
+        With `"registry"`, `scan_registry_layers=False` and no `files`, the layers of `docker://`
+        sources are never downloaded: `pants package` reads their manifests and configs, and
+        `pants publish` to the same registry mounts them (0 layer bytes moved).
 
         For large images, `"oci"` and `"docker-daemon"` are the cheapest to rebuild: an `"oci"`
         layout's blobs are the layers' own bytes, which Pants' cache already holds, and the
@@ -483,6 +488,24 @@ class ComposedImageOutputFormatField(StringField):
 
         Example: `composed_image(name="dev", base="ubuntu.tar", layers=[":tools"],
         output_format="docker-daemon")`, then `pants package :dev` and `docker run dev:latest`.
+        """
+    )
+
+
+class ComposedImageScanRegistryLayersField(BoolField):
+    alias = "scan_registry_layers"
+    default = True
+    help = help_text(
+        """
+        Whether the composition check (`[lamina].check_compositions`) reads the layers of
+        `docker://` sources, which means downloading them. With `False` the check leaves those
+        layers out (conflicts with them, libraries they provide and, for a registry base, the start
+        command check are not judged), and with `output_format="registry"` and no `files` no layer
+        blob of them is downloaded at all.
+
+        Example: `composed_image(name="svc", base="docker://registry.example.com/base@sha256:...",
+        layers=[":app"], output_format="registry", scan_registry_layers=False,
+        registries=["registry.example.com"])`.
         """
     )
 
@@ -518,6 +541,7 @@ class ComposedImageTarget(Target):
         ComposedImageTagsField,
         ComposedImageOutputFormatField,
         ComposedImageOutputPathField,
+        ComposedImageScanRegistryLayersField,
         ComposedImageRegistriesField,
         ComposedImageSkipPushField,
     )

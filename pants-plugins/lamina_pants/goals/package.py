@@ -39,6 +39,7 @@ from lamina_pants.target_types import (
     ComposedImageOutputPathField,
     ComposedImagePlatformField,
     ComposedImageRepositoryField,
+    ComposedImageScanRegistryLayersField,
     ComposedImageStopSignalField,
     ComposedImageTagsField,
     ComposedImageUserField,
@@ -82,6 +83,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     image_tags: ComposedImageTagsField
     output_format: ComposedImageOutputFormatField
     output_path: ComposedImageOutputPathField
+    scan_registry_layers: ComposedImageScanRegistryLayersField
 
     def image_refs(self) -> list[str]:
         repository = self.repository.value or self.address.target_name
@@ -152,15 +154,22 @@ class ComposedStack:
 
     def check_request(self, fs: ComposedImageFieldSet) -> CheckRequest:
         """The composition check of this stack under the target's policy: one cached scan per
-        layer, and the files layer's own index on top."""
+        layer, and the files layer's own index on top. With `scan_registry_layers=False` the
+        layers of registry sources are left out (and, for a registry base, the start check)."""
         policy = fs.on_start_failure.value or "warn"
         start = None
-        if policy != "ignore":  # the config compose writes: the base's, with this target's overrides
+        skip_registry = not fs.scan_registry_layers.value
+        scans = self.scan_requests(fs.address)
+        if skip_registry:
+            stack = ([self.base] if self.base is not None else []) + list(self.layers)
+            scans = tuple(scan for scan, b in zip(scans, stack) if not b.from_registry)
+        base_unscanned = self.base is not None and self.base.from_registry and skip_registry
+        if policy != "ignore" and not base_unscanned:  # the config compose writes: the base's, with this target's overrides
             config = json.dumps(fs.config(), sort_keys=True)
             start = StartCheck(policy, config, fs.platform.value, self.base)
         return CheckRequest(
             fs.address,
-            self.scan_requests(fs.address),
+            scans,
             fs.on_conflict.value or "warn",
             tuple(fs.allowed_conflicts.value or ()),
             fs.check_dependencies.value,
@@ -170,19 +179,26 @@ class ComposedStack:
 
 
 @rule(desc="Resolve a composed image's base, layers and files")
-async def composed_stack(fs: ComposedImageFieldSet) -> ComposedStack:
+async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> ComposedStack:
     layer_addresses, file_targets = await MultiGet(
         Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
         Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
     )
+    # Registry layers stay in the registry when nothing here needs their bytes: no image file, no
+    # engine load, no check scan, no files layer to lay on them.
+    shallow = (
+        fs.output_format.value == "registry"
+        and not file_targets
+        and not (fs.scan_registry_layers.value and lamina.check_compositions)
+    )
     base_request: Optional[BundleRequest] = None
     if fs.base.value != "scratch":
         source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
-        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value)
+        base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value, shallow)
     # The base and the layers are extracted side by side.
     bundles = await MultiGet(
         [
-            *(Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value)) for a in layer_addresses),
+            *(Get(Bundle, DockerLayerRequest(a, fs.address, fs.platform.value, shallow)) for a in layer_addresses),
             *((Get(Bundle, BundleRequest, base_request),) if base_request is not None else ()),
         ]
     )
@@ -252,7 +268,7 @@ async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
                    for (d, _), a in zip(bundles, composed.layer_addresses)],
         "config": fs.config(),
         "tags": fs.image_refs(),
-        "format": fmt if fmt in FILE_FORMATS else "oci",  # docker-daemon: loaded, never written
+        "format": fmt if fmt in FILE_FORMATS else "oci",  # docker-daemon, registry: never written
         "allow_platform_mismatch": fs.allow_platform_mismatch.value,
         "target": str(fs.address),  # named in the audit trail for the base and files layers
     }
@@ -297,6 +313,16 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             extra_env=tuple(sorted(env.items())),
             cache_scope=ProcessCacheScope.PER_SESSION,
         )
+    elif fs.output_format.value == "registry":
+        # For `pants publish` only: the audit trail, composed from metadata; no layer byte is read.
+        run = LaminaRun(
+            address=fs.address,
+            argv=("compose", SPEC_FILE, f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            input_digest=inputs.spec,
+            read_only_inputs=inputs.read_only,
+            output_directory=OUT_DIR,
+            description=f"lamina: compose {fs.address} (for publish)",
+        )
     else:
         run = LaminaRun(
             address=fs.address,
@@ -330,6 +356,9 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
         *findings,
     )
+    if fs.output_format.value == "registry":
+        lines = (f"{lines[0]} (no image file: `pants publish` pushes it)", *lines[1:])
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
     return BuiltPackage(
         digest,
         (BuiltPackageArtifact(relpath, extra_log_lines=lines), BuiltPackageArtifact(fs.audit_relpath())),

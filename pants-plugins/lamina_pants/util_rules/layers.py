@@ -26,6 +26,9 @@ class BundleRequest:
     address: Address
     what: str
     platform: Optional[str] = None  # picks the image of a multi-platform index
+    # For a registry source: keep no layer bytes (`lamina extract --shallow`); a push mounts them
+    # and anything else that needs them reads them from the registry.
+    shallow: bool = False
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Bundle:
     digest: Digest  # a sparse OCI layout at the digest's root
     # Whether it holds INDEX_FILE, the scan index of its layers, made in the pass that copied them.
     indexed: bool = False
+    from_registry: bool = False  # its source is a `docker://` image
+    shallow: bool = False  # it holds no layer bytes (a registry source's, left there)
 
 
 INDEX_FILE = "lamina-index.json"  # lamina.extract.INDEX_FILE
@@ -45,7 +50,9 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
     # shared by the extractions of several layers of one image. When compositions are checked,
     # the same pass indexes the layers for the check, so no process reads them again to scan.
     source = request.source
-    index = lamina.check_compositions
+    from_registry = source.reference.startswith("docker://")
+    shallow = request.shallow and from_registry
+    index = lamina.check_compositions and not shallow
     source_dir = read_only_dir("source", source.digest)
     result = await Get(
         LaminaRunResult,
@@ -60,6 +67,7 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
                 *request.source.extra_argv,
                 *((f"--platform={request.platform}",) if request.platform else ()),
                 *(("--index",) if index else ()),
+                *(("--shallow",) if shallow else ()),
             ),
             input_digest=EMPTY_DIGEST,
             read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
@@ -69,7 +77,8 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
             cache_scope=request.source.cache_scope,
         ),
     )
-    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index)
+    return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index,
+                  from_registry=from_registry, shallow=shallow)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,7 @@ class DockerLayerRequest:
     address: Address
     wanted_by: Address
     platform: Optional[str] = None  # the composed image's, when it names one
+    shallow: bool = False  # see BundleRequest.shallow
 
 
 @rule
@@ -96,7 +106,8 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
     )
     return await Get(
         Bundle,
-        BundleRequest(source, target[DockerLayerSelectorField].value, target.address, "layer", request.platform),
+        BundleRequest(source, target[DockerLayerSelectorField].value, target.address, "layer", request.platform,
+                      request.shallow),
     )
 
 

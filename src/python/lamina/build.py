@@ -39,12 +39,33 @@ def _open(spec: LayerSpec, platform: Optional[Platform],
     if spec.verified:
         image = dataclasses.replace(image, layers=tuple(
             dataclasses.replace(l, verified_by="lamina extract") if l.has_bytes else l for l in image.layers))
+    if selection is not None and selection.fetch_from:
+        # A shallow bundle: the bytes are read from the registry if a destination needs them, and
+        # checked (digest, diff_id) as they are read, as any unverified layer is.
+        image = dataclasses.replace(image, layers=tuple(
+            l if l.has_bytes else dataclasses.replace(l, opener=_registry_opener(selection.fetch_from, l, registry))
+            for l in image.layers))
     if spec.layer is None:
         if selection is None:
             raise SpecError(f"{spec.source}: name the layers to take with \"layer\" (e.g. \"-1\")")
         return image, tuple(image.layers[i] for i in selection.indices), selection.selector
     selector = parse_selector(spec.layer)
     return image, select(image, selector), str(selector)
+
+
+def _registry_opener(reference: str, layer: Layer, registry: Optional["RegistryOptions"]):  # type: ignore[no-untyped-def]
+    """Opens `layer`'s blob in the registry `reference` names, when (and only if) it is called: a
+    composition that no destination reads the bytes of asks the registry nothing."""
+    def open_blob():  # type: ignore[no-untyped-def]
+        from lamina.registry.client import RegistryClient
+        from lamina.registry.reference import parse_reference
+        from lamina.registry.transport import RegistryOptions
+
+        ref = parse_reference(reference)
+        options = registry or RegistryOptions.from_environ(os.environ)
+        return RegistryClient(ref.registry, options).open_blob(ref.repository, layer.descriptor.digest, layer.what)
+
+    return open_blob
 
 
 def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
@@ -145,12 +166,14 @@ def write_small_file(path: str, data: bytes) -> None:
         raise
 
 
-def build(spec: Spec, out: str, workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
-    """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically."""
-    scratch_dir = workdir or os.path.dirname(os.path.abspath(out))
+def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
+    """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically.
+    Without `out`, only the audit trail is written: no layer byte is read."""
+    scratch_dir = workdir or os.path.dirname(os.path.abspath(out or audit or "."))
     with composed(spec, scratch_dir) as image:
         trail = audit_bytes(spec, image) if audit else None
-        write(image, spec.format, out)
+        if out is not None:
+            write(image, spec.format, out)
         if audit and trail is not None:
             write_small_file(audit, trail)
         return image

@@ -235,8 +235,14 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                        registry=_registry(args)), copies)
         selector = parse_selector(args.layer)
         layers = select(image, selector)
+        fetch_from = None
+        if args.shallow:
+            if not args.source.startswith("docker://"):
+                raise SpecError(f"{args.source}: --shallow leaves the layer bytes in a registry, and this is not "
+                                "a registry source (docker://...)")
+            fetch_from = args.source
         selection = extract(image, layers, args.out, str(selector), index=args.index,
-                            pause=_test_pause("copy"))
+                            pause=_test_pause("copy"), fetch_from=fetch_from)
     json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
     return 0
@@ -269,6 +275,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
         data = parse_json(f.read(), args.spec)
     if args.format and isinstance(data, dict):  # parse_spec reports a spec that is not an object
         data["format"] = args.format
+    if not args.out and not args.audit:
+        raise SpecError("give --out (the image) or --audit (only its audit trail), or both")
     image = build(parse_spec(data), args.out, audit=args.audit)
     d = image.manifest_descriptor
     print(json.dumps({"manifest": d.digest, "config": image.config_descriptor.digest,
@@ -470,12 +478,16 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--index", action="store_true",
                     help="also index the selected layers (what `lamina scan` of the bundle writes) into "
                          "lamina-index.json, in the same pass that copies them")
+    ex.add_argument("--shallow", action="store_true",
+                    help="for a docker:// source: keep only its manifest and config, no layer bytes; a "
+                         "push mounts the layers, and anything that needs their bytes reads them from there")
     _registry_flags(ex)
     ex.set_defaults(func=cmd_extract)
 
     co = sub.add_parser("compose", help="compose an image from a JSON spec")
     co.add_argument("spec", help="path of the JSON spec (see README)")
-    co.add_argument("--out", required=True, help="output path (a file, or a directory for --format oci)")
+    co.add_argument("--out", help="output path (a file, or a directory for --format oci); without it, only "
+                                  "--audit is written and no layer byte is read")
     co.add_argument("--format", choices=("docker-archive", "oci", "oci-archive"), help="overrides the spec's format")
     co.add_argument("--audit", help="also write where each layer came from (source, selector, digest) as JSON here")
     co.set_defaults(func=cmd_compose)

@@ -48,9 +48,14 @@ class Selection:
     selector: str
     indices: tuple[int, ...]
     copies: tuple[str, ...] = ()  # registry manifests of the source image (see Layer.copies)
+    # A shallow bundle holds no layer bytes: they stay in the registry this pinned reference names,
+    # read from there only when a destination needs them (extract(..., fetch_from=...)).
+    fetch_from: Optional[str] = None
 
     def to_json(self, image: Image) -> dict:
-        extra = {"registry_copies": list(self.copies)} if self.copies else {}
+        extra: dict = {"registry_copies": list(self.copies)} if self.copies else {}
+        if self.fetch_from:
+            extra["fetch_from"] = self.fetch_from
         return {
             **extra,
             "source": self.source,
@@ -78,8 +83,11 @@ def read_selection(layout_dir: str) -> Optional[Selection]:
         copies = data.get("registry_copies") or []
         if not isinstance(copies, list) or not all(isinstance(c, str) for c in copies):
             raise ValueError(f"registry_copies {copies!r} is not a list of strings")
+        fetch_from = data.get("fetch_from")
+        if fetch_from is not None and not isinstance(fetch_from, str):
+            raise ValueError(f"fetch_from {fetch_from!r} is not a string")
         return Selection(str(data["source"]), str(data["selector"]), tuple(int(l["index"]) for l in data["layers"]),
-                         tuple(copies))
+                         tuple(copies), fetch_from or None)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidSource(f"{path}: malformed selection file ({e})") from e
 
@@ -172,22 +180,25 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
 
 
 def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, index: bool = False,
-            pause: Optional[Callable[[str], None]] = None) -> Selection:
+            pause: Optional[Callable[[str], None]] = None, fetch_from: Optional[str] = None) -> Selection:
     """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically.
 
     With `index`, the bundle also holds INDEX_FILE: the scan index of each selected layer, made in
     the same pass that copies it (what `lamina scan` of the bundle would write). `pause`: see
     copy_layer_verified."""
     copies = tuple(dict.fromkeys(c for l in layers for c in l.copies))
-    selection = Selection(image.source, selector, tuple(l.index for l in layers), copies)
+    selection = Selection(image.source, selector, tuple(l.index for l in layers), copies, fetch_from)
+    if fetch_from and index:
+        raise InvalidSource(f"{image.source}: a shallow bundle holds no layer bytes to index")
+    copied = () if fetch_from else layers  # shallow: the layers stay where `fetch_from` says
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-tmp-", dir=parent)
-    progress = Progress(f"extracting {len(layers)} layer(s) of {image.source}", sum(l.descriptor.size for l in layers))
+    progress = Progress(f"extracting {len(copied)} layer(s) of {image.source}", sum(l.descriptor.size for l in copied))
     try:
         store = BlobDir(tmp)
         indexes = []
-        for layer in layers:
+        for layer in copied:
             dest = store.path(layer.descriptor.digest)
             what = f"{image.source}: layer {layer.index} ({layer.descriptor.digest})"
             if os.path.exists(dest):  # the same blob twice in one image

@@ -164,3 +164,39 @@ def test_an_engine_image_pulled_from_the_registry_is_published_by_mounting_the_r
     assert not [e for e in registry.access_log_lines() if e.method == "GET" and "/blobs/" in e.path
                 and e.path.rsplit("/", 1)[-1] in {l["digest"] for l in source_layers}]
     docker("image", "rm", "-f", src, check=False)
+
+
+def _push_from_engine(registry, local: str, name: str) -> str:  # type: ignore[no-untyped-def]
+    """Push an engine image to the registry; its `docker://...@sha256:` reference there."""
+    remote = f"{registry.host}/{PREFIX}/{name}:1"
+    docker("tag", local, remote)
+    docker("push", remote)
+    digests = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", remote).stdout)
+    return "docker://" + next(d for d in digests if d.startswith(f"{registry.host}/{PREFIX}/{name}@"))
+
+
+def test_an_image_of_registry_sources_published_to_that_registry_moves_no_layer_byte(setup) -> None:  # type: ignore[no-untyped-def]
+    repo, registry, _ = setup
+    base = _push_from_engine(registry, BASE_IMAGE, "thinbase")
+    tool = _push_from_engine(registry, build_image(f"{PREFIX}/tool:1", f"FROM {BASE_IMAGE}\nCOPY t.txt /opt/t.txt\n",
+                                                   {"t.txt": _text("t", 2)}), "tool")
+    layer_digests = {l["digest"] for name in ("thinbase", "tool") for l in _manifest(registry, f"{PREFIX}/{name}", "1")["layers"]}
+    repo.write(
+        "thin/BUILD",
+        f'docker_layer(name="tool", image="{tool}", layer=-1)\n'
+        f'composed_image(name="thin", base="{base}", layers=[":tool"], repository="{PREFIX}/thin", image_tags=["v1"], '
+        f'registries=["{registry.host}"], output_format="registry", scan_registry_layers=False)\n',
+    )
+    registry.clear_access_log()
+    packaged = repo.pants("package", "thin:thin")
+    assert (repo.root / "dist" / "thin" / "thin.layers.json").exists()
+    assert not list((repo.root / "dist" / "thin").glob("thin.tar")), "registry output writes no image file"
+    assert "no image file" in packaged.stderr, packaged.stderr
+    published = repo.pants("publish", "thin:thin")
+    out = published.stdout + published.stderr
+    uploaded, mounted, present = _layer_line(out)
+    assert uploaded == 0 and mounted >= 1, out
+    fetched = [e.path for e in registry.access_log_lines() if e.method == "GET" and "/blobs/" in e.path]
+    assert not [p for p in fetched if p.rsplit("/", 1)[-1] in layer_digests], fetched  # configs only
+    pushed = _manifest(registry, f"{PREFIX}/thin", "v1")
+    assert {l["digest"] for l in pushed["layers"]} <= layer_digests
