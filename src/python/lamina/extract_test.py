@@ -243,3 +243,19 @@ def test_a_bundle_keeps_where_the_engine_says_its_source_image_is_kept(tmp_path,
         json.dump(data, f)
     with pytest.raises(InvalidSource, match="registry_copies"):
         read_selection(out)
+
+
+def test_a_shallow_bundle_holds_no_layer_bytes_and_reads_them_from_the_registry_only_when_asked(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    from lamina.build import _open
+    from lamina.spec import LayerSpec
+
+    out = str(tmp_path / "bundle")
+    ref = "docker://127.0.0.1:1/src/a@sha256:" + "3" * 64  # nothing listens there: it must not be asked
+    extract(source, select(source, parse_selector("-1")), out, "-1", fetch_from=ref)
+    assert read_selection(out).fetch_from == ref
+    assert not [n for n in tree(out) if n.startswith("blobs/") and n.endswith(source.layers[-1].descriptor.hex)]
+    _, layers, _ = _open(LayerSpec(out, None, None, verified=True), None)
+    # bytes read from the registry are checked as they are read: never vouched for by the bundle
+    assert [(l.has_bytes, l.verified_by) for l in layers] == [(True, "")]
+    with pytest.raises(InvalidSource, match="shallow"):
+        extract(source, select(source, parse_selector("-1")), str(tmp_path / "x"), "-1", index=True, fetch_from=ref)
