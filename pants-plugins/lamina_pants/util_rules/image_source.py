@@ -1,6 +1,7 @@
 """An `image`/`base` field value -> the files a lamina process needs and the core's source argument."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -131,6 +132,13 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
                 "package an image; name a composed_image target or an image archive"
             )
         package = await Get(BuiltPackage, EnvironmentAwarePackageRequest(field_sets.collection[0][0]))
+        # A target that builds an image into the engine (Pants' own `docker_image`) says which, by
+        # ID: read as `docker-daemon:ID`, the export keyed on that ID. (Duck-typed: the docker
+        # backend need not be enabled for lamina to load.)
+        engine_id = next((str(a.image_id) for a in package.artifacts if getattr(a, "image_id", "")), "")
+        if engine_id:
+            daemon = await Get(ResolvedImageSource, DaemonImageRequest(f"docker-daemon:{engine_id}", address))
+            return dataclasses.replace(daemon, label=target.address.spec)
         relpath = next((a.relpath for a in package.artifacts if a.relpath), None)
         if relpath is None:
             raise LaminaBuildError(f"{address}: {targets[0].address} produced no image")
