@@ -88,6 +88,12 @@ def oci_layer_media_type(media_type: str) -> str:
     return _LAYER_TYPES[media_type][1]
 
 
+def is_nondistributable(media_type: str) -> bool:
+    """Whether a layer of this media type is one registries do not receive (a foreign layer, fetched
+    by pullers from its descriptor's urls): a push names it in the manifest and sends no bytes."""
+    return oci_layer_media_type(media_type) in _NONDISTRIBUTABLE.values()
+
+
 def check_digest(value: Any, where: str) -> str:
     """`value` if it is a well-formed sha256 digest, else InvalidSource naming `where`."""
     if not isinstance(value, str) or not _DIGEST_RE.fullmatch(value):  # match's $ allows a trailing newline

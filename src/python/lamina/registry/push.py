@@ -10,7 +10,7 @@ from lamina.blobs import Opener
 from lamina.errors import InvalidSource
 from lamina.image import Image
 from lamina.registry.locations import BlobLocations
-from lamina.model import ANN_SOURCE, OCI_MANIFEST, Descriptor
+from lamina.model import ANN_SOURCE, OCI_MANIFEST, Descriptor, is_nondistributable
 from lamina.registry.client import RegistryClient, push_scope
 from lamina.registry.errors import BadReference
 from lamina.registry.reference import Reference, is_registry_ref, parse_reference
@@ -94,7 +94,8 @@ def _blobs(image: Image, registry: str) -> list[_Blob]:
     seen: set[str] = set()
     for layer in image.layers:
         d = layer.descriptor
-        if d.digest in seen:
+        if d.digest in seen or is_nondistributable(d.media_type):
+            # a foreign layer is named in the manifest (with its urls) and never sent, as Docker does
             continue
         seen.add(d.digest)
         # Where the layer came from: as the image knows it, as an image read back from disk

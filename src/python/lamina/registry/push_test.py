@@ -81,3 +81,15 @@ def test_summary_line() -> None:
     assert result.summary() == ("pushed 127.0.0.1:5000/app:1 sha256:" + "f" * 64
                                 + " \u2014 layers 1 uploaded (100 bytes), 1 mounted (30 bytes), 1 already there "
                                 "(7 bytes); blobs in all: uploaded 100 bytes, skipped 37 bytes (1 mounted)")
+
+
+def test_a_nondistributable_layer_is_named_but_never_sent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.model import OCI_ND_LAYER_GZIP
+
+    source = _source(tmp_path)
+    foreign = dataclasses.replace(source.layers[1], descriptor=dataclasses.replace(
+        source.layers[1].descriptor, media_type=OCI_ND_LAYER_GZIP, urls=("https://example.com/layer",)), opener=None, path=None)
+    image = dataclasses.replace(source, layers=(source.layers[0], foreign))
+    digests = [b.descriptor.digest for b in _blobs(image, "127.0.0.1:5000")]
+    assert foreign.descriptor.digest not in digests and source.layers[0].descriptor.digest in digests
+    assert OCI_ND_LAYER_GZIP in image.manifest_bytes.decode()
