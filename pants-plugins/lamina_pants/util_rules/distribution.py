@@ -1,6 +1,8 @@
 """What a push sends of the layers Pants keeps: each uncompressed layer compressed once, in its own
 process keyed on that layer's bytes alone (cached locally and remotely), so that re-publishing an
-unchanged layer gives the same digest, compresses nothing and uploads nothing."""
+unchanged layer gives the same digest, compresses nothing and uploads nothing. Also for layers of an
+engine image a destination registry already keeps (the push mounts those instead): whether it can is
+known only when the push asks that registry, and the form is then the fallback."""
 from __future__ import annotations
 
 import json
@@ -64,10 +66,6 @@ async def compress_one(request: _CompressOne) -> Digest:
 
 def _uncompressed_layers(selection: bytes) -> list[str]:
     data = json.loads(selection)
-    if data.get("registry_copies"):
-        # The engine pulled the source image from a registry, which keeps these layers compressed:
-        # the push names those blobs (and compresses a layer itself only if it cannot read them).
-        return []
     return [
         layer["descriptor"]["digest"]
         for layer in data.get("layers", [])
@@ -82,6 +80,8 @@ async def compressed_layers(request: CompressedLayersRequest) -> CompressedLayer
     )
     wanted: dict = {}  # layer digest -> (bundle digest, path of its blob)
     for bundle, contents in zip(request.bundles, selections):
+        if bundle.shallow:  # no bytes here: its layers are in the registry, as they are kept there
+            continue
         for entry in contents:
             for digest in _uncompressed_layers(entry.content):
                 path = "blobs/sha256/" + digest.split(":", 1)[1]

@@ -304,6 +304,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     import tempfile
 
     from lamina.compress import compress_missing, distributable, read_compressed
+    from lamina.model import COMPRESSION_MEDIA_TYPE
     from lamina.registry.locations import BlobLocations, default_path
     from lamina.registry.push import parse_targets, push
 
@@ -329,8 +330,11 @@ def cmd_push(args: argparse.Namespace) -> int:
                 # the spec names is used as it is; the rest are compressed here.
                 from lamina.registry.twins import registry_forms, with_registry_forms
 
-                image = with_registry_forms(image, registry_forms(image, options, clients, _warn))
-                forms = compress_missing(image, args.compression, scratch, have, _progress)
+                image = with_registry_forms(
+                    image, registry_forms(image, {t.registry for t in targets}, options, clients, _warn))
+                wanted = COMPRESSION_MEDIA_TYPE[args.compression]
+                usable = {k: f for k, f in have.items() if f.descriptor.media_type == wanted}
+                forms = compress_missing(image, args.compression, scratch, usable, _progress)
                 image = distributable(image, forms)
             for result in push(image, targets, options, clients, locations=BlobLocations(default_path(os.environ))):
                 print(result.summary(), flush=True)

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Callable, Mapping, Optional
 
 from lamina.blobs import CHUNK, chunks
+from lamina.formats.store import replace_path
 from lamina.errors import InvalidSource, LaminaError
 from lamina.image import Image, Layer
 from lamina.model import (
@@ -58,9 +59,15 @@ class Compressed:
     descriptor: Descriptor
     diff_id: str
     path: str
+    # Made by this process from bytes it checked (compress_layer), rather than read from a
+    # directory someone else wrote: only then is it sent without checking its diff_id again.
+    vouched: bool = False
+    compressor: str = ""  # what made the bytes (e.g. "zlib 1.2.13"): the same one makes the same bytes
 
     def to_json(self) -> dict:
-        return {"descriptor": self.descriptor.to_json(), "diff_id": self.diff_id}
+        d = self.descriptor
+        return {"descriptor": Descriptor(d.media_type, d.digest, d.size).to_json(), "diff_id": self.diff_id,
+                "compressor": self.compressor}
 
 
 def wants_compression(layer: Layer) -> bool:
@@ -69,6 +76,8 @@ def wants_compression(layer: Layer) -> bool:
 
 
 class _Gzip:
+    name = f"zlib {zlib.ZLIB_RUNTIME_VERSION} level {GZIP_LEVEL}"
+
     def __init__(self) -> None:
         self._deflate = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, -zlib.MAX_WBITS, 8)
         self._crc = 0
@@ -90,6 +99,7 @@ class _Zstd:
     def __init__(self) -> None:
         import zstandard
 
+        self.name = f"zstandard {zstandard.__version__} libzstd {zstandard.ZSTD_VERSION} level {ZSTD_LEVEL}"
         params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=0, write_content_size=0,
                                                                 threads=0)
         self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
@@ -113,8 +123,8 @@ def _compressor(compression: str):  # type: ignore[no-untyped-def]
 
 
 def compress_stream(src: BinaryIO, dst: BinaryIO, compression: str,
-                    progress: Optional[Progress] = None) -> tuple[str, int]:
-    """Compress `src` into `dst`; the (digest, size) of what was written."""
+                    progress: Optional[Progress] = None) -> tuple[str, int, str]:
+    """Compress `src` into `dst`; the (digest, size) of what was written, and what wrote it."""
     progress = progress or NoProgress()
     comp = _compressor(compression)
     digest = hashlib.sha256()
@@ -132,7 +142,7 @@ def compress_stream(src: BinaryIO, dst: BinaryIO, compression: str,
         put(comp.feed(chunk))
         progress.add(len(chunk))
     put(comp.finish())
-    return "sha256:" + digest.hexdigest(), size
+    return "sha256:" + digest.hexdigest(), size, comp.name
 
 
 def compress_layer(layer: Layer, compression: str, out_dir: str,
@@ -149,19 +159,16 @@ def compress_layer(layer: Layer, compression: str, out_dir: str,
     try:
         blob = os.path.join(tmp, BLOB_FILE)
         with layer.open_blob() as src, open(blob, "wb") as dst:
-            digest, size = compress_stream(src, dst, compression, progress)
+            digest, size, compressor = compress_stream(src, dst, compression, progress)
             for _ in chunks(src):  # to the end: the digest is checked there
                 pass
-        annotations = layer.descriptor.annotations
-        descriptor = Descriptor(COMPRESSION_MEDIA_TYPE[compression], digest, size, annotations)
-        result = Compressed(descriptor, layer.diff_id, os.path.join(out_dir, BLOB_FILE))
+        descriptor = Descriptor(COMPRESSION_MEDIA_TYPE[compression], digest, size)
+        result = Compressed(descriptor, layer.diff_id, os.path.join(out_dir, BLOB_FILE), True, compressor)
         with open(os.path.join(tmp, DESCRIPTOR_FILE), "w") as f:
             json.dump(result.to_json(), f, indent=2, sort_keys=True)
             f.write("\n")
         os.chmod(tmp, 0o755)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        replace_path(tmp, out_dir)
         return result
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -188,13 +195,15 @@ def read_compressed(directory: str) -> Compressed:
         raise InvalidSource(f"{blob}: {size} bytes, its descriptor says {descriptor.size}")
     if descriptor.media_type not in COMPRESSION_MEDIA_TYPE.values() or descriptor.media_type == COMPRESSION_MEDIA_TYPE["none"]:
         raise InvalidSource(f"{path}: {descriptor.media_type!r} is not a compressed layer media type")
-    return Compressed(descriptor, diff_id, blob)
+    compressor = data.get("compressor", "")
+    return Compressed(descriptor, diff_id, blob, False, compressor if isinstance(compressor, str) else "")
 
 
 def distributable(image: Image, compressed: Mapping[str, Compressed]) -> Image:
     """`image` with each uncompressed layer named in `compressed` (keyed by the layer's digest)
-    replaced by its compressed form: same diff_id and config, other manifest. Its bytes are read
-    from the compressed file; the registry checks the digest they are sent under."""
+    replaced by its compressed form: same diff_id, config and annotations, other manifest. Its
+    bytes are read from the compressed file and, unless this process made it, checked against the
+    diff_id as they are sent (the registry checks the digest)."""
     layers = []
     for layer in image.layers:
         form = compressed.get(layer.descriptor.digest) if wants_compression(layer) else None
@@ -203,8 +212,10 @@ def distributable(image: Image, compressed: Mapping[str, Compressed]) -> Image:
             continue
         if form.diff_id != layer.diff_id:
             raise InvalidSource(f"{layer.what}: its compressed form {form.path} is of diff_id {form.diff_id}")
+        d = form.descriptor
         layers.append(dataclasses.replace(
-            layer, descriptor=form.descriptor, opener=None, path=form.path, verified_by="lamina compress"))
+            layer, descriptor=Descriptor(d.media_type, d.digest, d.size, layer.descriptor.annotations),
+            opener=None, path=form.path, verified_by="lamina compress" if form.vouched else ""))
     return dataclasses.replace(image, layers=tuple(layers), manifest_media_type="")
 
 

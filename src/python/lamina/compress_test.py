@@ -57,7 +57,9 @@ def test_a_layer_compresses_to_the_same_bytes_every_time_and_back_to_itself(tmp_
     assert one.descriptor.media_type == (OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_ZSTD)
     if compression == "gzip":  # a fixed header: no name, mtime 0, OS unknown
         assert blob[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-    assert read_compressed(str(tmp_path / "one")) == one
+    read = read_compressed(str(tmp_path / "one"))
+    assert (read.descriptor, read.diff_id, read.path) == (one.descriptor, one.diff_id, one.path)
+    assert one.vouched and not read.vouched and read.compressor == one.compressor != ""
 
 
 def test_the_gzip_form_matches_what_another_process_makes(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -140,3 +142,28 @@ def test_compressed_and_nondistributable_layers_are_sent_as_they_are(tmp_path) -
     assert not wants_compression(foreign)
     with pytest.raises(LaminaError, match="only uncompressed, distributable"):
         compress_layer(foreign, "gzip", str(tmp_path / "x"))
+
+
+def test_a_form_read_from_a_directory_is_checked_against_the_diff_id_as_it_is_sent(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # A compressed.json naming the gzip of other bytes (digest and size right) passes everything
+    # but the diff_id: the push must check that while it uploads, as it does for any unvouched layer.
+    from lamina.registry.push import _blobs
+
+    image, _ = _image(tmp_path)
+    layer = image.layers[1]
+    form = compress_layer(image.layers[0], "gzip", str(tmp_path / "other"))  # of the other layer's bytes
+    data = json.loads((tmp_path / "other" / DESCRIPTOR_FILE).read_text())
+    data["diff_id"] = layer.diff_id
+    (tmp_path / "other" / DESCRIPTOR_FILE).write_text(json.dumps(data))
+    lie = read_compressed(str(tmp_path / "other"))
+    pushed = distributable(image, {layer.diff_id: lie})
+    blob = next(b for b in _blobs(pushed, "127.0.0.1:5000") if b.descriptor.digest == form.descriptor.digest)
+    assert blob.diff_id == ("gzip", layer.diff_id)
+    # written out, the lie is caught too
+    with pytest.raises(LaminaError, match="uncompressed content is .*, the config says " + layer.diff_id):
+        write_oci_layout(pushed, str(tmp_path / "oci"))
+    # forms this process made are vouched for, and keep the layer's own annotations
+    made = compress_missing(image, "gzip", str(tmp_path / "made"))
+    vouched = distributable(image, made)
+    assert [l.verified_by for l in vouched.layers] == ["lamina compress"] * 2
+    assert [l.descriptor.annotations for l in vouched.layers] == [l.descriptor.annotations for l in image.layers]

@@ -186,7 +186,7 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, 
     With `index`, the bundle also holds INDEX_FILE: the scan index of each selected layer, made in
     the same pass that copies it (what `lamina scan` of the bundle would write). `pause`: see
     copy_layer_verified."""
-    copies = tuple(dict.fromkeys(c for l in layers for c in l.copies))
+    copies = tuple(sorted(set(c for l in layers for c in l.copies)))  # not the engine's order: the bundle's bytes
     selection = Selection(image.source, selector, tuple(l.index for l in layers), copies, fetch_from)
     if fetch_from and index:
         raise InvalidSource(f"{image.source}: a shallow bundle holds no layer bytes to index")

@@ -1,12 +1,11 @@
 """A pushed layer that a registry already keeps compressed: the engine records where an image was
 pulled from (RepoDigests), and that registry's manifest maps each diff_id to its own compressed
-blob. A push then names that blob (mounted when the destination is the same registry, streamed from
-the source registry otherwise), so the pushed image shares its layers with everyone who pulled the
-source, and no byte of it is compressed or sent here."""
+blob. A push to that registry then names that blob and mounts it, so the pushed image shares its
+layers with everyone who pulled the source, and no byte of it is sent."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional
 
 from lamina.compress import wants_compression
 from lamina.errors import LaminaError
@@ -17,15 +16,25 @@ from lamina.registry.source import open_registry_image
 from lamina.registry.transport import RegistryOptions
 
 
-def registry_forms(image: Image, options: RegistryOptions, clients: Optional[dict[str, RegistryClient]] = None,
+def registry_forms(image: Image, registries: Iterable[str], options: RegistryOptions,
+                   clients: Optional[dict[str, RegistryClient]] = None,
                    warn: Optional[Callable[[str], None]] = None) -> dict[str, Layer]:
     """diff_id -> the layer as a registry keeps it (compressed, its blob opened from there), for
-    every uncompressed layer of `image` whose source image the engine says is at a registry
-    (Layer.copies). Only manifests and configs are read; a copy that cannot be read is skipped
-    with a warning (its layers are then compressed here)."""
+    every uncompressed layer of `image` whose source image the engine says is kept on one of
+    `registries` (the push's destinations; Layer.copies). Only copies there are used: they are
+    mounted, so no byte moves, whereas bytes from another registry would be downloaded to send
+    again what lamina can compress itself. Only manifests and configs are read; a copy that
+    cannot be read is skipped with a warning (its layers are then compressed here)."""
     clients = clients if clients is not None else {}
+    targets = set(registries)
     wanted = {l.diff_id for l in image.layers if wants_compression(l) and l.copies}
-    refs = list(dict.fromkeys(c for l in image.layers if l.diff_id in wanted for c in l.copies))
+    refs = []
+    for text in dict.fromkeys(c for l in image.layers if l.diff_id in wanted for c in l.copies):
+        try:
+            if parse_reference(text).registry in targets:
+                refs.append(text)
+        except LaminaError:
+            continue
     found: dict[str, Layer] = {}
     for text in refs:
         if wanted <= found.keys():
