@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import urllib3.util
 
+from lamina.errors import shown
 from lamina.registry.errors import RegistryError
 from lamina.registry.reference import split_host
 
@@ -33,9 +34,10 @@ def origin(url: str) -> Origin:
 
 
 def shown_target(url: str) -> str:
-    """scheme://host[:port] of a URL (no path or query: a signed storage URL's query is a credential)."""
+    """scheme://host[:port] of a URL (no path or query: a signed storage URL's query is a credential), escaped
+    unless printable: it comes from the registry."""
     parts = urllib.parse.urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"[:200]
+    return shown(f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"[:200])
 
 
 def follow(current: str, location: str, registry: str, what: str, count: int) -> str:
@@ -48,6 +50,8 @@ def follow(current: str, location: str, registry: str, what: str, count: int) ->
         url = urllib.parse.urljoin(current, location.strip())
         urllib3.util.parse_url(url)  # what urllib3 would refuse later ("http://h:port-no-number/")
         target = origin(url)
+        if not target.host.isprintable() or " " in target.host:
+            raise ValueError(target.host)
     except ValueError:  # urllib3's LocationParseError is one too  # "http://[x": no URL
         raise RegistryError(f"{what}: {registry} redirected to {location[:100]!r}, which is not a URL") from None
     if target.scheme not in _PORTS:

@@ -34,7 +34,10 @@ def test_followed(current: str, location: str, expected: str) -> None:
     ("http:nohost", "pull: registry.example redirected to http://, which names no host"),
     ("http://[x/", "pull: registry.example redirected to 'http://[x/', which is not a URL"),
     ("https://h:port/", "pull: registry.example redirected to 'https://h:port/', which is not a URL"),
-], ids=["downgrade", "ftp", "file", "javascript", "no host", "bad ipv6", "bad port"])
+    ("https://a b/", "pull: registry.example redirected to 'https://a b/', which is not a URL"),
+    ("https://\x00/", "pull: registry.example redirected to 'https://\\x00/', which is not a URL"),
+    ("ftp://a\x85b/", "pull: registry.example redirected to 'ftp://a\\x85b/', which is not a URL"),  # one line
+], ids=["downgrade", "ftp", "file", "javascript", "no host", "bad ipv6", "bad port", "space", "nul", "nel"])
 def test_refused_with_one_line_naming_registry_and_target(location: str, message: str) -> None:
     with pytest.raises(RegistryError) as info:
         follow(BLOB, location, "registry.example", "pull", 1)

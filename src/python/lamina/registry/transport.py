@@ -324,6 +324,7 @@ class Transport:
         pool, proxy = self._route(url)
         netloc = urllib.parse.urlsplit(url).netloc
         own = netloc == self.host
+        netloc = shown(netloc)  # a redirect's, from the registry: escaped unless printable
         server = f"registry {self.host} at {self.base}" if own else f"{shown_target(url)} (for registry {self.host})"
         via = f" through proxy {proxy.url}" if proxy else ""
         try:
