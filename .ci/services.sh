@@ -18,8 +18,9 @@
 #   LAMINA_REGISTRY_TIMEOUT seconds to wait for the registry's /v2/ (default 30)
 
 # gcc and libc6-dev: the analysis tests build a dynamically linked binary and library; debootstrap:
-# the Debian 12 base of the usr-merge tests (it downloads from the mirror apt is configured with).
-LAMINA_APT_PACKAGES=(docker.io docker-registry skopeo umoci busybox-static apache2-utils curl gcc libc6-dev debootstrap)
+# the Debian 12 base of the usr-merge tests (it downloads from the mirror apt is configured with); openssl:
+# the TLS tests make their CAs and certificates with it.
+LAMINA_APT_PACKAGES=(docker.io docker-registry skopeo umoci busybox-static apache2-utils curl gcc libc6-dev debootstrap openssl)
 
 # State of what *this shell* started; lamina_services_down only touches these. Deliberately not
 # exported, so a nested `bash .ci/run` never stops the services of the shell that started it.

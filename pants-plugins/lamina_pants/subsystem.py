@@ -105,15 +105,26 @@ class LaminaSubsystem(Subsystem):
     )
     ca_bundle = StrOption(
         default=None,
-        help="A PEM file of certificate authorities to trust for registry TLS (default: the system's).",
+        help=softwrap(
+            """
+            A PEM file of certificate authorities to trust for registry TLS, in addition to the
+            system's roots and to Docker's per-registry `/etc/docker/certs.d/<host[:port]>/*.crt`
+            (and `~/.config/docker/certs.d`), which lamina reads too.
+            """
+        ),
     )
     registry_env_vars = StrListOption(
-        default=["DOCKER_CONFIG", "HOME"],
+        default=["DOCKER_CONFIG", "HOME", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy",
+                 "NO_PROXY", "no_proxy"],
         help=softwrap(
             """
             Environment variables lamina's registry and engine processes see, so they find the
             user's Docker credentials (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
-            including credential helpers) and `DOCKER_HOST`.
+            including credential helpers), `DOCKER_HOST` and the proxies to use
+            (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, in either case, as Docker and pip read them).
+            Those that are set are part of the cache key of registry extractions. Add e.g.
+            `SSL_CERT_FILE` for a system trust store in an unusual place, or `XDG_CONFIG_HOME`
+            for rootless Docker's `certs.d`.
             """
         ),
         advanced=True,

@@ -406,7 +406,8 @@ def _write_audit(spec_path: str, image: "Image", out: str) -> None:
 def _registry_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="append", metavar="HOST[:PORT]",
                    help="allow plain HTTP to this registry (loopback hosts always may); repeatable")
-    p.add_argument("--ca-bundle", metavar="PATH", help="PEM file of CAs to trust for registry TLS")
+    p.add_argument("--ca-bundle", metavar="PATH",
+                   help="PEM file of CAs to trust for registry TLS, besides the system's and certs.d's")
     p.add_argument("--require-pinned", action="store_true",
                    help="refuse docker:// sources named by tag rather than @sha256 digest")
     p.add_argument("--timeout", type=float, metavar="SECONDS", help="registry read timeout (default 60)")

@@ -1,8 +1,9 @@
-"""HTTP to one registry: scheme and TLS choice, timeouts, Basic/Bearer auth, redirects and bounded retries."""
+"""HTTP to one registry: scheme and TLS choice, proxies, timeouts, Basic/Bearer auth, redirects and bounded retries."""
 from __future__ import annotations
 
 import http.client
 import io
+import re
 import ssl
 import time
 import urllib.parse
@@ -23,8 +24,11 @@ from lamina.registry.auth import (
 )
 from lamina.errors import shown
 from lamina.registry.errors import AuthError, NotFound, RegistryError, RegistryUnreachable
+from lamina.registry.proxy import ProxyConfig, ProxyURL
+from lamina.registry.redirects import follow, origin, shown_target
 from lamina.registry.reference import is_loopback
 from lamina.registry.retry import NO_RETRY, Attempts, RetryPolicy, is_transient_status, parse_retry_after
+from lamina.registry.tls import certs_d_roots, host_certs, ssl_context
 
 # Built on urllib3 rather than a registry library (client.py says why). Every request has a timeout;
 # only connection failures, timeouts, 429 and 5xx are retried, and a request whose body is a stream is
@@ -33,6 +37,7 @@ from lamina.registry.retry import NO_RETRY, Attempts, RetryPolicy, is_transient_
 USER_AGENT = "lamina"
 SMALL_BODY_LIMIT = 8 << 20  # manifests, configs, error and token bodies larger than this are refused
 _REDIRECTS = (301, 302, 303, 307, 308)
+_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3})([^'\"]*)")
 _TOKEN_MARGIN_S = 10.0
 
 Body = Union[None, bytes, BinaryIO, io.RawIOBase]
@@ -43,19 +48,25 @@ class RegistryOptions:
     """How to talk to registries; the CLI builds it from flags and the environment."""
 
     insecure: tuple[str, ...] = ()  # HOST or HOST:PORT allowed plain HTTP (loopback always is)
-    ca_bundle: Optional[str] = None  # PEM file of CAs to trust instead of the system's
+    ca_bundle: Optional[str] = None  # PEM file of CAs to trust besides the system's
     docker_config: str = ""  # path of the Docker CLI config.json with credentials ("" = none)
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     retry: RetryPolicy = RetryPolicy()
     chunk_size: int = 16 << 20  # blobs larger than this are uploaded in PATCH chunks of this size
     require_pinned: bool = False  # refuse tag references (a tag can move; a digest cannot)
+    proxies: ProxyConfig = ProxyConfig()  # none: every connection is direct
+    certs_d: tuple[str, ...] = ()  # Docker certs.d roots: <root>/<host[:port]>/*.crt, *.cert + *.key
     warn: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> "RegistryOptions":
-        """Options reading credentials from the Docker config the environment names (DOCKER_CONFIG, HOME)."""
-        return cls(docker_config=config_path(environ), **overrides)
+        """Options from the environment: credentials from the Docker config it names (DOCKER_CONFIG, HOME),
+        proxies (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, either case) and certs.d roots (LAMINA_CERTS_D, else
+        /etc/docker/certs.d and $XDG_CONFIG_HOME/docker/certs.d or ~/.config/docker/certs.d)."""
+        read = {"docker_config": config_path(environ), "proxies": ProxyConfig.from_environ(environ),
+                "certs_d": certs_d_roots(environ)}
+        return cls(**{**read, **overrides})
 
 
 class TransientError(RegistryError):
@@ -99,6 +110,18 @@ def reason(e: BaseException) -> str:
     if isinstance(e, urllib3.exceptions.ProtocolError) and e.args and len(e.args) > 1:
         text = f"{e.args[0]} {reason(e.args[1]) if isinstance(e.args[1], BaseException) else e.args[1]}"
     return " ".join((text or type(e).__name__).split())[:200]
+
+
+def _tunnel_failure(e: BaseException) -> Optional[tuple[int, str]]:
+    """(status, reason) when a proxy answered CONNECT with an error, as urllib3 reports it in some wrapping."""
+    found = _TUNNEL_FAILED.search(repr(e)) or _TUNNEL_FAILED.search(str(e))
+    return (int(found.group(1)), " ".join(found.group(2).split())) if found else None
+
+
+def _proxy_reason(e: BaseException) -> str:
+    """The cause inside urllib3's ProxyError('Unable to connect to proxy', cause)."""
+    nested = [a for a in e.args if isinstance(a, BaseException)]
+    return reason(nested[0]) if nested else reason(e)
 
 
 @dataclass
@@ -156,8 +179,9 @@ class Transport:
         self.plain_allowed = is_loopback(host) or host in options.insecure or host.rsplit(":", 1)[0] in options.insecure
         self._probed = not self.plain_allowed  # others are HTTPS, no question
         self._scheme = "https"
-        self._pool = pool or urllib3.PoolManager(num_pools=8, maxsize=4, cert_reqs="CERT_REQUIRED",
-                                                 ca_certs=options.ca_bundle)
+        self._injected = pool  # one pool for every URL (tests, the fuzz harness); else one per proxy
+        self._pools: dict[Optional[ProxyURL], urllib3.PoolManager] = {}
+        self._context: Optional[ssl.SSLContext] = None
         self._timeout = urllib3.Timeout(connect=options.connect_timeout, read=options.read_timeout)
         self._creds: Optional[Credentials] = None
         self._creds_loaded = False
@@ -179,13 +203,18 @@ class Transport:
     def _plain_only(self) -> bool:
         """Try TLS once: False if the host answers over HTTPS (or presents a certificate lamina cannot verify, so
         the error says so), True if it does not speak TLS at all."""
+        url = f"https://{self.host}/v2/"
+        pool, proxy = self._route(url)
         try:
-            resp = self._pool.request("GET", f"https://{self.host}/v2/", preload_content=False, redirect=False,
-                                      retries=False, timeout=self._timeout, headers={"User-Agent": USER_AGENT})
+            resp = pool.request("GET", url, preload_content=False, redirect=False,
+                                retries=False, timeout=self._timeout, headers={"User-Agent": USER_AGENT})
         except urllib3.exceptions.SSLError as e:
             return not _is_cert_error(e)
-        except TRANSIENT_EXCEPTIONS:
-            return True
+        except (urllib3.exceptions.ProxyError, *TRANSIENT_EXCEPTIONS) as e:
+            tunnel = _tunnel_failure(e)
+            if proxy is not None and tunnel and tunnel[0] == 407:
+                return False  # the proxy wants credentials: the first request over HTTPS says so
+            return True  # no TLS there (or a proxy that tunnels only to port 443): plain HTTP
         resp.drain_conn()
         resp.release_conn()
         return False
@@ -252,6 +281,38 @@ class Transport:
         raise AuthError(f"{what}: {self.host} answered 401 with no Basic or Bearer challenge "
                         f"({challenge_header[:100]!r}); lamina cannot authenticate there")
 
+    # -- connections -----------------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """System roots + --ca-bundle + certs.d/<host>'s CAs and client certificate, for every URL of this
+        registry (its redirects and token endpoint too, as Docker uses one TLS configuration per registry)."""
+        if self._context is None:
+            self._context = ssl_context(self.options.ca_bundle, host_certs(self.options.certs_d, self.host))
+        return self._context
+
+    def _route(self, url: str) -> tuple[urllib3.PoolManager, Optional[ProxyURL]]:
+        """The pool a request to `url` goes through and the proxy it uses (None: direct)."""
+        if self._injected is not None:
+            return self._injected, None
+        proxy = self.options.proxies.proxy_for(url)
+        pool = self._pools.get(proxy)
+        if pool is None:
+            if proxy is None:
+                pool = urllib3.PoolManager(num_pools=8, maxsize=4, ssl_context=self._ssl_context())
+            else:  # CONNECT tunnels for https URLs, absolute-URI forwarding for http ones
+                headers = urllib3.util.make_headers(proxy_basic_auth=proxy.basic_auth) if proxy.basic_auth else None
+                tls_proxy = ssl_context(self.options.ca_bundle) if proxy.url.startswith("https:") else None
+                pool = urllib3.ProxyManager(proxy.url, num_pools=8, maxsize=4, proxy_headers=headers,
+                                            ssl_context=self._ssl_context(), proxy_ssl_context=tls_proxy)
+            self._pools[proxy] = pool
+        return pool, proxy
+
+    def _proxy_auth_error(self, proxy: ProxyURL, what: str) -> AuthError:
+        fix = (f"check the USER:PASSWORD in {proxy.var}" if proxy.basic_auth else
+               f"put them in {proxy.var} as http://USER:PASSWORD@HOST:PORT (percent-encoded)")
+        return AuthError(f"{what}: proxy {proxy.url} ({proxy.var}) refused to forward to {self.host} without "
+                         f"valid proxy credentials (HTTP 407); {fix}")
+
     # -- sending ---------------------------------------------------------------------------------
 
     def url(self, path_or_url: str) -> str:
@@ -260,18 +321,46 @@ class Transport:
     def _send(self, method: str, url: str, headers: Mapping[str, str], body: Body,
               what: str) -> urllib3.BaseHTTPResponse:
         """One HTTP exchange; TransientError for failures worth retrying, RegistryUnreachable for others."""
+        pool, proxy = self._route(url)
+        netloc = urllib.parse.urlsplit(url).netloc
+        own = netloc == self.host
+        netloc = shown(netloc)  # a redirect's, from the registry: escaped unless printable
+        server = f"registry {self.host} at {self.base}" if own else f"{shown_target(url)} (for registry {self.host})"
+        via = f" through proxy {proxy.url}" if proxy else ""
         try:
-            return self._pool.request(method, url, body=body, headers=dict(headers), preload_content=False,
-                                      redirect=False, retries=False, timeout=self._timeout)
+            return pool.request(method, url, body=body, headers=dict(headers), preload_content=False,
+                                redirect=False, retries=False, timeout=self._timeout)
         except urllib3.exceptions.NameResolutionError as e:
-            raise RegistryUnreachable(f"{what}: cannot resolve registry host {self.host}; check the name") from e
+            name = f"registry host {self.host}" if own else f"host {netloc} (for registry {self.host})"
+            raise RegistryUnreachable(f"{what}: cannot resolve {name}; check the name") from e
         except urllib3.exceptions.SSLError as e:
             plain = "" if self.plain_allowed else f", for a plain-HTTP registry pass --insecure {self.host}"
-            raise RegistryUnreachable(
-                f"{what}: TLS with {self.host} failed ({reason(e)}); for a private CA pass --ca-bundle PATH{plain}") from e
-        except TRANSIENT_EXCEPTIONS as e:
-            raise TransientError(f"{what}: cannot reach registry {self.host} at {self.base} ({reason(e)}); "
+            tls_with = self.host if own else f"{netloc} (for registry {self.host})"
+            raise RegistryUnreachable(f"{what}: TLS with {tls_with}{via} failed ({reason(e)}); "
+                                      f"for a private CA pass --ca-bundle PATH{plain}") from e
+        except (urllib3.exceptions.ProxyError, *TRANSIENT_EXCEPTIONS) as e:
+            tunnel = _tunnel_failure(e) if proxy is not None else None
+            if proxy is not None and tunnel is not None:
+                status, text = tunnel
+                if status == 407:
+                    raise self._proxy_auth_error(proxy, what) from e
+                message = (f"{what}: proxy {proxy.url} ({proxy.var}) would not connect to {netloc} "
+                           f"(HTTP {status} {text}".rstrip() + f"); check the proxy, or list {netloc} in NO_PROXY")
+                if is_transient_status(status):
+                    raise TransientError(message, network=True) from e
+                raise RegistryUnreachable(message) from e
+            if proxy is not None and isinstance(e, urllib3.exceptions.ProxyError):
+                raise self._unreachable_proxy(e, proxy, server, what) from e
+            raise TransientError(f"{what}: cannot reach {server}{via} ({reason(e)}); "
                                  "check that it is running and that HOST:PORT is right", network=True) from e
+
+    @staticmethod
+    def _unreachable_proxy(e: BaseException, proxy: ProxyURL, server: str, what: str) -> RegistryError:
+        message = (f"{what}: cannot reach proxy {proxy.url} ({proxy.var}) for {server} ({_proxy_reason(e)}); "
+                   "check the proxy, or list the host in NO_PROXY")
+        if _is_cert_error(e):  # an https proxy whose certificate does not verify: no retry helps
+            return RegistryUnreachable(message.replace("check the proxy", "for a private CA pass --ca-bundle PATH"))
+        return TransientError(message, network=True)
 
     def _exchange(self, method: str, url: str, headers: Mapping[str, str], body: Optional[bytes],
                   policy: RetryPolicy, what: str, limit: int) -> Reply:
@@ -305,13 +394,15 @@ class Transport:
         authenticated = False
         redirects = 0
         while True:
-            same_host = urllib.parse.urlsplit(url).netloc == self.host
+            # credentials go only to the registry's own origin (scheme, host and port), never where it redirects
+            same_host = origin(url) == origin(self.base)
             hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
             auth = self._auth_header(scopes) if same_host else None
             if auth:
                 hdrs["Authorization"] = auth
             try:
                 resp = self._send(method, url, hdrs, body, what)
+                proxy = self._route(url)[1]
                 if resp.status == 401 and same_host:
                     challenge = resp.headers.get("WWW-Authenticate") or ""
                     resp.drain_conn()
@@ -322,17 +413,14 @@ class Transport:
                     self._authenticate(challenge, scopes, what)
                     authenticated = True
                     continue
+                if resp.status == 407 and proxy is not None:  # a forwarding proxy's answer, for http URLs
+                    resp.drain_conn()
+                    raise self._proxy_auth_error(proxy, what)
                 if resp.status in _REDIRECTS and method in ("GET", "HEAD") and resp.headers.get("Location"):
                     location = resp.headers["Location"]
                     resp.drain_conn()
                     redirects += 1
-                    if redirects > 5:
-                        raise RegistryError(f"{what}: more than 5 redirects from {self.host}")
-                    try:
-                        url = urllib.parse.urljoin(url, location)
-                    except ValueError:  # "http://[x": no URL
-                        raise RegistryError(f"{what}: {self.host} redirected to {location[:100]!r}, "
-                                            "which is not a URL") from None
+                    url = follow(url, location, self.host, what, redirects)
                     continue
                 if is_transient_status(resp.status):
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"), time.time())

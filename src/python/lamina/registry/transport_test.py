@@ -159,3 +159,104 @@ def test_a_token_endpoint_whose_name_holds_a_line_break_is_named_on_one_line() -
     with pytest.raises(RegistryError) as raised:
         transport.request("GET", "/v2/", scopes=(), what="probe")
     assert "answered HTTP 404" in str(raised.value) and len(str(raised.value).splitlines()) == 1, str(raised.value)
+
+
+class _RecordingPool:
+    """Answers from a script keyed by URL, recording (method, url, Authorization) of each request."""
+
+    def __init__(self, answers: dict) -> None:  # type: ignore[type-arg]
+        self.answers = answers
+        self.seen: list = []  # type: ignore[type-arg]
+
+    def request(self, method: str, url: str, headers: object = None, **_: object) -> object:
+        from urllib3 import HTTPHeaderDict
+
+        self.seen.append((method, url, dict(headers or {}).get("Authorization")))  # type: ignore[call-overload]
+        status, hdrs = self.answers[url]
+
+        class _Resp:
+            def __init__(self) -> None:
+                self.status, self.headers, self._body = status, HTTPHeaderDict(hdrs), io.BytesIO(b"ok")
+
+            def read(self, amt: int = -1, decode_content: bool = True) -> bytes:
+                return self._body.read(amt)
+
+            def drain_conn(self) -> None:
+                pass
+
+            release_conn = close = drain_conn
+        return _Resp()
+
+
+def _authenticated(pool: _RecordingPool, host: str) -> Transport:
+    t = Transport(host, RegistryOptions(), pool=pool)  # type: ignore[arg-type]
+    t._basic = "Basic dTpw"
+    return t
+
+
+def test_credentials_go_only_to_the_registrys_own_scheme_host_and_port() -> None:
+    blob = "https://registry.test/v2/a/blobs/sha256:1"
+    chain = ["https://registry.test:443/same", "https://registry.test:8443/port", "https://cdn.test/host",
+             "https://REGISTRY.test/case"]
+    answers = {blob: (307, {"Location": chain[0]})}
+    for here, there in zip(chain, chain[1:]):
+        answers[here] = (302, {"Location": there})
+    answers[chain[-1]] = (200, {})
+    pool = _RecordingPool(answers)
+    assert _authenticated(pool, "registry.test").request("GET", blob, scopes=(), what="t").status == 200
+    assert [(url, auth) for _, url, auth in pool.seen] == [
+        (blob, "Basic dTpw"), (chain[0], "Basic dTpw"), (chain[1], None), (chain[2], None), (chain[3], "Basic dTpw")]
+
+
+def test_a_plain_registry_redirecting_to_https_on_its_own_host_sends_no_credentials_there() -> None:
+    pool = _RecordingPool({"http://127.0.0.1:5000/v2/b": (307, {"Location": "https://127.0.0.1:5000/b"}),
+                           "https://127.0.0.1:5000/b": (200, {})})
+    t = _authenticated(pool, "127.0.0.1:5000")
+    t._probed, t._scheme = True, "http"
+    t.request("GET", "/v2/b", scopes=(), what="t")
+    assert [auth for _, _, auth in pool.seen] == ["Basic dTpw", None]
+
+
+def test_redirects_of_uploads_are_not_followed() -> None:
+    pool = _RecordingPool({"https://registry.test/v2/a/blobs/uploads/": (307, {"Location": "https://elsewhere/"})})
+    reply = _authenticated(pool, "registry.test").request("POST", "/v2/a/blobs/uploads/", scopes=(), what="t")
+    assert reply.status == 307 and len(pool.seen) == 1
+
+
+def test_requests_are_routed_through_the_proxy_the_environment_names() -> None:
+    import urllib3
+
+    options = RegistryOptions.from_environ({"HTTPS_PROXY": "http://u:p@proxy.corp:3128", "HTTP_PROXY": "proxy.corp:80",
+                                            "NO_PROXY": ".internal.example", "LAMINA_CERTS_D": ""})
+    t = Transport("registry.example", options)
+    pool, proxy = t._route("https://registry.example/v2/")
+    assert isinstance(pool, urllib3.ProxyManager) and proxy is not None and proxy.url == "http://proxy.corp:3128"
+    assert pool.proxy_headers == {"proxy-authorization": "Basic dTpw"}
+    assert t._route("https://cdn.example/blob")[0] is pool  # one pool per proxy
+    plain_pool, plain = t._route("http://registry.example/v2/")
+    assert plain is not None and plain.url == "http://proxy.corp:80" and plain_pool is not pool
+    direct, none = t._route("https://r.internal.example/v2/")
+    assert none is None and not isinstance(direct, urllib3.ProxyManager)
+
+
+def test_a_forwarding_proxy_asking_for_credentials_is_a_one_line_error() -> None:
+    import pytest
+
+    from lamina.registry.errors import AuthError
+
+    t = Transport("registry.example:5000", RegistryOptions.from_environ(
+        {"HTTP_PROXY": "http://proxy.corp:3128", "LAMINA_CERTS_D": ""}, insecure=("registry.example:5000",)))
+    t._probed, t._scheme = True, "http"
+    pool = _RecordingPool({"http://registry.example:5000/v2/": (407, {"Proxy-Authenticate": "Basic"})})
+    t._pools[t._route("http://registry.example:5000/v2/")[1]] = pool  # type: ignore[assignment]
+    with pytest.raises(AuthError) as info:
+        t.request("GET", "/v2/", scopes=(), what="probe")
+    assert str(info.value) == ("probe: proxy http://proxy.corp:3128 (HTTP_PROXY) refused to forward to "
+                               "registry.example:5000 without valid proxy credentials (HTTP 407); put them in "
+                               "HTTP_PROXY as http://USER:PASSWORD@HOST:PORT (percent-encoded)")
+
+
+def test_options_from_the_environment_keep_explicit_overrides() -> None:
+    options = RegistryOptions.from_environ({"HOME": "/h", "https_proxy": "p:1"}, certs_d=("/mine",))
+    assert options.certs_d == ("/mine",) and options.proxies.https_proxy == "p:1"
+    assert RegistryOptions().proxies.proxy_for("https://x/") is None and RegistryOptions().certs_d == ()
