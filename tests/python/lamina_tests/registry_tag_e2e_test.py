@@ -115,6 +115,8 @@ def test_a_tag_is_looked_up_each_session_and_extracted_again_only_when_it_moves(
     assert len(looked_up) >= 2, registry.access_log_lines()
     ran = completed_processes(second.stderr)
     assert sum(p.startswith("lamina: look up docker://") for p in ran) == 2, ran
+    # The lookup warns every session, naming the digest to pin.
+    assert f"docker://{host}/{prefix}/tools:1 is a tag, resolved now to sha256:" in second.stderr, second.stderr
     assert not [p for p in ran if p.startswith("lamina: extract")], ran
     print("second run:", _downloaded(out2))
     assert "registry sources: nothing downloaded this run (2 extractions cached)" in _downloaded(out2), out2
