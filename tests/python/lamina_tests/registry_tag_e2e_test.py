@@ -29,7 +29,8 @@ LAYER = 1 << 20  # bytes of random data per layer: downloads are plainly visible
 
 def _layer(name: str) -> FakeLayer:
     # Random content: nothing of it can be in Pants' cache from an earlier run of this test.
-    return FakeLayer({f"opt/{name}/data": os.urandom(LAYER)}, f"ADD {name} /opt/{name}")
+    # Compressed already, so that a push sends the blob as it is (it compresses uncompressed ones).
+    return FakeLayer({f"opt/{name}/data": os.urandom(LAYER)}, f"ADD {name} /opt/{name}", "gzip")
 
 
 def _push(image: FakeImage, layout: Path, to: str, env: dict) -> None:
