@@ -31,7 +31,8 @@ IMAGE_FORMS = """
         - `"docker-daemon:image-a:latest"`: an image in the local Docker engine (`DOCKER_HOST`),
           looked up once per run and exported only when its image ID changed;
         - `"docker://HOST[:PORT]/REPO@sha256:..."`: an image in a registry; only the selected
-          layers' blobs are fetched. A `:tag` works too, with a warning naming the digest to pin.
+          layers' blobs are fetched. A `:tag` works too, with a warning naming the digest to pin:
+          it is looked up once per run and extracted again only when the digest it names changed.
 """
 
 _TRANSPORTS = ("docker-archive:", "oci:", "oci-archive:", "docker-daemon:", "docker://")

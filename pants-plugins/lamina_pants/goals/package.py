@@ -12,6 +12,7 @@ from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.internals.session import RunId
 from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import SourcesField, Targets
@@ -289,8 +290,27 @@ async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
     return ComposeInputs(digest, tuple(bundles), composed, text)
 
 
+def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
+    """What this run downloaded for the image's registry sources, by extraction; an extraction
+    taken from a cache (or from pantsd's memory) downloaded nothing now, and is counted as cached."""
+    downloads = [b.download for b in (stack.base, *stack.layers) if b is not None and b.download is not None]
+    if not downloads:
+        return None
+    ran = [d for d in downloads if d.ran_in == run_id]
+    cached = len(downloads) - len(ran)
+    cached_text = f"{cached} extraction{'s' if cached != 1 else ''} cached"
+    if not ran:
+        return f"registry sources: nothing downloaded this run ({cached_text})"
+    total = sum(d.size for d in ran)
+    each = ", ".join(f"{d.size} for the {d.what}" for d in ran)
+    return (f"registry sources: downloaded {total} bytes ({total / (1 << 20):.1f} MiB) this run: {each}"
+            + (f"; {cached_text}" if cached else ""))
+
+
 @rule(desc="Package a composed image")
-async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> BuiltPackage:
+async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem, run_id: RunId) -> BuiltPackage:
+    # run_id: this rule runs again in every run (pantsd or not), so that its summary says what this
+    # run downloaded; everything it asks for is memoized or cached.
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
@@ -347,6 +367,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     # The findings go in the package's summary lines, which `pants package` prints on every run,
     # also when a warm pantsd serves the unchanged package from memory (a log line would not).
     findings = finding_lines(fs.address, report)
+    downloaded = download_line(inputs.stack, run_id)
+    findings = (*((downloaded,) if downloaded else ()), *findings)  # after the first line, before the findings
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
@@ -15,7 +15,8 @@ from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.fs import Digest
-from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope
+from pants.engine.internals.session import RunId
+from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope, ProcessResultMetadata
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import SourcesField, Target, TransitiveTargets, TransitiveTargetsRequest
 from pants.util.frozendict import FrozenDict
@@ -133,6 +134,16 @@ def read_only_dir(role: str, digest: Digest) -> str:
 class LaminaRunResult:
     output_digest: Digest
     stdout: bytes
+    # The run (RunId) in which the process really ran, None if Pants took it from a cache: a rule
+    # that reports what a process did compares it with the current RunId, so a result served from
+    # a cache or from pantsd's memory is not reported as work done now.
+    ran_in: Optional[int] = None
+
+
+def ran_in(metadata: ProcessResultMetadata) -> Optional[int]:
+    """The RunId a process result was made in if it was made by running the process, else None."""
+    made_in = RunId(metadata.source_run_id)
+    return metadata.source_run_id if metadata.source(made_in) == ProcessResultMetadata.Source.RAN else None
 
 
 @rule
@@ -177,7 +188,7 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
         else:
             detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
         raise LaminaBuildError(f"{request.address}: {detail}")
-    return LaminaRunResult(result.output_digest, result.stdout)
+    return LaminaRunResult(result.output_digest, result.stdout, ran_in(result.metadata))
 
 
 def rules() -> Iterable:

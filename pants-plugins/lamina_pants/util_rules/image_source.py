@@ -57,6 +57,8 @@ class DaemonImageRequest:
 @dataclass(frozen=True)
 class RegistryImageRequest:
     value: str
+    address: Address
+    field_alias: str
 
 
 @rule
@@ -87,18 +89,42 @@ async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
 
 @rule
 async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsystem) -> ResolvedImageSource:
-    value = request.value
-    pinned = "@sha256:" in value
+    """A digest is read as it is. A tag is looked up once per session (one manifest GET, a small
+    PER_SESSION process) and read pinned to the digest it names now (`HOST/REPO:TAG@sha256:...`),
+    so the extraction is keyed on that digest: an unchanged tag downloads nothing in the next
+    session, a moved one is extracted again. The image records the source as written."""
+    value, address = request.value, request.address
     env_vars = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
-    return ResolvedImageSource(
-        EMPTY_DIGEST,
-        value,
-        value,
-        extra_argv=lamina.registry_args(),
-        extra_env=tuple(sorted(env_vars.items())),
-        # A digest names fixed bytes; a tag is asked about again every session.
-        cache_scope=ProcessCacheScope.SUCCESSFUL if pinned else ProcessCacheScope.PER_SESSION,
-    )
+    env = tuple(sorted(env_vars.items()))
+    reference = value
+    if "@sha256:" not in value:
+        if lamina.require_pinned_sources:
+            raise LaminaBuildError(
+                f"{address}: `{request.field_alias}`={value!r} names a registry image by tag, and "
+                "`[lamina].require_pinned_sources` is set (a tag can move). Pin it by digest: "
+                f"{request.field_alias}=\"{value.rsplit(':', 1)[0] if _has_tag(value) else value}@sha256:<digest>\" "
+                f"(`lamina resolve {value}` prints the digest it names now)"
+            )
+        resolved = await Get(
+            LaminaRunResult,
+            LaminaRun(
+                address=address,
+                argv=("resolve", value, *(a for a in lamina.registry_args() if a != "--require-pinned")),
+                input_digest=EMPTY_DIGEST,
+                output_directory="__none",
+                description=f"lamina: look up {value} in its registry",
+                extra_env=env,
+                cache_scope=ProcessCacheScope.PER_SESSION,
+            ),
+        )
+        reference = resolved.stdout.decode().strip()
+    # The extraction reads fixed bytes, so it is cached (locally and remotely) on the digest.
+    return ResolvedImageSource(EMPTY_DIGEST, reference, value, extra_argv=lamina.registry_args(), extra_env=env)
+
+
+def _has_tag(value: str) -> bool:
+    """Whether `docker://HOST[:PORT]/REPO[:TAG]` ends in a tag (a colon after the last slash)."""
+    return value.rfind(":") > value.rfind("/")
 
 
 def is_address(value: str) -> bool:
@@ -112,7 +138,7 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
     if value.startswith("docker-daemon:"):
         return await Get(ResolvedImageSource, DaemonImageRequest(value, address))
     if value.startswith("docker://"):
-        return await Get(ResolvedImageSource, RegistryImageRequest(value))
+        return await Get(ResolvedImageSource, RegistryImageRequest(value, address, request.field_alias))
     if is_address(value):
         targets = await Get(
             Targets, UnparsedAddressInputs([value], owning_address=address, description_of_origin=origin)

@@ -1,6 +1,7 @@
 """Extraction: a source image + selector -> a bundle (sparse OCI layout) by one cached lamina process."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
@@ -32,12 +33,32 @@ class BundleRequest:
 
 
 @dataclass(frozen=True)
+class Download:
+    """What the extraction of a registry source received: `size` bytes of manifests and blobs,
+    in the run `ran_in` (None: the extraction was a cache hit, and downloaded nothing then)."""
+
+    what: str  # e.g. "layer of images:top from docker://host/repo:tag"
+    size: int
+    ran_in: Optional[int]
+
+
+@dataclass(frozen=True)
 class Bundle:
     digest: Digest  # a sparse OCI layout at the digest's root
     # Whether it holds INDEX_FILE, the scan index of its layers, made in the pass that copied them.
     indexed: bool = False
     from_registry: bool = False  # its source is a `docker://` image
     shallow: bool = False  # it holds no layer bytes (a registry source's, left there)
+    download: Optional[Download] = None  # for a registry source
+
+
+def _download(result: LaminaRunResult, what: str) -> Optional[Download]:
+    """The `downloaded` figure `lamina extract` prints for a registry source, None for other sources."""
+    try:
+        size = json.loads(result.stdout.decode() or "{}").get("downloaded")
+    except (ValueError, AttributeError):
+        return None
+    return Download(what, size, result.ran_in) if isinstance(size, int) else None
 
 
 INDEX_FILE = "lamina-index.json"  # lamina.extract.INDEX_FILE
@@ -54,6 +75,7 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
     shallow = request.shallow and from_registry
     index = lamina.check_compositions and not shallow
     source_dir = read_only_dir("source", source.digest)
+    what = f"{request.what} of {request.address} from {request.source.label}"
     result = await Get(
         LaminaRunResult,
         LaminaRun(
@@ -72,13 +94,13 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
             input_digest=EMPTY_DIGEST,
             read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
             output_directory=BUNDLE_DIR,
-            description=f"lamina: extract {request.what} of {request.address} from {request.source.label}",
+            description=f"lamina: extract {what}",
             extra_env=request.source.extra_env,
             cache_scope=request.source.cache_scope,
         ),
     )
     return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index,
-                  from_registry=from_registry, shallow=shallow)
+                  from_registry=from_registry, shallow=shallow, download=_download(result, what))
 
 
 @dataclass(frozen=True)

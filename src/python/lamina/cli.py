@@ -15,6 +15,7 @@ from lamina.model import Platform, parse_json
 if TYPE_CHECKING:
     from lamina.image import Image
     from lamina.progress import Progress
+    from lamina.registry.client import RegistryClient
     from lamina.registry.transport import RegistryOptions
 
 
@@ -230,9 +231,11 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     from lamina.image import with_copies
 
+    options = _registry(args)
+    client = _registry_client(args.source, options)
     with _engine_source(args.source) as (source, copies):
         image = with_copies(open_image(source, name=args.name or args.source, platform=_platform(args.platform),
-                                       registry=_registry(args)), copies)
+                                       registry=options, client=client), copies)
         selector = parse_selector(args.layer)
         layers = select(image, selector)
         fetch_from = None
@@ -243,8 +246,29 @@ def cmd_extract(args: argparse.Namespace) -> int:
             fetch_from = args.source
         selection = extract(image, layers, args.out, str(selector), index=args.index,
                             pause=_test_pause("copy"), fetch_from=fetch_from)
-    json.dump(selection.to_json(image), sys.stdout, indent=2, sort_keys=True)
+    summary = selection.to_json(image)
+    if client is not None:  # a registry source: the bytes of manifests and blobs this run received
+        summary["downloaded"] = client.received
+    json.dump(summary, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+    return 0
+
+
+def _registry_client(source: str, options: "RegistryOptions") -> "Optional[RegistryClient]":
+    """A client for a `docker://` source (one that counts what it receives), else None."""
+    from lamina.registry.reference import is_registry_ref, parse_reference
+
+    if not is_registry_ref(source):
+        return None
+    from lamina.registry.client import RegistryClient
+
+    return RegistryClient(parse_reference(source).registry, options)
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from lamina.registry.source import resolve
+
+    print(resolve(args.reference, _registry(args)).url)
     return 0
 
 
@@ -521,6 +545,12 @@ def parser() -> argparse.ArgumentParser:
     cz.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
     cz.add_argument("--out", required=True, help="directory to write (replaced whole)")
     cz.set_defaults(func=cmd_compress)
+
+    rs = sub.add_parser("resolve", help="print a registry reference pinned to the digest its tag names now "
+                        "(docker://HOST/REPO:TAG@sha256:..., the index's digest for a multi-platform image)")
+    rs.add_argument("reference", help="[docker://]HOST[:PORT]/REPO[:TAG]")
+    _registry_flags(rs)
+    rs.set_defaults(func=cmd_resolve)
 
     di = sub.add_parser("daemon-id", help="print the ID of an image in the Docker engine (DOCKER_HOST)")
     di.add_argument("name", help="image name or ID in the engine")

@@ -171,3 +171,12 @@ def test_usage_errors_exit_2(capsys) -> None:  # type: ignore[no-untyped-def]
         main(["extract", "x.tar"])
     assert e.value.code == 2
     assert "--layer" in capsys.readouterr().err
+
+
+def test_extract_says_nothing_of_downloads_for_a_source_that_is_no_registry(capsys, src, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rc, out, _ = _run(capsys, "extract", src, "--layer", "-1", "--out", str(tmp_path / "o"))
+    assert rc == 0 and "downloaded" not in json.loads(out)
+
+
+def test_resolve_of_something_that_is_no_reference_is_a_one_line_error(capsys) -> None:  # type: ignore[no-untyped-def]
+    _assert_one_line_error(*_run(capsys, "resolve", "docker://127.0.0.1:5000/Team/App:1"), "is not valid")

@@ -14,6 +14,7 @@ from lamina.image import Image
 from lamina.model import Platform
 
 if TYPE_CHECKING:
+    from lamina.registry.client import RegistryClient
     from lamina.registry.transport import RegistryOptions
 
 TRANSPORTS = ("docker-archive", "oci", "oci-archive")
@@ -70,10 +71,11 @@ def sniff(path: str) -> str:
 
 
 def open_image(text: str, name: Optional[str] = None, platform: Optional[Platform] = None,
-               registry: Optional["RegistryOptions"] = None) -> Image:
+               registry: Optional["RegistryOptions"] = None, client: Optional["RegistryClient"] = None) -> Image:
     """The image a source reference names. `name` is how it is recorded (defaults to `text`).
 
     `registry` configures `docker://` sources; without it they use the Docker config the environment names.
+    `client`, for a `docker://` source, is the client to read it with (it counts what it receives).
     """
     ref = parse_source(text)
     if ref.transport == "docker":
@@ -81,7 +83,7 @@ def open_image(text: str, name: Optional[str] = None, platform: Optional[Platfor
         from lamina.registry.transport import RegistryOptions
 
         options = registry or RegistryOptions.from_environ(os.environ)
-        return open_registry_image(text, options, name, platform)
+        return open_registry_image(text, options, name, platform, client)
     transport = sniff(ref.path) if ref.transport == "path" else ref.transport
     label = name or text
     if transport == "oci":

@@ -77,6 +77,9 @@ class RegistryClient:
         self.registry = registry
         self.options = options
         self.transport = transport or Transport(_api_host(registry), options)
+        # Bytes of manifests and blobs received (bodies as sent, resumed reads included): what a
+        # command downloaded, for its summary.
+        self.received = 0
 
     @property
     def host(self) -> str:
@@ -94,6 +97,7 @@ class RegistryClient:
             raise self._manifest_not_found(ref, error_codes(reply.body))
         if reply.status != 200:
             raise fail(reply, what, self.host)
+        self.received += len(reply.body)
         digest = sha256_digest(reply.body)
         if ref.digest and digest != ref.digest:
             raise DigestMismatch(f"{what}: the registry sent a manifest whose digest is {digest}")
@@ -310,6 +314,7 @@ class _BlobStream(io.RawIOBase):
                 if not data:
                     raise TransientError(f"{self._what}: blob ended early on re-read", network=True)
                 left -= len(data)
+                self._client.received += len(data)
         return resp
 
     def readinto(self, buffer) -> int:  # type: ignore[override]
@@ -333,6 +338,7 @@ class _BlobStream(io.RawIOBase):
             n = len(data)
             buffer[:n] = data
             self._pos += n
+            self._client.received += n
             return n
 
     def _drop(self) -> None:

@@ -100,6 +100,31 @@ def resolve_manifest(client: RegistryClient, ref: Reference, platform: Optional[
     raise InvalidSource(f"{where}: image indexes nested more than {_MAX_NESTING} deep")
 
 
+def resolve(text: str, options: RegistryOptions, client: Optional[RegistryClient] = None) -> Reference:
+    """`text` with the digest of what it names now added, its tag kept (`HOST/REPO:TAG@sha256:...`).
+
+    One manifest GET: the digest is that of the document the tag names, the index's for a
+    multi-platform image (the platform is picked when the image is read, so one lookup serves every
+    platform). A tag is warned about (UnpinnedReference with `require_pinned`), as when it is read.
+    """
+    ref = parse_reference(text)
+    client = client or RegistryClient(ref.registry, options)
+    fetched = client.get_manifest(ref)
+    doc = expect_dict(parse_json(fetched.data, f"{ref.url}: manifest"), f"{ref.url}: manifest")
+    _media_type(fetched, doc, ref.url)  # a schema 1 or unknown document is refused now, not when read
+    pinned = Reference(ref.registry, ref.repository, ref.tag, fetched.digest)
+    if not ref.pinned:
+        _tag_named(text, ref, fetched.digest, options)
+    return pinned
+
+
+def _tag_named(text: str, ref: Reference, digest: str, options: RegistryOptions) -> None:
+    if options.require_pinned:
+        raise UnpinnedReference(f"{text}: a tag can move and --require-pinned is set; "
+                                f"pin it as {ref.with_digest(digest).url}")
+    _warn(options, f"{text} is a tag, resolved now to {digest}; pin it as {ref.with_digest(digest).url}")
+
+
 def open_registry_image(text: str, options: RegistryOptions, name: Optional[str] = None,
                         platform: Optional[Platform] = None, client: Optional[RegistryClient] = None) -> Image:
     """The image `docker://HOST/REPO@sha256:...` (or `:TAG`) names; layers are fetched only when opened.
@@ -110,10 +135,7 @@ def open_registry_image(text: str, options: RegistryOptions, name: Optional[str]
     client = client or RegistryClient(ref.registry, options)
     fetched, media_type, top = resolve_manifest(client, ref, platform)
     if not ref.pinned:
-        if options.require_pinned:
-            raise UnpinnedReference(f"{text}: a tag can move and --require-pinned is set; "
-                                    f"pin it as {ref.with_digest(top).url}")
-        _warn(options, f"{text} is a tag, resolved now to {top}; pin it as {ref.with_digest(top).url}")
+        _tag_named(text, ref, top, options)
     desc = Descriptor(media_type, fetched.digest, len(fetched.data))
     blobs = _RegistryBlobs(client, ref, {fetched.digest: fetched.data})
     return read_manifest_image(blobs, desc, ref.url, name or text, (ref.tag,) if ref.tag else ())
