@@ -7,6 +7,7 @@ from typing import Any, ClassVar, Iterable, Optional
 from pants.core.goals.package import OutputPathField
 from pants.engine.addresses import Address
 from pants.engine.target import (
+    Dependencies,
     COMMON_TARGET_FIELDS,
     BoolField,
     DictStringToStringField,
@@ -109,9 +110,20 @@ class DockerLayerSelectorField(StringField):
             raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address}: {e}") from None
 
 
+class LaminaDependenciesField(Dependencies):
+    help = help_text(
+        """
+        Addresses this target depends on besides those lamina infers. lamina infers a dependency
+        on the target named by `image`/`base` (`":target"`), and on the `file`/`resource` target
+        that owns an archive or OCI layout named by path, so `pants dependents`, `peek` and
+        `--changed-since ... --changed-dependents=transitive` know which images use it.
+        """
+    )
+
+
 class DockerLayerTarget(Target):
     alias = "docker_layer"
-    core_fields = (*COMMON_TARGET_FIELDS, DockerLayerImageField, DockerLayerSelectorField)
+    core_fields = (*COMMON_TARGET_FIELDS, LaminaDependenciesField, DockerLayerImageField, DockerLayerSelectorField)
     help = help_text(
         """
         One or more layers taken from an existing image, byte for byte.
@@ -519,6 +531,7 @@ class ComposedImageTarget(Target):
     alias = "composed_image"
     core_fields = (
         *COMMON_TARGET_FIELDS,
+        LaminaDependenciesField,
         ComposedImageBaseField,
         ComposedImageLayersField,
         ComposedImageFilesField,

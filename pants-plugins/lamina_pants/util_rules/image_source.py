@@ -127,6 +127,23 @@ def _has_tag(value: str) -> bool:
     return value.rfind(":") > value.rfind("/")
 
 
+def split_path_value(value: str, spec_path: str) -> tuple[str, str, str]:
+    """(transport prefix, repo-relative path, ref) of an `image`/`base` value naming files."""
+    transport, sep, rest = value.partition(":")
+    if sep and transport in _PATH_TRANSPORTS:
+        path, _, ref = rest.partition(":")
+        prefix = f"{transport}:"
+    else:
+        path, ref, prefix = value, "", ""
+    return prefix, os.path.normpath(os.path.join(spec_path, path)), ref
+
+
+def names_files(value: str) -> bool:
+    """Whether an `image`/`base` value names files in the repository (not an engine or registry
+    image, a target, or scratch)."""
+    return not (value == "scratch" or value.startswith(("docker-daemon:", "docker://")) or is_address(value))
+
+
 def is_address(value: str) -> bool:
     return value.startswith(":") or value.startswith("//")
 
@@ -170,13 +187,7 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
             raise LaminaBuildError(f"{address}: {targets[0].address} produced no image")
         return ResolvedImageSource(package.digest, relpath, targets[0].address.spec, path_at=0)
 
-    transport, sep, rest = value.partition(":")
-    if sep and transport in _PATH_TRANSPORTS:
-        path, _, ref = rest.partition(":")
-        prefix = f"{transport}:"
-    else:
-        path, ref, prefix = value, "", ""
-    full = os.path.normpath(os.path.join(address.spec_path, path))
+    prefix, full, ref = split_path_value(value, address.spec_path)
     if full.startswith(".."):
         raise LaminaBuildError(f"{address}: {request.field_alias}={value!r} points outside the repository")
     digest = await Get(
