@@ -162,6 +162,20 @@ class ComposedImageLayersField(SpecialCasedDependencies):
     )
 
 
+class ComposedImagePackagesField(SpecialCasedDependencies):
+    alias = "packages"
+    help = help_text(
+        """
+        Addresses of targets `pants package` can build (`pex_binary`, `archive`,
+        `python_distribution`, another `composed_image`, ...): each built artifact goes into the
+        image's files layer under `files_dest`, at its path relative to `dist/` (as Pants'
+        `docker_image` lays packages into its build context), modes kept (a PEX stays executable).
+        Example: `packages=["src/app:app"]` puts `dist/src.app/app.pex` at
+        `/app/src.app/app.pex` with `files_dest="/app"`.
+        """
+    )
+
+
 class ComposedImageFilesField(SpecialCasedDependencies):
     alias = "files"
     help = help_text(
@@ -535,6 +549,7 @@ class ComposedImageTarget(Target):
         ComposedImageBaseField,
         ComposedImageLayersField,
         ComposedImageFilesField,
+        ComposedImagePackagesField,
         ComposedImageFilesDestField,
         ComposedImageEnvField,
         ComposedImageEntrypointField,

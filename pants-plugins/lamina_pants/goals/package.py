@@ -6,16 +6,16 @@ import os
 from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
-from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, PackageFieldSet
+from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, EnvironmentAwarePackageRequest, PackageFieldSet
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
-from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
+from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix, Snapshot
 from pants.engine.internals.session import RunId
 from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
-from pants.engine.target import SourcesField, Targets
+from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, SourcesField, Targets
 from pants.engine.unions import UnionRule
 
 from lamina_pants.subsystem import LaminaSubsystem
@@ -38,6 +38,7 @@ from lamina_pants.target_types import (
     ComposedImageLayersField,
     ComposedImageOutputFormatField,
     ComposedImageOutputPathField,
+    ComposedImagePackagesField,
     ComposedImagePlatformField,
     ComposedImageRepositoryField,
     ComposedImageScanRegistryLayersField,
@@ -64,6 +65,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     base: ComposedImageBaseField
     layers: ComposedImageLayersField
     files: ComposedImageFilesField
+    packages: ComposedImagePackagesField
     files_dest: ComposedImageFilesDestField
     env: ComposedImageEnvField
     entrypoint: ComposedImageEntrypointField
@@ -179,17 +181,37 @@ class ComposedStack:
         )
 
 
+async def _built_packages(fs: ComposedImageFieldSet, targets: Targets) -> Tuple[BuiltPackage, ...]:
+    """What `pants package` builds of each target in `packages`; an error names one it cannot."""
+    if not targets:
+        return ()
+    field_sets = await Get(FieldSetsPerTarget, FieldSetsPerTargetRequest(PackageFieldSet, targets))
+    for target, found in zip(targets, field_sets.collection):
+        if not found:
+            raise LaminaBuildError(
+                f"{fs.address}: `packages` names {target.address}, a `{target.alias}`, which `pants package` "
+                "cannot build; name a target it can (pex_binary, archive, python_distribution, composed_image, ...), "
+                "or put plain files in `files`"
+            )
+    return tuple(await MultiGet(
+        Get(BuiltPackage, EnvironmentAwarePackageRequest(found[0])) for found in field_sets.collection
+    ))
+
+
 @rule(desc="Resolve a composed image's base, layers and files")
 async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> ComposedStack:
-    layer_addresses, file_targets = await MultiGet(
+    layer_addresses, file_targets, package_targets = await MultiGet(
         Get(Addresses, UnparsedAddressInputs, fs.layers.to_unparsed_address_inputs()),
         Get(Targets, UnparsedAddressInputs, fs.files.to_unparsed_address_inputs()),
+        Get(Targets, UnparsedAddressInputs, fs.packages.to_unparsed_address_inputs()),
     )
+    packages = await _built_packages(fs, package_targets)
     # Registry layers stay in the registry when nothing here needs their bytes: no image file, no
     # engine load, no check scan, no files layer to lay on them.
     shallow = (
         fs.output_format.value == "registry"
         and not file_targets
+        and not package_targets
         and not (fs.scan_registry_layers.value and lamina.check_compositions)
     )
     base_request: Optional[BundleRequest] = None
@@ -216,7 +238,26 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
     # The image's own files become one layer, made once in its own process: compose takes it as it
     # is and the check reads its index. It is laid on the layers below as COPY writes, so it reads
     # their scans (the ones the check reads too).
+    if file_targets:
+        each = await MultiGet(
+            Get(SourceFiles, SourceFilesRequest([t.get(SourcesField)], for_sources_types=(FileSourceField, ResourceSourceField),
+                                                enable_codegen=True))
+            for t in file_targets
+        )
+        for target, found in zip(file_targets, each):
+            if not found.snapshot.files:
+                raise LaminaBuildError(
+                    f"{fs.address}: `files` names {target.address}, a `{target.alias}`, which provides no files; "
+                    "name `files`/`resources`/`relocated_files` targets there, and targets to build (pex_binary, "
+                    "archive, ...) in `packages`"
+                )
     destinations = _file_destinations(fs, files.snapshot.files)
+    package_files = await MultiGet(Get(Snapshot, Digest, p.digest) for p in packages)
+    for snapshot in package_files:
+        destinations.extend(
+            {"src": path, "dest": os.path.join(fs.files_dest.value or "/", path)} for path in snapshot.files
+        )
+    files_digest = await Get(Digest, MergeDigests([files.snapshot.digest, *(p.digest for p in packages)]))
     files_layer: Optional[FilesLayer] = None
     if destinations:
         below = ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None).scan_requests(fs.address)
@@ -228,7 +269,7 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
             FilesLayer,
             FilesLayerRequest(
                 fs.address,
-                await Get(Digest, MergeDigests([files.snapshot.digest, files_spec])),
+                await Get(Digest, MergeDigests([files_digest, files_spec])),
                 "__files.json",
                 tuple((index.digest, index.name) for index in indexes),
             ),

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from lamina_tests.support.images import image_exists
 from lamina_tests.support.services import docker
@@ -38,11 +38,15 @@ def debian_mirror() -> str:
     return DEFAULT_MIRROR
 
 
-def debian_rootfs_tar(suite: str = DEBIAN_SUITE) -> Path:
-    """A tar of a `debootstrap --variant=minbase SUITE` rootfs, built once per machine under
-    ~/.cache/lamina/debian/ (keyed by suite). Raises RuntimeError when debootstrap is missing or
-    cannot reach the mirror."""
-    out = CACHE_DIR / f"{suite}-minbase.tar"
+def _flavour(suite: str, include: Tuple[str, ...]) -> str:
+    return f"{suite}-minbase" + "".join(f"-{p}" for p in include)
+
+
+def debian_rootfs_tar(suite: str = DEBIAN_SUITE, include: Tuple[str, ...] = ()) -> Path:
+    """A tar of a `debootstrap --variant=minbase [--include=PKG,...] SUITE` rootfs, built once per
+    machine under ~/.cache/lamina/debian/ (keyed by suite and packages). Raises RuntimeError when
+    debootstrap is missing or cannot reach the mirror."""
+    out = CACHE_DIR / f"{_flavour(suite, include)}.tar"
     if out.is_file():
         return out
     debootstrap = shutil.which("debootstrap") or next(
@@ -57,7 +61,8 @@ def debian_rootfs_tar(suite: str = DEBIAN_SUITE) -> Path:
         with tempfile.TemporaryDirectory(prefix=f"lamina-{suite}-", dir=CACHE_DIR) as tmp:
             root = Path(tmp) / "rootfs"
             done = subprocess.run(
-                [debootstrap, "--variant=minbase", suite, str(root), debian_mirror()],
+                [debootstrap, "--variant=minbase", *([f"--include={','.join(include)}"] if include else []),
+                 suite, str(root), debian_mirror()],
                 capture_output=True, text=True, timeout=DEBOOTSTRAP_TIMEOUT_S, stdin=subprocess.DEVNULL)
             if done.returncode != 0:
                 raise RuntimeError(f"debootstrap {suite} failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
@@ -72,12 +77,12 @@ def debian_rootfs_tar(suite: str = DEBIAN_SUITE) -> Path:
     return out
 
 
-def debian_image(tag: Optional[str] = None, suite: str = DEBIAN_SUITE) -> str:
-    """The engine image `docker import`ed from debian_rootfs_tar(suite) (reused when present)."""
-    tag = tag or f"lamina-test/debian:{suite}-minbase"
+def debian_image(tag: Optional[str] = None, suite: str = DEBIAN_SUITE, include: Tuple[str, ...] = ()) -> str:
+    """The engine image `docker import`ed from debian_rootfs_tar(suite, include) (reused when present)."""
+    tag = tag or f"lamina-test/debian:{_flavour(suite, include)}"
     if image_exists(tag):
         return tag
-    tar = debian_rootfs_tar(suite)
+    tar = debian_rootfs_tar(suite, include)
     docker("import", "--change", 'CMD ["/bin/sh"]', str(tar), tag)
     return tag
 
