@@ -46,7 +46,7 @@ composed_image(name="no_files", base="py.tar", files=["app:app"])
         assert f'"hello": "{nonce}"' in out and '"python": [3, 11]' in out, out
 
         bad = repo.pants(BACKEND, "package", "images:not_a_package", check=False)
-        assert bad.returncode != 0 and "`packages` names app:src" in bad.stderr and "cannot build" in bad.stderr, bad.stderr
+        assert bad.returncode != 0 and "`packages` names app/main.py:src, a `python_source`" in bad.stderr and "cannot build" in bad.stderr, bad.stderr
         assert "Traceback" not in bad.stderr
         none = repo.pants(BACKEND, "package", "images:no_files", check=False)
         assert none.returncode != 0 and "`files` names app:app" in none.stderr and "provides no files" in none.stderr, none.stderr
