@@ -32,8 +32,14 @@ class LaminaSubsystem(Subsystem):
         default=None,
         help=softwrap(
             """
-            Address of the target that holds the lamina core's modules (the `lamina` package, its
-            tests left out). Its sources and those of its transitive dependencies (`python_sources`,
+            Unset (the default), the lamina core's PEX is built from the `lamina` distribution of
+            the plugin's own version (`lamina==<version of lamina-pants>`) and
+            `[lamina].requirements`, resolved like any third-party requirement (`[python-repos]`
+            indexes and `find_links`): what a repository that installs the plugin with
+            `[GLOBAL].plugins = ["lamina-pants==<version>"]` uses.
+
+            Set, it is the address of the target that holds the lamina core's modules (the
+            `lamina` package, its tests left out), for working on lamina itself. Its sources and those of its transitive dependencies (`python_sources`,
             `files` or `resources`, source roots stripped) become the core's PEX, with
             `[lamina].requirements` as its third-party requirements, so the PEX (a remote-cache
             key of every lamina process) changes only when those files do.

@@ -16,12 +16,19 @@ from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.fs import Digest
 from pants.engine.internals.session import RunId
-from pants.engine.process import FallibleProcessResult, Process, ProcessCacheScope, ProcessResultMetadata
+from pants.engine.process import (
+    FallibleProcessResult,
+    Process,
+    ProcessCacheScope,
+    ProcessExecutionFailure,
+    ProcessResultMetadata,
+)
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import SourcesField, Target, TransitiveTargets, TransitiveTargetsRequest
 from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
+from lamina import __version__ as lamina_version
 from lamina_pants.subsystem import LaminaSubsystem
 
 
@@ -42,7 +49,7 @@ CORE_ENTRY_FILE = "lamina/cli.py"
 
 
 class LaminaCoreConfigError(Exception):
-    """`[lamina].core_target` is unset or names no target holding the core."""
+    """`[lamina].core_target` names no target holding the core."""
 
 
 def _core_source_fields(targets: Iterable[Target]) -> tuple[SourcesField, ...]:
@@ -54,18 +61,52 @@ def _core_source_fields(targets: Iterable[Target]) -> tuple[SourcesField, ...]:
     )
 
 
+def _core_resolve_error(stderr: str, subsystem: LaminaSubsystem) -> str:
+    lines = [l.strip() for l in stderr.splitlines() if l.strip()]
+    why = next((l for l in lines if "ERROR" in l or "No matching distribution" in l), lines[-1] if lines else "")
+    return (
+        f"`[lamina].core_target` is not set, so lamina builds its core's PEX from the requirement "
+        f"`{core_requirement()}` (the plugin's own version) and `[lamina].requirements` "
+        f"({', '.join(subsystem.requirements) or 'none'}), but they could not be resolved: {why}\n"
+        f"Make the `lamina` {lamina_version} wheel reachable (the lamina-pants plugin's wheels are "
+        'released together: e.g. `[python-repos]` `find_links = ["file:///path/to/wheels"]` in '
+        "pants.toml), or set `[lamina].core_target` to a target holding the core's modules, e.g. "
+        'src/python/BUILD: `files(name="core_files", sources=["lamina/**/*.py", "!lamina/**/*_test.py"])` '
+        'and `[lamina]` `core_target = "src/python:core_files"` (see `pants help-advanced lamina`).'
+    )
+
+
+def core_requirement() -> str:
+    """The core distribution at the plugin's own version: the plugin (`lamina-pants`) requires
+    `lamina` at exactly its version, so the `lamina` package it imports carries that version."""
+    return f"lamina=={lamina_version}"
+
+
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
 async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
-    origin = "the option `[lamina].core_target`"
+    requirements = PexRequirements(subsystem.requirements, description_of_origin="[lamina].requirements")
     if not subsystem.core_target:
-        raise LaminaCoreConfigError(
-            f"{origin} is not set: lamina builds its core's PEX from a target holding the core's "
-            "modules. Add one in the BUILD file of the source root that holds the `lamina` "
-            'package, e.g. src/python/BUILD: `files(name="core_files", '
-            'sources=["lamina/**/*.py", "!lamina/**/*_test.py"])`, and point the option at it '
-            'in pants.toml: `[lamina]` `core_target = "src/python:core_files"` '
-            "(see `pants help-advanced lamina`)."
-        )
+        # The installed plugin: the core is the `lamina` distribution of the plugin's version,
+        # resolved like any third-party requirement (`[python-repos]` indexes and find_links).
+        try:
+            pex = await Get(
+                VenvPex,
+                PexRequest(
+                    output_filename="lamina.pex",
+                    internal_only=True,
+                    requirements=PexRequirements(
+                        (core_requirement(), *subsystem.requirements),
+                        description_of_origin="the lamina core (`[lamina].core_target` unset) and `[lamina].requirements`",
+                    ),
+                    interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
+                    main=EntryPoint("lamina.cli", "main"),
+                    description=f"Building the lamina core ({core_requirement()})",
+                ),
+            )
+        except ProcessExecutionFailure as e:
+            raise LaminaCoreConfigError(_core_resolve_error(e.stderr.decode(errors="replace"), subsystem)) from None
+        return LaminaCore(pex)
+    origin = "the option `[lamina].core_target`"
     addresses = await Get(
         Addresses, UnparsedAddressInputs([subsystem.core_target], owning_address=None, description_of_origin=origin)
     )
@@ -86,14 +127,15 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
         raise LaminaCoreConfigError(
             f"{origin} is {subsystem.core_target!r}, but that target and its dependencies do not "
             f"hold {CORE_ENTRY_FILE} (relative to a source root); they hold {found}. Point the "
-            "option at a target whose sources are the `lamina` package's modules, under a source root."
+            "option at a target whose sources are the `lamina` package's modules, under a source "
+            f"root, or unset it to use the `{core_requirement()}` distribution."
         )
     pex = await Get(
         VenvPex,
         PexRequest(
             output_filename="lamina.pex",
             internal_only=True,
-            requirements=PexRequirements(subsystem.requirements, description_of_origin="[lamina].requirements"),
+            requirements=requirements,
             interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
             main=EntryPoint("lamina.cli", "main"),
             sources=stripped.snapshot.digest,

@@ -48,8 +48,12 @@ def test_the_core_pex_holds_the_core_target_files_and_no_test_or_helper(repo: Sa
 
 
 def test_an_unset_core_target_fails_naming_the_option_and_the_fix(repo: SampleRepo) -> None:
-    result = repo.pants("--lamina-core-target=", "package", "images:img", check=False)
+    result = repo.pants("--lamina-core-target=", "--python-repos-indexes=[]", "package", "images:img", check=False)
     output = result.stdout + result.stderr
     assert result.returncode != 0, output
+    # Unset, the core is the `lamina==<plugin version>` distribution; this repo has no wheel of it.
+    from lamina import __version__
+
     assert "`[lamina].core_target` is not set" in output, output
+    assert f"`lamina=={__version__}`" in output and "find_links" in output, output
     assert 'files(name="core_files"' in output and 'core_target = "src/python:core_files"' in output, output

@@ -1,4 +1,4 @@
-"""A throwaway Pants repo that uses the lamina plugin from this checkout, and running Pants in it."""
+"""A throwaway Pants repo that uses the lamina plugin from this checkout (or its wheels), and running Pants in it."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 # The plugin and core sources reach the test sandbox as `files` targets at their repo paths. The
 # plugin (which imports the core to check BUILD fields) is on the sample repo's pythonpath.
@@ -55,19 +55,35 @@ def pants_pex_section() -> str:
 
 
 class SampleRepo:
-    def __init__(self, root: Path, extra_toml: str = "", lamina_toml: str = "") -> None:
-        """`extra_toml` is appended to pants.toml; `lamina_toml` are lines of its `[lamina]` table."""
+    def __init__(self, root: Path, extra_toml: str = "", lamina_toml: str = "",
+                 installed_plugin: Optional[Tuple[str, Path]] = None) -> None:
+        """`extra_toml` is appended to pants.toml; `lamina_toml` are lines of its `[lamina]` table.
+
+        By default the plugin and core come from this checkout (pythonpath, a copy of the core
+        for `[lamina].core_target`). `installed_plugin=(requirement, wheel_dir)` installs them as a
+        user's repository does: `[GLOBAL].plugins = [requirement]` found in `wheel_dir`
+        (`[python-repos].find_links`), no pythonpath, no core sources, `[lamina].core_target` unset.
+        """
         self.root = root
         self.last_max_rss_kib = 0
         root.mkdir(parents=True, exist_ok=True)
-        pythonpath = ", ".join(f'"{_checkout_dir(d)}"' for d in PLUGIN_DIRS)
+        if installed_plugin is None:
+            pythonpath = ", ".join(f'"{_checkout_dir(d)}"' for d in PLUGIN_DIRS)
+            plugin_toml = f"pythonpath = [{pythonpath}]\n"
+            core_toml = f'core_target = "{CORE_TARGET}"\n'
+        else:
+            requirement, wheels = installed_plugin
+            # Pants keys the plugin's and the core's resolves on the requirement strings, not on the
+            # wheels' bytes: no local process cache, so rebuilt wheels of one version are used.
+            plugin_toml = f'plugins = ["{requirement}"]\nlocal_cache = false\n'
+            core_toml = ""
+            extra_toml = f'[python-repos]\nfind_links = ["file://{wheels}"]\n\n{extra_toml}'
         (root / "pants.toml").write_text(
             f"""
 [GLOBAL]
 pants_version = "2.17.1"
 backend_packages = ["lamina_pants"]
-pythonpath = [{pythonpath}]
-ca_certs_path = "/etc/ssl/certs/ca-certificates.crt"
+{plugin_toml}ca_certs_path = "/etc/ssl/certs/ca-certificates.crt"
 pantsd = false
 dynamic_ui = false
 colors = false
@@ -80,14 +96,14 @@ env_vars = ["PIP_CONFIG_FILE=/dev/null"]
 
 {pants_pex_section()}
 [lamina]
-core_target = "{CORE_TARGET}"
-{lamina_toml}
+{core_toml}{lamina_toml}
 
 {extra_toml}
 """
         )
         (root / "BUILD_ROOT").write_text("")
-        copy_core(root)
+        if installed_plugin is None:
+            copy_core(root)
 
     def write(self, relpath: str, text: str) -> Path:
         path = self.root / relpath
