@@ -128,7 +128,9 @@ class LaminaSubsystem(Subsystem):
             user's Docker credentials (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
             including credential helpers), `DOCKER_HOST` and the proxies to use
             (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, in either case, as Docker and pip read them).
-            Those that are set are part of the cache key of registry extractions. Add e.g.
+            Those that are set are part of the cache key of registry extractions, which get a
+            proxy URL without its `user:password` (a cached process's environment is stored in
+            Pants' caches); lookups and `pants publish` get it whole. Add e.g.
             `SSL_CERT_FILE` for a system trust store in an unusual place, or `XDG_CONFIG_HOME`
             for rootless Docker's `certs.d`.
             """

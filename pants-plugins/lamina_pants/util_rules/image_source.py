@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -17,6 +18,8 @@ from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, T
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import ComposedImageOutputFormatField
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+
+logger = logging.getLogger(__name__)
 
 _PATH_TRANSPORTS = ("docker-archive", "oci", "oci-archive")
 
@@ -118,8 +121,31 @@ async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsy
             ),
         )
         reference = resolved.stdout.decode().strip()
-    # The extraction reads fixed bytes, so it is cached (locally and remotely) on the digest.
-    return ResolvedImageSource(EMPTY_DIGEST, reference, value, extra_argv=lamina.registry_args(), extra_env=env)
+    # The extraction reads fixed bytes, so it is cached (locally and remotely) on the digest. Its
+    # environment is part of its cache key, which Pants keeps in its caches and sends to a remote
+    # one: a proxy URL reaches it without credentials.
+    return ResolvedImageSource(EMPTY_DIGEST, reference, value, extra_argv=lamina.registry_args(),
+                               extra_env=cacheable_env(env, address))
+
+
+_PROXY_VARS = {"https_proxy", "http_proxy"}
+
+
+def cacheable_env(env: tuple[tuple[str, str], ...], address: Address) -> tuple[tuple[str, str], ...]:
+    """`env` for a process whose results are cached: proxy URLs without their user:password."""
+    out = []
+    for name, value in env:
+        if name.lower() in _PROXY_VARS and "@" in value:
+            scheme, sep, rest = value.rpartition("://")
+            host = rest.rpartition("@")[2]
+            value = f"{scheme}{sep}{host}"
+            logger.warning(
+                f"{address}: {name} holds proxy credentials; lamina's cached registry extractions get the proxy "
+                "without them (a process's environment is stored in Pants' caches and sent to a remote cache), so "
+                "they work only through a proxy that needs none for them. Lookups and `pants publish` use them."
+            )
+        out.append((name, value))
+    return tuple(out)
 
 
 def _has_tag(value: str) -> bool:
@@ -161,12 +187,15 @@ async def resolve_image_source(request: ImageSourceRequest) -> ResolvedImageSour
             Targets, UnparsedAddressInputs([value], owning_address=address, description_of_origin=origin)
         )
         target = targets[0]
-        if target.has_field(ComposedImageOutputFormatField) and target[ComposedImageOutputFormatField].value == "docker-daemon":
+        if target.has_field(ComposedImageOutputFormatField) and target[ComposedImageOutputFormatField].value in (
+            "docker-daemon", "registry"):
+            fmt = target[ComposedImageOutputFormatField].value
+            where = ("loads it into the engine" if fmt == "docker-daemon" else "leaves it for `pants publish`")
             raise LaminaBuildError(
                 f"{address}: {request.field_alias}={value!r} names {target.address}, whose "
-                "output_format=\"docker-daemon\" loads it into the engine and writes no image file; name it "
-                "as `docker-daemon:REPOSITORY:TAG` after packaging it, or give it a file output_format "
+                f"output_format=\"{fmt}\" {where} and writes no image file; give it a file output_format "
                 "(\"oci\" is the cheapest)"
+                + (", or name it as `docker-daemon:REPOSITORY:TAG` after packaging it" if fmt == "docker-daemon" else "")
             )
         field_sets = await Get(FieldSetsPerTarget, FieldSetsPerTargetRequest(PackageFieldSet, targets))
         if not field_sets.collection or not field_sets.collection[0]:

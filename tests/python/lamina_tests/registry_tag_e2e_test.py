@@ -89,14 +89,17 @@ def test_a_tag_is_looked_up_each_session_and_extracted_again_only_when_it_moves(
     line1 = _downloaded(out1)
     print("first run:", line1)
     got = re.search(r"downloaded (\d+) bytes", line1)
-    assert got and int(got.group(1)) >= 2 * LAYER, line1  # the base's layer and the tools' top layer
-    assert f"for the base image of images:img from docker://{host}/{prefix}/base:1" in line1, line1
-    assert f"for the layer of images:top from docker://{host}/{prefix}/tools:1" in line1, line1
+    # (if Pants' spawn failure made the sample repo run it twice, the first attempt may have done
+    # the downloads: the second, which prints the summary, then downloaded less)
+    assert (got and int(got.group(1)) >= 2 * LAYER) or first.attempts > 1, line1  # the base's and the tools' top layer
+    if first.attempts == 1:  # (else the first attempt may have done them)
+        assert f"for the base image of images:img from docker://{host}/{prefix}/base:1" in line1, line1
+        assert f"for the layer of images:top from docker://{host}/{prefix}/tools:1" in line1, line1
     fetched = {p.rsplit("/", 1)[-1] for p in _blob_gets(registry)}
     assert sha(base.layers[0].blob) in fetched and sha(tools.layers[1].blob) in fetched, fetched
     assert sha(tools.layers[0].blob) not in fetched  # only the selected layer of tools
     ran = completed_processes(first.stderr)
-    assert sum(p.startswith("lamina: look up docker://") for p in ran) == 2, ran
+    assert sum(p.startswith("lamina: look up docker://") for p in ran) == 2 * first.attempts, ran
     assert sum(p.startswith("lamina: extract") for p in ran) == 2, ran
     # The tag is still what the image and its audit trail record as the source.
     trail = json.loads((repo.root / "dist" / "images" / "img.layers.json").read_text())
@@ -115,7 +118,7 @@ def test_a_tag_is_looked_up_each_session_and_extracted_again_only_when_it_moves(
     looked_up = [e.path for e in registry.access_log_lines() if e.method == "GET" and "/manifests/1" in e.path]
     assert len(looked_up) >= 2, registry.access_log_lines()
     ran = completed_processes(second.stderr)
-    assert sum(p.startswith("lamina: look up docker://") for p in ran) == 2, ran
+    assert sum(p.startswith("lamina: look up docker://") for p in ran) == 2 * second.attempts, ran
     # The lookup warns every session, naming the digest to pin.
     assert f"docker://{host}/{prefix}/tools:1 is a tag, resolved now to sha256:" in second.stderr, second.stderr
     assert not [p for p in ran if p.startswith("lamina: extract")], ran
@@ -139,8 +142,8 @@ def test_a_tag_is_looked_up_each_session_and_extracted_again_only_when_it_moves(
     line3 = _downloaded(out3)
     print("tag moved:", line3)
     got = re.search(r"downloaded (\d+) bytes", line3)
-    assert got and LAYER <= int(got.group(1)) < 2 * LAYER, line3
-    assert line3.endswith("1 extraction cached"), line3
+    assert (got and LAYER <= int(got.group(1)) < 2 * LAYER) or third.attempts > 1, line3
+    assert line3.endswith("1 extraction cached") or third.attempts > 1, line3
     image3 = open_image(str(repo.root / "dist" / "images" / "img.tar"))
     assert image3.diff_ids == (sha(base.layers[0].tar), sha(moved.layers[1].tar))
 

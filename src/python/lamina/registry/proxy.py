@@ -1,8 +1,8 @@
 """Proxies from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), matched as Docker (Go's net/http) does.
 
-Differences from Go, on purpose: a loopback host is proxied unless NO_PROXY lists it (Go never proxies
-`localhost` or 127.0.0.0/8); and a malformed proxy URL is an error naming the variable, not a silent
-direct connection.
+As in Go, a loopback host (`localhost`, 127.0.0.0/8, ::1) is never proxied: a corporate proxy would
+otherwise receive the requests (and credentials) meant for a registry on this machine. Unlike Go, a
+malformed proxy URL is an error naming the variable, not a silent direct connection.
 """
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import ipaddress
 import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping, Optional, Union
+
+from lamina.registry.reference import is_loopback
 
 from lamina.registry.errors import RegistryError
 from lamina.registry.reference import split_host
@@ -61,7 +63,7 @@ class ProxyConfig:
         if not raw or scheme not in DEFAULT_PORTS:
             return None
         host, port = split_host(parts.netloc.rpartition("@")[2])
-        if bypassed(self.no_proxy, host, port or DEFAULT_PORTS[scheme]):
+        if is_loopback(host) or bypassed(self.no_proxy, host, port or DEFAULT_PORTS[scheme]):
             return None
         return parse_proxy_url(raw, var)
 

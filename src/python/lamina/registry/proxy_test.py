@@ -51,7 +51,7 @@ def test_upper_case_variables_win_as_in_go_and_empty_ones_do_not_count() -> None
 def test_the_scheme_picks_the_variable_and_nothing_else_is_proxied() -> None:
     config = ProxyConfig.from_environ({"HTTP_PROXY": "http://p:1"})
     assert config.proxy_for("https://ghcr.io/v2/") is None  # https does not fall back to HTTP_PROXY
-    assert config.proxy_for("http://[::1]:5000/v2/") == ProxyURL("http://p:1", None, "HTTP_PROXY")
+    assert config.proxy_for("http://registry.internal:5000/v2/") == ProxyURL("http://p:1", None, "HTTP_PROXY")
     assert ProxyConfig().proxy_for("https://ghcr.io/") is None
 
 
@@ -76,3 +76,10 @@ def test_unusable_proxy_urls_are_one_line_errors_without_the_password(raw: str, 
     with pytest.raises(RegistryError) as info:
         parse_proxy_url(raw, "HTTPS_PROXY")
     assert str(info.value) == message and "secret" not in str(info.value)
+
+
+def test_a_loopback_registry_is_never_proxied() -> None:  # as Go and Docker: the proxy must not see local traffic
+    config = ProxyConfig.from_environ({"HTTPS_PROXY": "http://corp:3128", "HTTP_PROXY": "http://corp:3128"})
+    for url in ("http://127.0.0.1:5000/v2/", "https://localhost:5000/v2/", "http://[::1]:5000/v2/", "http://127.1.2.3/v2/"):
+        assert config.proxy_for(url) is None, url
+    assert config.proxy_for("https://registry.example.com/v2/") is not None

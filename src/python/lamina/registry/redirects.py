@@ -53,7 +53,9 @@ def follow(current: str, location: str, registry: str, what: str, count: int) ->
         if not target.host.isprintable() or " " in target.host:
             raise ValueError(target.host)
     except ValueError:  # urllib3's LocationParseError is one too  # "http://[x": no URL
-        raise RegistryError(f"{what}: {registry} redirected to {location[:100]!r}, which is not a URL") from None
+        # (its query left out: a signed storage URL's query is a credential)
+        raise RegistryError(f"{what}: {registry} redirected to {location.split('?', 1)[0][:100]!r}, which is not a URL"
+                            ) from None
     if target.scheme not in _PORTS:
         raise RegistryError(f"{what}: {registry} redirected to a {target.scheme or 'scheme-less'} URL "
                             f"({shown_target(url)}); lamina follows only http and https redirects")

@@ -212,9 +212,11 @@ class Transport:
             return not _is_cert_error(e)
         except (urllib3.exceptions.ProxyError, *TRANSIENT_EXCEPTIONS) as e:
             tunnel = _tunnel_failure(e)
-            if proxy is not None and tunnel and tunnel[0] == 407:
-                return False  # the proxy wants credentials: the first request over HTTPS says so
-            return True  # no TLS there (or a proxy that tunnels only to port 443): plain HTTP
+            if proxy is not None and tunnel:
+                # The proxy refused the tunnel (credentials, policy): never a reason to drop TLS; the
+                # first request over HTTPS says what the proxy answered.
+                return False
+            return True  # no TLS there: plain HTTP
         resp.drain_conn()
         resp.release_conn()
         return False
