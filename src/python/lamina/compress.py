@@ -99,7 +99,7 @@ class _Zstd:
     def __init__(self) -> None:
         import zstandard
 
-        self.name = f"zstandard {zstandard.__version__} libzstd {zstandard.ZSTD_VERSION} level {ZSTD_LEVEL}"
+        self.name = f"zstandard {zstandard.__version__} libzstd {".".join(map(str, zstandard.ZSTD_VERSION))} level {ZSTD_LEVEL}"
         params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=0, write_content_size=0,
                                                                 threads=0)
         self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
