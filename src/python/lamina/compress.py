@@ -99,7 +99,8 @@ class _Zstd:
     def __init__(self) -> None:
         import zstandard
 
-        self.name = f"zstandard {zstandard.__version__} libzstd {".".join(map(str, zstandard.ZSTD_VERSION))} level {ZSTD_LEVEL}"
+        libzstd = ".".join(str(v) for v in zstandard.ZSTD_VERSION)
+        self.name = f"zstandard {zstandard.__version__} libzstd {libzstd} level {ZSTD_LEVEL}"
         params = zstandard.ZstdCompressionParameters.from_level(ZSTD_LEVEL, write_checksum=0, write_content_size=0,
                                                                 threads=0)
         self._obj = zstandard.ZstdCompressor(compression_params=params).compressobj()
