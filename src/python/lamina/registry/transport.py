@@ -260,7 +260,15 @@ class Transport:
             return
         if bearer is not None:
             method, url, headers, body = token_request(bearer, scopes, creds)
-            parsed = urllib.parse.urlsplit(url)
+            realm = shown(str(bearer.get("realm"))[:200])
+            try:  # the registry's challenge names it: anything at all
+                parsed = urllib.parse.urlsplit(url)
+                urllib3.util.parse_url(url)
+                if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                    raise ValueError(url)
+            except ValueError:  # urllib3's LocationParseError is one too
+                raise AuthError(f"{what}: the registry's Bearer challenge names a token endpoint {realm}, which is "
+                                "not an http(s) URL") from None
             endpoint = shown(parsed.netloc)  # from the registry's challenge: printed as it is only if printable
             if parsed.scheme != "https" and not (is_loopback(parsed.netloc) or parsed.netloc in self.options.insecure):
                 raise AuthError(f"{what}: token endpoint {shown(str(bearer.get('realm')))} is plain HTTP on a non-loopback host; "

@@ -158,7 +158,9 @@ def test_a_token_endpoint_whose_name_holds_a_line_break_is_named_on_one_line() -
     transport = Transport("registry.test", RegistryOptions(), pool=_Pool())  # type: ignore[arg-type]
     with pytest.raises(RegistryError) as raised:
         transport.request("GET", "/v2/", scopes=(), what="probe")
-    assert "answered HTTP 404" in str(raised.value) and len(str(raised.value).splitlines()) == 1, str(raised.value)
+    # refused as no URL, or asked and answered 404: either way one line
+    assert len(str(raised.value).splitlines()) == 1, str(raised.value)
+    assert "auth.fu" in str(raised.value) and ("answered HTTP 404" in str(raised.value) or "not an http(s) URL" in str(raised.value))
 
 
 class _RecordingPool:
@@ -260,3 +262,36 @@ def test_options_from_the_environment_keep_explicit_overrides() -> None:
     options = RegistryOptions.from_environ({"HOME": "/h", "https_proxy": "p:1"}, certs_d=("/mine",))
     assert options.certs_d == ("/mine",) and options.proxies.https_proxy == "p:1"
     assert RegistryOptions().proxies.proxy_for("https://x/") is None and RegistryOptions().certs_d == ()
+
+
+def test_a_token_endpoint_that_is_no_http_url_is_one_auth_error() -> None:  # found by lamina_fuzz (ValueError)
+    import pytest
+    from urllib3 import HTTPHeaderDict
+
+    from lamina.registry.errors import AuthError
+
+    for realm in ("https://[x/token", "ftp://auth.example/token", "https:///token"):
+        asked: list = []
+
+        class _Resp:
+            status, headers = 401, HTTPHeaderDict({"WWW-Authenticate": f'Bearer realm="{realm}",service="r"'})
+
+            def read(self, *_: object, **__: object) -> bytes:
+                return b""
+
+            def drain_conn(self) -> None:
+                pass
+
+            def release_conn(self) -> None:
+                pass
+
+        class _Pool:
+            def request(self, method: str, url: str, **_: object) -> object:
+                asked.append(url)
+                return _Resp()
+
+        transport = Transport("registry.test", RegistryOptions(), pool=_Pool())  # type: ignore[arg-type]
+        with pytest.raises(AuthError, match="not an http\\(s\\) URL") as raised:
+            transport.request("GET", "/v2/", scopes=(), what="probe")
+        assert len(str(raised.value).splitlines()) == 1
+        assert all(u.startswith("https://registry.test/") for u in asked), asked  # the endpoint was never asked
