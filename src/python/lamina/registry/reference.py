@@ -109,26 +109,26 @@ def parse_reference(text: str, require_tag: bool = False) -> Reference:
     if not raw or raw != raw.strip():
         raise BadReference(f"{text!r} is not an image reference; {form}")
     rest, at, digest = raw.partition("@")
-    if at and not _DIGEST.match(digest):
+    if at and not _DIGEST.fullmatch(digest):
         raise BadReference(f"{text!r}: digest {digest!r} is not sha256:<64 lowercase hex digits>")
     tag: Optional[str] = None
     slash = rest.rfind("/")
     colon = rest.rfind(":")
     if colon > slash:
         rest, tag = rest[:colon], rest[colon + 1:]
-        if not _TAG.match(tag):
+        if not _TAG.fullmatch(tag):
             raise BadReference(f"{text!r}: tag {tag!r} is not valid (letters, digits, '_', '.', '-'; at most 128)")
     first, sep, path = rest.partition("/")
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         registry = first
-        if not _HOST.match(registry):
+        if not _HOST.fullmatch(registry):
             raise BadReference(f"{text!r}: {registry!r} is not a registry host[:port]; {form}")
     else:
         registry, path = DOCKER_HUB, rest
     if registry == DOCKER_HUB and path and "/" not in path:
         path = "library/" + path  # as `docker pull busybox` means docker.io/library/busybox
     components = path.split("/")
-    if not path or not all(_COMPONENT.match(c) for c in components):
+    if not path or not all(_COMPONENT.fullmatch(c) for c in components):
         raise BadReference(
             f"{text!r}: repository {path!r} is not valid (lowercase letters, digits and separators . _ __ -); {form}"
         )

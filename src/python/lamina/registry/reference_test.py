@@ -78,3 +78,14 @@ def test_split_host() -> None:
     assert split_host("[::1]") == ("::1", None)
     assert split_host("Ghcr.IO") == ("ghcr.io", None)
     assert split_host("::1") == ("::1", None)
+
+
+@pytest.mark.parametrize("text", [
+    "registry.example/team\n@sha256:" + "a" * 64,  # a newline before the end: re.match's $ allowed it
+    "registry.example/team:v1\n",
+    "registry.example\n/team:v1",
+    "registry.example/team@sha256:" + "a" * 64 + "\n",
+])
+def test_a_reference_with_a_trailing_newline_in_any_part_is_refused(text: str) -> None:  # found by lamina_fuzz
+    with pytest.raises(BadReference):
+        parse_reference(text)
