@@ -8,6 +8,13 @@ from pants.option.subsystem import Subsystem
 from pants.util.strutil import softwrap
 
 
+# The special values of `[lamina].lockfile` (the strings Pants' own tools use).
+DEFAULT_LOCKFILE = "<default>"
+NO_LOCKFILE = "<none>"
+# The built-in lockfile, a resource of this package.
+BUILTIN_LOCKFILE = ("lamina_pants", "core.lock")
+
+
 class PushCompression(Enum):
     gzip = "gzip"
     zstd = "zstd"
@@ -19,11 +26,16 @@ class LaminaSubsystem(Subsystem):
     help = "Options for lamina, which composes container images from layers of existing images."
 
     interpreter_constraints = StrListOption(
-        default=["CPython>=3.9,<3.14"],
+        default=["CPython==3.9.*"],
         help=softwrap(
             """
             Python interpreters that may run the lamina core (layer extraction and composition
-            run as sandboxed processes of this interpreter).
+            run as sandboxed processes of this interpreter). One minor version by default: the
+            core's PEX is part of every lamina process's cache key, so machines that share a
+            remote cache must build it for the same interpreter version (the path it is found
+            at does not matter). Another version needs a lockfile made for it (see
+            `[lamina].lockfile`), e.g. `interpreter_constraints = ["CPython==3.11.*"]`,
+            `lockfile = "3rdparty/lamina.lock"`, then `pants generate-lockfiles --resolve=lamina`.
             """
         ),
         advanced=True,
@@ -61,7 +73,33 @@ class LaminaSubsystem(Subsystem):
     )
     requirements = StrListOption(
         default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0"],
-        help="Requirements of the lamina core, resolved from PyPI into its PEX.",
+        help=softwrap(
+            """
+            Third-party requirements of the lamina core, installed into its PEX from
+            `[lamina].lockfile`, which must have been made from exactly these (Pants checks it, see
+            `[python].invalid_lockfile_behavior`). Change them only together with a lockfile of
+            your own.
+            """
+        ),
+        advanced=True,
+    )
+    lockfile = StrOption(
+        default=DEFAULT_LOCKFILE,
+        help=softwrap(
+            f"""
+            The lockfile the lamina core's third-party requirements are installed from: every
+            transitive requirement pinned, with its hashes, so that every machine builds the same
+            PEX (the key of every lamina process in a shared remote cache) from the same bytes.
+
+            `{DEFAULT_LOCKFILE}` (the default) is the lockfile shipped inside the lamina-pants
+            plugin, made for the default `[lamina].requirements` and
+            `[lamina].interpreter_constraints`. A path (relative to the build root) is a lockfile
+            of your own, e.g. for another interpreter version or a patched requirement: set
+            `lockfile = "3rdparty/lamina.lock"` and run `pants generate-lockfiles --resolve=lamina`
+            to write it (again whenever those two options change). `{NO_LOCKFILE}` resolves the
+            requirements afresh each time the PEX is built, without pins beyond their own.
+            """
+        ),
         advanced=True,
     )
     report_io = BoolOption(

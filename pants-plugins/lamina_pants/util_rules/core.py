@@ -8,8 +8,12 @@ from typing import Iterable, Optional
 
 from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
-from pants.backend.python.util_rules.pex import PexRequest, VenvPex, VenvPexProcess
-from pants.backend.python.util_rules.pex_requirements import PexRequirements
+from pants.backend.python.goals import lockfile as python_lockfile
+from pants.backend.python.goals.lockfile import GeneratePythonLockfile, GeneratePythonToolLockfileSentinel
+from pants.backend.python.util_rules.pex import Pex, PexRequest, VenvPex, VenvPexProcess
+from pants.backend.python.util_rules.pex_requirements import EntireLockfile, Lockfile, PexRequirements
+from pants.core.goals.generate_lockfiles import GenerateToolLockfileSentinel
+from pants.core.util_rules.lockfile_metadata import calculate_invalidation_digest
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
@@ -24,12 +28,14 @@ from pants.engine.process import (
     ProcessResultMetadata,
 )
 from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.unions import UnionRule
 from pants.engine.target import SourcesField, Target, TransitiveTargets, TransitiveTargetsRequest
 from pants.util.frozendict import FrozenDict
+from pants.util.ordered_set import FrozenOrderedSet
 from pants.util.logging import LogLevel
 
 from lamina import __version__ as lamina_version
-from lamina_pants.subsystem import LaminaSubsystem
+from lamina_pants.subsystem import BUILTIN_LOCKFILE, DEFAULT_LOCKFILE, NO_LOCKFILE, LaminaSubsystem
 
 
 logger = logging.getLogger(__name__)
@@ -82,24 +88,76 @@ def core_requirement() -> str:
     return f"lamina=={lamina_version}"
 
 
+def core_requirements(subsystem: LaminaSubsystem) -> "PexRequirements | EntireLockfile":
+    """`[lamina].requirements`, installed from `[lamina].lockfile` (pinned, with hashes) unless that
+    is `<none>`. Pants checks that the lockfile was made from these requirements and for
+    interpreter constraints that cover `[lamina].interpreter_constraints`."""
+    requirements = tuple(subsystem.requirements)
+    if subsystem.lockfile == NO_LOCKFILE:
+        return PexRequirements(requirements, description_of_origin="[lamina].requirements")
+    if subsystem.lockfile == DEFAULT_LOCKFILE:
+        url = f"resource://{BUILTIN_LOCKFILE[0]}/{BUILTIN_LOCKFILE[1]}"
+        origin = "the lockfile built into the lamina-pants plugin (`[lamina].lockfile`)"
+    else:
+        url, origin = subsystem.lockfile, "the option `[lamina].lockfile`"
+    lockfile = Lockfile(
+        url=url,
+        url_description_of_origin=origin,
+        resolve_name=LaminaSubsystem.options_scope,
+        lockfile_hex_digest=calculate_invalidation_digest(requirements),
+    )
+    return EntireLockfile(lockfile, complete_req_strings=requirements)
+
+
+class LaminaLockfileSentinel(GeneratePythonToolLockfileSentinel):
+    resolve_name = LaminaSubsystem.options_scope
+
+
+@rule(desc="The lamina core's lockfile request", level=LogLevel.DEBUG)
+async def lamina_lockfile_request(_: LaminaLockfileSentinel, subsystem: LaminaSubsystem) -> GeneratePythonLockfile:
+    """`pants generate-lockfiles --resolve=lamina` writes `[lamina].lockfile` (a path; Pants refuses
+    the built-in `<default>` and `<none>` with a message saying to set one)."""
+    return GeneratePythonLockfile(
+        requirements=FrozenOrderedSet(subsystem.requirements),
+        interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
+        resolve_name=LaminaSubsystem.options_scope,
+        lockfile_dest=subsystem.lockfile,
+        diff=False,
+    )
+
+
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
 async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
-    requirements = PexRequirements(subsystem.requirements, description_of_origin="[lamina].requirements")
+    interpreter_constraints = InterpreterConstraints(subsystem.interpreter_constraints)
+    requirements = core_requirements(subsystem)
     if not subsystem.core_target:
-        # The installed plugin: the core is the `lamina` distribution of the plugin's version,
-        # resolved like any third-party requirement (`[python-repos]` indexes and find_links).
+        # The installed plugin: the core is the `lamina` distribution of the plugin's version
+        # (which requires nothing itself; its requirements are `[lamina].requirements`), resolved
+        # like any third-party requirement (`[python-repos]` indexes and find_links), beside a
+        # PEX of the locked requirements.
         try:
+            locked = await Get(
+                Pex,
+                PexRequest(
+                    output_filename="lamina-requirements.pex",
+                    internal_only=True,
+                    requirements=requirements,
+                    interpreter_constraints=interpreter_constraints,
+                    description="Building the lamina core's requirements",
+                ),
+            )
             pex = await Get(
                 VenvPex,
                 PexRequest(
                     output_filename="lamina.pex",
                     internal_only=True,
                     requirements=PexRequirements(
-                        (core_requirement(), *subsystem.requirements),
-                        description_of_origin="the lamina core (`[lamina].core_target` unset) and `[lamina].requirements`",
+                        (core_requirement(),),
+                        description_of_origin="the lamina core (`[lamina].core_target` unset)",
                     ),
-                    interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
+                    interpreter_constraints=interpreter_constraints,
                     main=EntryPoint("lamina.cli", "main"),
+                    pex_path=(locked,),
                     description=f"Building the lamina core ({core_requirement()})",
                 ),
             )
@@ -136,7 +194,7 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             output_filename="lamina.pex",
             internal_only=True,
             requirements=requirements,
-            interpreter_constraints=InterpreterConstraints(subsystem.interpreter_constraints),
+            interpreter_constraints=interpreter_constraints,
             main=EntryPoint("lamina.cli", "main"),
             sources=stripped.snapshot.digest,
             description="Building the lamina core",
@@ -234,4 +292,9 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
 
 
 def rules() -> Iterable:
-    return collect_rules()
+    return (
+        *collect_rules(),
+        # the Python lockfile rules, also in repos that do not enable Pants' Python backend
+        *python_lockfile.rules(),
+        UnionRule(GenerateToolLockfileSentinel, LaminaLockfileSentinel),
+    )
