@@ -59,6 +59,33 @@ def _remote_flags(address: str, *, read: bool, write: bool, cache_dir: Path, nam
     ]
 
 
+def _interpreter_copy(dest: Path) -> Path:
+    """This interpreter's installation at another path (hard links where the file system allows):
+    what another machine's interpreter looks like to Pants. Returns its `python3.9`."""
+    import shutil
+    import sys
+
+    prefix = Path(sys.base_prefix)
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    shutil.copytree(prefix, dest, symlinks=True, copy_function=link)
+    exe = dest / "bin" / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    assert exe.exists(), sorted(p.name for p in (dest / "bin").iterdir())
+    return exe
+
+
+def _machine_env(root: Path) -> dict:
+    """PATH (system directories only), HOME and TMPDIR of another machine."""
+    for name in ("home", "tmp"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(root / "home"), "TMPDIR": str(root / "tmp")}
+
+
 @pytest.fixture(scope="module")
 def named_caches(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("named-caches")
@@ -98,10 +125,18 @@ def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
         # every write finished (one cut off at the end of the session counts as neither success nor error)
         assert stats_a["remote_cache_write_attempts"] == stats_a["remote_cache_write_successes"], stats_a
 
+        # Another machine: another checkout path, PATH, HOME and TMPDIR, and the interpreter at another path.
         b = _repo(tmp_path / "checkout-b", archive)
+        elsewhere = tmp_path / "machine-b"
+        python_b = _interpreter_copy(elsewhere / "python")
+        env_b = _machine_env(elsewhere)
         second = b.pants("package", "images:img",
                          *_remote_flags(server.address, read=True, write=False, cache_dir=tmp_path / "cache-b",
-                                        named_caches=named_caches))
+                                        named_caches=named_caches),
+                         f"--python-bootstrap-search-path=['{python_b.parent}']", env=env_b)
+        # the run used the copy: Pants names the interpreter it chose at debug level only, so this
+        # checks the option took (no interpreter on B's PATH could have been found instead)
+        assert not any(Path(d, "python3.9").exists() for d in env_b["PATH"].split(":")), env_b["PATH"]
         stats_b = _stats(second.stderr)
         print(f"peak RSS of pants (engine in-process): A {a.last_max_rss_kib >> 10} MiB, "
               f"B {b.last_max_rss_kib >> 10} MiB")
