@@ -15,6 +15,12 @@ NO_LOCKFILE = "<none>"
 BUILTIN_LOCKFILE = ("lamina_pants", "core.lock")
 
 
+class UnownedArchiveBehavior(Enum):
+    error = "error"
+    warning = "warning"
+    ignore = "ignore"
+
+
 class PushCompression(Enum):
     gzip = "gzip"
     zstd = "zstd"
@@ -126,6 +132,20 @@ class LaminaSubsystem(Subsystem):
             sent nothing. The image's config (its diff_ids) is the same whatever is chosen; local
             outputs (`pants package`) keep the uncompressed bytes. Layers that come compressed
             (from a registry, an OCI layout) are sent as they are.
+            """
+        ),
+    )
+    unowned_archive_behavior = EnumOption(
+        default=UnownedArchiveBehavior.error,
+        help=softwrap(
+            """
+            What to do when an `image` or `base` names an archive or OCI layout by path that no
+            target owns: such a file is no edge of Pants' graph, so `pants dependents` and
+            `--changed-since=... --changed-dependents=transitive` would not know which images use
+            it, and CI would skip an image whose archive changed. `error` (the default) fails,
+            naming the file and the line to add to its BUILD file, e.g.
+            `file(name="base_tar", source="base.tar")`; `warning` builds it all the same and
+            says so; `ignore` builds it silently.
             """
         ),
     )

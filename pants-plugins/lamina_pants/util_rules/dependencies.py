@@ -14,10 +14,15 @@ from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import FieldSet, InferDependenciesRequest, InferredDependencies
 from pants.engine.unions import UnionRule
 
+from lamina_pants.subsystem import LaminaSubsystem, UnownedArchiveBehavior
 from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField
 from lamina_pants.util_rules.image_source import is_address, names_files, split_path_value
 
 logger = logging.getLogger(__name__)
+
+
+class UnownedArchiveError(Exception):
+    """An `image` or `base` names a file no target owns (`[lamina].unowned_archive_behavior`)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ class _ValueDependencies:
 
 
 @rule
-async def value_dependencies(request: _ValueDependencies) -> InferredDependencies:
+async def value_dependencies(request: _ValueDependencies, lamina: LaminaSubsystem) -> InferredDependencies:
     value, address = request.value, request.address
     if is_address(value):
         addresses = await Get(
@@ -67,16 +72,21 @@ async def value_dependencies(request: _ValueDependencies) -> InferredDependencie
     if not files:
         return InferredDependencies([])  # a missing archive fails the build, naming it
     owners = await Get(Owners, OwnersRequest(tuple(files)))
-    if not owners:
-        # Built all the same (the plugin reads the files itself), but invisible to Pants' graph.
+    behavior = lamina.unowned_archive_behavior
+    if not owners and behavior != UnownedArchiveBehavior.ignore:
+        # The plugin could read the files itself, but they would be invisible to Pants' graph.
         directory, _, name = path.rpartition("/")
         target = (f'file(name="{name.replace(".", "_")}", source="{name}")' if files == (path,)
                   else f'files(name="{name.replace(".", "_")}", sources=["{name}/**"])')
-        logger.warning(
-            f"{address}: `{request.field_alias}` names {path}, which no target owns, so `pants dependents` and "
-            f"`--changed-since` do not know that {address} uses it; add to {directory + '/' if directory else ''}BUILD: "
-            f"{target}"
-        )
+        where = f"{directory}/BUILD" if directory else "BUILD"
+        problem = (f"{address}: `{request.field_alias}` names {path}, which no target owns, so `pants dependents` "
+                   f"and `--changed-since` would not know that {address} uses it")
+        if behavior == UnownedArchiveBehavior.error:
+            raise UnownedArchiveError(
+                f"{problem}. Add to {where}: {target}\n(or set `[lamina].unowned_archive_behavior` to "
+                '"warning" to build it all the same)'
+            )
+        logger.warning(f"{problem}; add to {where}: {target}")
     return InferredDependencies(sorted(owners.keys()))
 
 

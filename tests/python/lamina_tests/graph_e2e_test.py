@@ -31,7 +31,7 @@ def _git(repo: SampleRepo, *args: str) -> None:
 
 
 def test_dependents_and_changed_since_see_the_images_that_use_an_archive(tmp_path: Path) -> None:
-    repo = SampleRepo(tmp_path / "repo")
+    repo = SampleRepo(tmp_path / "repo", own_files=False)
     nonce = uuid.uuid4().hex
     images = repo.root / "images"
     images.mkdir()
@@ -45,9 +45,16 @@ def test_dependents_and_changed_since_see_the_images_that_use_an_archive(tmp_pat
     direct = repo.pants("dependents", "images/b.tar").stdout.split()
     assert direct == ["images:uses_b"], direct
 
-    # An archive no target owns still builds, and the warning shows the line to add.
-    result = repo.pants("dependencies", "images:c_top")
-    assert 'file(name="c_tar", source="c.tar")' in result.stderr and "images/BUILD" in result.stderr, result.stderr
+    # An archive no target owns is an error that shows the line to add, no traceback; as a warning
+    # (the option), it builds.
+    result = repo.pants("dependencies", "images:c_top", check=False)
+    assert result.returncode != 0, result.stderr
+    assert 'Add to images/BUILD: file(name="c_tar", source="c.tar")' in result.stderr, result.stderr
+    assert "images:c_top: `image` names images/c.tar, which no target owns" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    result = repo.pants("--lamina-unowned-archive-behavior=warning", "dependencies", "images:c_top")
+    assert "[WARN]" in result.stderr and 'file(name="c_tar", source="c.tar")' in result.stderr, result.stderr
+    repo.write("images/BUILD", BUILD.replace('docker_layer(name="c_top"', 'file(name="c_tar", source="c.tar")\ndocker_layer(name="c_top"'))
 
     _git(repo, "init", "-q")
     _git(repo, "add", "-A")

@@ -19,6 +19,9 @@ CORE_BUILD = 'files(name="core_files", sources=["lamina/**/*.py", "!lamina/**/*_
 CORE_TARGET = "src/python:core_files"
 
 
+OWN_FILES_BUILD = 'files(name="test_files", sources=["**/*", "!**/BUILD", "!pants.toml", "!BUILD_ROOT", "!src/**"])\n'
+
+
 def _checkout_dir(name: str) -> Path:
     for base in (Path.cwd(), *Path.cwd().parents):
         if (base / name).is_dir():
@@ -56,8 +59,10 @@ def pants_pex_section() -> str:
 
 class SampleRepo:
     def __init__(self, root: Path, extra_toml: str = "", lamina_toml: str = "",
-                 installed_plugin: Optional[Tuple[str, Path]] = None) -> None:
+                 installed_plugin: Optional[Tuple[str, Path]] = None, own_files: bool = True) -> None:
         """`extra_toml` is appended to pants.toml; `lamina_toml` are lines of its `[lamina]` table.
+        `own_files`: a root BUILD file's `files` target owns every file the test writes (but BUILD
+        files, the core's copy and pants.toml).
 
         By default the plugin and core come from this checkout (pythonpath, a copy of the core
         for `[lamina].core_target`). `installed_plugin=(requirement, wheel_dir)` installs them as a
@@ -102,6 +107,10 @@ env_vars = ["PIP_CONFIG_FILE=/dev/null"]
 """
         )
         (root / "BUILD_ROOT").write_text("")
+        if own_files:
+            # Every file the test puts in the repo (archives, layouts) is owned by a target, as
+            # `[lamina].unowned_archive_behavior` wants; tests of that option pass own_files=False.
+            (root / "BUILD").write_text(OWN_FILES_BUILD)
         if installed_plugin is None:
             copy_core(root)
 
