@@ -69,7 +69,7 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         reference, extra = source.reference_under(source_dir), source.extra_argv
         read_only = ((source_dir, source.digest),) if source.path_at is not None else ()
         flags += (f"--select={target[DockerLayerSelectorField].value}",)
-        env, scope = source.extra_env, source.cache_scope
+        env, scope, caches = source.extra_env, source.cache_scope, source.append_only_caches
         digest = EMPTY_DIGEST
     elif target.has_field(ComposedImageBaseField):
         # The composed image as its compose spec describes it, its layers read from Pants' bundles
@@ -77,7 +77,7 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         field_set = ComposedImageFieldSet.create(target)
         inputs = await Get(ComposeInputs, ComposedImageFieldSet, field_set)
         reference, digest, read_only, extra, env = SPEC_FILE, inputs.spec, inputs.read_only, (), ()
-        scope = ProcessCacheScope.SUCCESSFUL
+        scope, caches = ProcessCacheScope.SUCCESSFUL, ()
         if request.conflicts:  # the package's own check: its scans (and usually the check) are cached
             report = await Get(CheckReport, CheckRequest, inputs.stack.check_request(field_set))
     else:
@@ -92,6 +92,7 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
             output_directory="__none",
             description=f"lamina: list layers of {target.address}",
             extra_env=env,
+            append_only_caches=caches,
             cache_scope=scope,
         ),
     )

@@ -14,10 +14,9 @@ from pants.core.goals.publish import (
 )
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import CreateDigest, Digest, FileContent
-from pants.engine.process import InteractiveProcess, Process, ProcessCacheScope
+from pants.engine.process import InteractiveProcess, ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
-from pants.backend.python.util_rules.pex import VenvPexProcess
 from pants.option.global_options import KeepSandboxes
 
 from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
@@ -29,7 +28,7 @@ from lamina_pants.target_types import (
     ComposedImageSkipPushField,
     ComposedImageTagsField,
 )
-from lamina_pants.util_rules.core import LaminaCore
+from lamina_pants.util_rules.core import LaminaCore, core_process
 from lamina_pants.util_rules.distribution import CompressedLayers, CompressedLayersRequest
 
 
@@ -90,17 +89,13 @@ async def publish_composed_image(
         )
         read_only = (*read_only, *compressed.dirs)
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
-    process = await Get(
-        Process,
-        VenvPexProcess(
-            core.pex,
-            argv=("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}",
-                  *lamina.registry_args()),
-            input_digest=spec_digest,
-            description=f"lamina: push {fs.address}",
-            extra_env=dict(env),
-            cache_scope=ProcessCacheScope.PER_SESSION,
-        ),
+    process = await core_process(
+        core,
+        ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *lamina.registry_args()),
+        input_digest=spec_digest,
+        description=f"lamina: push {fs.address}",
+        env=dict(env),
+        cache_scope=ProcessCacheScope.PER_SESSION,
     )
     interactive = InteractiveProcess(
         process.argv,

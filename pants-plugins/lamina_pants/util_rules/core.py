@@ -1,16 +1,19 @@
 """The lamina core as a PEX, and running it as a sandboxed, cacheable process."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
+import hashlib
+import json
 from typing import Iterable, Optional
 
 from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
 from pants.backend.python.util_rules.interpreter_constraints import InterpreterConstraints
 from pants.backend.python.goals import lockfile as python_lockfile
 from pants.backend.python.goals.lockfile import GeneratePythonLockfile, GeneratePythonToolLockfileSentinel
-from pants.backend.python.util_rules.pex import Pex, PexRequest, VenvPex, VenvPexProcess
+from pants.backend.python.target_types import PexLayout
+from pants.backend.python.util_rules.pex import Pex, PexRequest
+from pants.backend.python.util_rules.pex_environment import PythonExecutable
 from pants.backend.python.util_rules.pex_requirements import EntireLockfile, Lockfile, PexRequirements
 from pants.core.goals.generate_lockfiles import GenerateToolLockfileSentinel
 from pants.core.util_rules.lockfile_metadata import calculate_invalidation_digest
@@ -18,19 +21,19 @@ from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
-from pants.engine.fs import Digest
+from pants.engine.fs import Digest, MergeDigests
 from pants.engine.internals.session import RunId
 from pants.engine.process import (
     FallibleProcessResult,
     Process,
     ProcessCacheScope,
     ProcessExecutionFailure,
+    ProcessResult,
     ProcessResultMetadata,
 )
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.unions import UnionRule
 from pants.engine.target import SourcesField, Target, TransitiveTargets, TransitiveTargetsRequest
-from pants.util.frozendict import FrozenDict
 from pants.util.ordered_set import FrozenOrderedSet
 from pants.util.logging import LogLevel
 
@@ -47,7 +50,17 @@ class LaminaBuildError(Exception):
 
 @dataclass(frozen=True)
 class LaminaCore:
-    pex: VenvPex
+    """The core's PEX and the interpreter that runs it.
+
+    Every lamina process's cache key holds the PEX, so it must be the same bytes on every machine
+    that shares a remote cache: a plain (packed) PEX is, while Pants' venv PEX scripts name the
+    machine's PATH and interpreter path. The processes do not name the interpreter either: they
+    run it through `link`, a symlink in a Pants named cache (never part of a key) that a small
+    per-session step points at the interpreter this machine found for the constraints."""
+
+    pex: Pex
+    python: PythonExecutable
+    link: str  # the interpreter's symlink, relative to a sandbox
 
 
 # The module the PEX runs (`lamina.cli:main`), by its path relative to its source root.
@@ -126,6 +139,31 @@ async def lamina_lockfile_request(_: LaminaLockfileSentinel, subsystem: LaminaSu
     )
 
 
+CORE_PEX = "lamina.pex"
+# The PEX makes a venv of itself in PEX_ROOT on its first run, and runs from it after: start-up as
+# fast as Pants' venv PEXes, without their machine-specific scripts.
+_VENV_ARGS = ("--venv", "--venv-site-packages-copies")
+# Named caches: the interpreter's symlink, and PEX_ROOT (Pants' own, which its PEXes use too).
+INTERPRETER_CACHE = ("lamina_python", ".cache/lamina_python")
+PEX_ROOT_CACHE = ("pex_root", ".cache/pex_root")
+# A fixed PATH (the credential helpers `docker-credential-*` are looked up on it): the machine's
+# own would be part of every key.
+PROCESS_PATH = "/usr/local/bin:/usr/bin:/bin"
+# Points the symlink "$2" at "$1" unless it already does; a new link replaces the old in one rename.
+_LINK_SCRIPT = (
+    'set -e; mkdir -p "$(dirname "$2")"; '
+    'if [ "$(readlink "$2" 2>/dev/null || true)" != "$1" ]; then ln -sfn "$1" "$2.$$"; mv -f "$2.$$" "$2"; fi'
+)
+
+
+async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints) -> LaminaCore:
+    python = await Get(PythonExecutable, InterpreterConstraints, interpreter_constraints)
+    # One link per set of constraints (the same name on every machine): repositories on one
+    # machine with other constraints do not repoint each other's.
+    key = hashlib.sha256(json.dumps(sorted(str(c) for c in interpreter_constraints)).encode()).hexdigest()[:16]
+    return LaminaCore(pex, python, f"{INTERPRETER_CACHE[1]}/{key}/python")
+
+
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
 async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
     interpreter_constraints = InterpreterConstraints(subsystem.interpreter_constraints)
@@ -147,10 +185,12 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
                 ),
             )
             pex = await Get(
-                VenvPex,
+                Pex,
                 PexRequest(
-                    output_filename="lamina.pex",
+                    output_filename=CORE_PEX,
                     internal_only=True,
+                    layout=PexLayout.PACKED,
+                    additional_args=_VENV_ARGS,
                     requirements=PexRequirements(
                         (core_requirement(),),
                         description_of_origin="the lamina core (`[lamina].core_target` unset)",
@@ -163,7 +203,7 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             )
         except ProcessExecutionFailure as e:
             raise LaminaCoreConfigError(_core_resolve_error(e.stderr.decode(errors="replace"), subsystem)) from None
-        return LaminaCore(pex)
+        return await _core(pex, interpreter_constraints)
     origin = "the option `[lamina].core_target`"
     addresses = await Get(
         Addresses, UnparsedAddressInputs([subsystem.core_target], owning_address=None, description_of_origin=origin)
@@ -189,10 +229,12 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             f"root, or unset it to use the `{core_requirement()}` distribution."
         )
     pex = await Get(
-        VenvPex,
+        Pex,
         PexRequest(
-            output_filename="lamina.pex",
+            output_filename=CORE_PEX,
             internal_only=True,
+            layout=PexLayout.PACKED,
+            additional_args=_VENV_ARGS,
             requirements=requirements,
             interpreter_constraints=interpreter_constraints,
             main=EntryPoint("lamina.cli", "main"),
@@ -200,7 +242,58 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             description="Building the lamina core",
         ),
     )
-    return LaminaCore(pex)
+    return await _core(pex, interpreter_constraints)
+
+
+@dataclass(frozen=True)
+class InterpreterLinked:
+    pass
+
+
+@rule(desc="Find the interpreter for lamina", level=LogLevel.DEBUG)
+async def link_interpreter(core: LaminaCore) -> InterpreterLinked:
+    """Once a session: point the core's interpreter link at the interpreter found on this machine."""
+    await Get(
+        ProcessResult,
+        Process(
+            argv=("/bin/sh", "-c", _LINK_SCRIPT, "sh", core.python.path, core.link),
+            description=f"lamina: use {core.python.path}",
+            level=LogLevel.DEBUG,
+            append_only_caches=dict((INTERPRETER_CACHE,)),
+            env={"PATH": PROCESS_PATH},
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        ),
+    )
+    return InterpreterLinked()
+
+
+async def core_process(
+    core: LaminaCore,
+    argv: tuple[str, ...],
+    *,
+    input_digest: Digest,
+    description: str,
+    env: "dict[str, str]",
+    cache_scope: ProcessCacheScope,
+    output_directories: tuple[str, ...] = (),
+    read_only_inputs: tuple[tuple[str, Digest], ...] = (),
+    append_only_caches: tuple[tuple[str, str], ...] = (),
+    level: LogLevel = LogLevel.INFO,
+) -> Process:
+    """A process running the lamina CLI with `argv`: nothing in it names this machine (see LaminaCore)."""
+    await Get(InterpreterLinked, LaminaCore, core)
+    merged = await Get(Digest, MergeDigests((core.pex.digest, input_digest)))
+    return Process(
+        argv=(core.link, CORE_PEX, *argv),
+        description=description,
+        level=level,
+        input_digest=merged,
+        immutable_input_digests=dict(read_only_inputs),
+        append_only_caches=dict((INTERPRETER_CACHE, PEX_ROOT_CACHE, *append_only_caches)),
+        env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true", **env},
+        output_directories=output_directories,
+        cache_scope=cache_scope,
+    )
 
 
 @dataclass(frozen=True)
@@ -221,6 +314,9 @@ class LaminaRun:
     # sandbox that needs it, instead of copying its bytes into each sandbox; they are part of the
     # cache key like `input_digest`.
     read_only_inputs: tuple[tuple[str, Digest], ...] = ()
+    # Pants named caches (name, path in the sandbox): shared across runs and never part of the
+    # cache key, whatever they hold (see image_source.CREDENTIALS_CACHE).
+    append_only_caches: tuple[tuple[str, str], ...] = ()
 
 
 def read_only_dir(role: str, digest: Digest) -> str:
@@ -248,30 +344,21 @@ def ran_in(metadata: ProcessResultMetadata) -> Optional[int]:
 
 @rule
 async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubsystem) -> LaminaRunResult:
-    process = await Get(
-        Process,
-        VenvPexProcess(
-            core.pex,
-            argv=request.argv,
-            input_digest=request.input_digest,
-            output_directories=(request.output_directory,),
-            description=request.description,
-            level=LogLevel.INFO,
-            cache_scope=request.cache_scope,
-            # Pants takes the outputs over into its store; an fsync in the sandbox only costs.
-            # LAMINA_TMPDIR: temporary files (an engine image's export) go in the sandbox, not /tmp
-            extra_env={"LAMINA_NO_FSYNC": "1", "LAMINA_TMPDIR": ".",
-                       **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
-                       **dict(request.extra_env)},
-        ),
+    process = await core_process(
+        core,
+        request.argv,
+        input_digest=request.input_digest,
+        description=request.description,
+        cache_scope=request.cache_scope,
+        output_directories=(request.output_directory,),
+        read_only_inputs=request.read_only_inputs,
+        append_only_caches=request.append_only_caches,
+        # Pants takes the outputs over into its store; an fsync in the sandbox only costs.
+        # LAMINA_TMPDIR: temporary files (an engine image's export) go in the sandbox, not /tmp
+        env={"LAMINA_NO_FSYNC": "1", "LAMINA_TMPDIR": ".",
+             **({"LAMINA_REPORT_IO": "1"} if subsystem.report_io else {}),
+             **dict(request.extra_env)},
     )
-    if request.read_only_inputs:
-        process = dataclasses.replace(
-            process,
-            immutable_input_digests=FrozenDict(
-                {**process.immutable_input_digests, **dict(request.read_only_inputs)}
-            ),
-        )
     result = await Get(FallibleProcessResult, Process, process)
     for line in result.stderr.decode(errors="replace").splitlines():
         if line.startswith("lamina: warning: "):

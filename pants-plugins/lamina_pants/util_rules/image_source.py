@@ -40,6 +40,7 @@ class ResolvedImageSource:
     extra_argv: tuple[str, ...] = ()
     extra_env: tuple[tuple[str, str], ...] = ()
     cache_scope: ProcessCacheScope = ProcessCacheScope.SUCCESSFUL
+    append_only_caches: tuple[tuple[str, str], ...] = ()
     # For sources in `digest`: the text of `reference` before the path into the digest (the
     # transport, e.g. "docker-archive:", or ""). None when the reference names no files.
     path_at: Optional[int] = None
@@ -62,6 +63,45 @@ class RegistryImageRequest:
     value: str
     address: Address
     field_alias: str
+
+
+# A Pants named cache (shared by every run, and no part of any process's key), and the file in
+# it where this session's credentials-where step writes the paths of the user's Docker config and
+# certs.d; cached registry processes name it in LAMINA_CREDENTIALS_FROM (lamina/registry/where.py).
+CREDENTIALS_CACHE = ("lamina_credentials", ".cache/lamina_credentials")
+CREDENTIALS_FILE = f"{CREDENTIALS_CACHE[1]}/where.json"
+_LOCATION_VARS = {"HOME", "DOCKER_CONFIG", "XDG_CONFIG_HOME"}
+
+
+@dataclass(frozen=True)
+class CredentialLocationsRequest:
+    env: tuple[tuple[str, str], ...]
+    address: Address  # for an error's message only: the step is the same for every target
+
+
+@dataclass(frozen=True)
+class CredentialLocations:
+    pass
+
+
+@rule
+async def credential_locations(request: CredentialLocationsRequest) -> CredentialLocations:
+    """Once a session (the same small process for every registry source): write where the user's
+    Docker config and certs.d are, paths only, so that cached processes find them."""
+    await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=("credentials-where", f"--write={CREDENTIALS_FILE}"),
+            input_digest=EMPTY_DIGEST,
+            output_directory="__none",
+            description="lamina: note where the Docker config and certs.d are",
+            extra_env=tuple((k, v) for k, v in request.env if k in _LOCATION_VARS),
+            append_only_caches=(CREDENTIALS_CACHE,),
+            cache_scope=ProcessCacheScope.PER_SESSION,
+        ),
+    )
+    return CredentialLocations()
 
 
 @rule
@@ -123,18 +163,26 @@ async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsy
         reference = resolved.stdout.decode().strip()
     # The extraction reads fixed bytes, so it is cached (locally and remotely) on the digest. Its
     # environment is part of its cache key, which Pants keeps in its caches and sends to a remote
-    # one: a proxy URL reaches it without credentials.
+    # one: a proxy URL reaches it without credentials, and where the user's credentials are
+    # (HOME, DOCKER_CONFIG, XDG_CONFIG_HOME: another machine's are other paths) reaches it in a
+    # file this session's own small step writes, outside the key.
+    await Get(CredentialLocations, CredentialLocationsRequest(env, address))
     return ResolvedImageSource(EMPTY_DIGEST, reference, value, extra_argv=lamina.registry_args(),
-                               extra_env=cacheable_env(env, address))
+                               extra_env=cacheable_env(env, address),
+                               append_only_caches=(CREDENTIALS_CACHE,))
 
 
 _PROXY_VARS = {"https_proxy", "http_proxy"}
 
 
 def cacheable_env(env: tuple[tuple[str, str], ...], address: Address) -> tuple[tuple[str, str], ...]:
-    """`env` for a process whose results are cached: proxy URLs without their user:password."""
-    out = []
+    """`env` for a process whose results are cached: proxy URLs without their user:password, and
+    instead of the variables that say where credentials are (another machine's are other paths), the
+    file the session's credentials-where step writes them to."""
+    out = [("LAMINA_CREDENTIALS_FROM", CREDENTIALS_FILE)]
     for name, value in env:
+        if name in _LOCATION_VARS:
+            continue
         if name.lower() in _PROXY_VARS and "@" in value:
             scheme, sep, rest = value.rpartition("://")
             host = rest.rpartition("@")[2]
@@ -145,7 +193,7 @@ def cacheable_env(env: tuple[tuple[str, str], ...], address: Address) -> tuple[t
                 "they work only through a proxy that needs none for them. Lookups and `pants publish` use them."
             )
         out.append((name, value))
-    return tuple(out)
+    return tuple(sorted(out))
 
 
 def _has_tag(value: str) -> bool:

@@ -96,6 +96,7 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
             output_directory=BUNDLE_DIR,
             description=f"lamina: extract {what}",
             extra_env=request.source.extra_env,
+            append_only_caches=request.source.append_only_caches,
             cache_scope=request.source.cache_scope,
         ),
     )

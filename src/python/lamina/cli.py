@@ -265,6 +265,13 @@ def _registry_client(source: str, options: "RegistryOptions") -> "Optional[Regis
     return RegistryClient(parse_reference(source).registry, options)
 
 
+def cmd_credentials_where(args: argparse.Namespace) -> int:
+    from lamina.registry.where import write_locations
+
+    write_locations(args.write, os.environ)
+    return 0
+
+
 def cmd_resolve(args: argparse.Namespace) -> int:
     from lamina.registry.source import resolve
 
@@ -551,6 +558,11 @@ def parser() -> argparse.ArgumentParser:
     rs.add_argument("reference", help="[docker://]HOST[:PORT]/REPO[:TAG]")
     _registry_flags(rs)
     rs.set_defaults(func=cmd_resolve)
+
+    cw = sub.add_parser("credentials-where", help="write where this environment's Docker config and certs.d "
+                        "are (paths, no credentials) to a JSON file that LAMINA_CREDENTIALS_FROM can name")
+    cw.add_argument("--write", required=True, help="the JSON file to write (replaced whole)")
+    cw.set_defaults(func=cmd_credentials_where)
 
     di = sub.add_parser("daemon-id", help="print the ID of an image in the Docker engine (DOCKER_HOST)")
     di.add_argument("name", help="image name or ID in the engine")

@@ -61,11 +61,18 @@ class RegistryOptions:
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str], **overrides: Any) -> "RegistryOptions":
-        """Options from the environment: credentials from the Docker config it names (DOCKER_CONFIG, HOME),
+        """Options from the environment: credentials from the Docker config it names (DOCKER_CONFIG, HOME, or
+        the file LAMINA_CREDENTIALS_FROM names, which takes precedence when it can be read),
         proxies (HTTPS_PROXY, HTTP_PROXY, NO_PROXY, either case) and certs.d roots (LAMINA_CERTS_D, else
         /etc/docker/certs.d and $XDG_CONFIG_HOME/docker/certs.d or ~/.config/docker/certs.d)."""
         read = {"docker_config": config_path(environ), "proxies": ProxyConfig.from_environ(environ),
                 "certs_d": certs_d_roots(environ)}
+        # A cached process finds them in the file a per-session step wrote (see registry/where.py).
+        from lamina.registry.where import CREDENTIALS_FROM, read_locations
+
+        written = read_locations(environ[CREDENTIALS_FROM]) if environ.get(CREDENTIALS_FROM) else None
+        if written is not None:
+            read["docker_config"], read["certs_d"] = written
         return cls(**{**read, **overrides})
 
 
