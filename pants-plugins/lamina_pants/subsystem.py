@@ -186,9 +186,13 @@ class LaminaSubsystem(Subsystem):
             user's Docker credentials (`$DOCKER_CONFIG/config.json` or `~/.docker/config.json`,
             including credential helpers), `DOCKER_HOST` and the proxies to use
             (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`, in either case, as Docker and pip read them).
-            Those that are set are part of the cache key of registry extractions, which get a
-            proxy URL without its `user:password` (a cached process's environment is stored in
-            Pants' caches); lookups and `pants publish` get it whole. Add e.g.
+            Cached registry extractions do not get `HOME`, `DOCKER_CONFIG` or `XDG_CONFIG_HOME`
+            (they would make the key machine-specific): a small per-session step writes where the
+            Docker config and certs.d are (paths only) to the named cache `lamina_credentials`,
+            and the extractions read them from there. The other variables that are set are part
+            of their cache key; a proxy URL reaches them without its `user:password` (a cached
+            process's environment is stored in Pants' caches); lookups and `pants publish` get
+            everything whole. Add e.g.
             `SSL_CERT_FILE` for a system trust store in an unusual place, or `XDG_CONFIG_HOME`
             for rootless Docker's `certs.d`.
             """
