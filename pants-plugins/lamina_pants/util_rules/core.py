@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-import hashlib
-import json
 from typing import Iterable, Optional
 
 from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
@@ -21,7 +19,7 @@ from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
-from pants.engine.fs import Digest, MergeDigests
+from pants.engine.fs import Digest
 from pants.engine.internals.session import RunId
 from pants.engine.process import (
     FallibleProcessResult,
@@ -50,17 +48,17 @@ class LaminaBuildError(Exception):
 
 @dataclass(frozen=True)
 class LaminaCore:
-    """The core's PEX and the interpreter that runs it.
+    """The core's PEX, the interpreter that runs it, and where processes find the two.
 
     Every lamina process's cache key holds the PEX, so it must be the same bytes on every machine
     that shares a remote cache: a plain (packed) PEX is, while Pants' venv PEX scripts name the
-    machine's PATH and interpreter path. The processes do not name the interpreter either: they
-    run it through `link`, a symlink in a Pants named cache (never part of a key) that a small
-    per-session step points at the interpreter this machine found for the constraints."""
+    machine's PATH and interpreter path. The processes name neither: they run the PEX's venv
+    through `link`, a symlink in a Pants named cache (never part of a key) that a small
+    per-session step points at the venv it made with the interpreter this machine found."""
 
     pex: Pex
     python: PythonExecutable
-    link: str  # the interpreter's symlink, relative to a sandbox
+    link: str  # the symlink to the venv's entry script, relative to a sandbox
 
 
 # The module the PEX runs (`lamina.cli:main`), by its path relative to its source root.
@@ -140,28 +138,36 @@ async def lamina_lockfile_request(_: LaminaLockfileSentinel, subsystem: LaminaSu
 
 
 CORE_PEX = "lamina.pex"
-# The PEX makes a venv of itself in PEX_ROOT on its first run, and runs from it after: start-up as
-# fast as Pants' venv PEXes, without their machine-specific scripts.
+# The PEX makes a venv of itself in PEX_ROOT on its first run: processes run that venv's entry
+# script directly (no PEX bootstrap per process).
 _VENV_ARGS = ("--venv", "--venv-site-packages-copies")
-# Named caches: the interpreter's symlink, and PEX_ROOT (Pants' own, which its PEXes use too).
-INTERPRETER_CACHE = ("lamina_python", ".cache/lamina_python")
+# Named caches: the symlink to the core's venv, and PEX_ROOT (Pants' own, which its PEXes use too).
+LINK_CACHE = ("lamina_core", ".cache/lamina_core")
 PEX_ROOT_CACHE = ("pex_root", ".cache/pex_root")
+# Where the core's PEX is linked (read-only) into each process's sandbox: part of its key, not copied.
+CORE_DIR = "__lamina_core"
 # A fixed PATH (the credential helpers `docker-credential-*` are looked up on it): the machine's
 # own would be part of every key.
 PROCESS_PATH = "/usr/local/bin:/usr/bin:/bin"
-# Points the symlink "$2" at "$1" unless it already does; a new link replaces the old in one rename.
+# Makes the PEX's venv with the interpreter "$1" and points the symlink "$2" at the venv's entry
+# script, unless "$2" already works and was made with "$1" (then it only costs a shell); each file
+# is replaced in one rename.
 _LINK_SCRIPT = (
-    'set -e; mkdir -p "$(dirname "$2")"; '
-    'if [ "$(readlink "$2" 2>/dev/null || true)" != "$1" ]; then ln -sfn "$1" "$2.$$"; mv -f "$2.$$" "$2"; fi'
+    "set -e; "
+    'if [ -x "$2" ] && [ "$(cat "$2.interpreter" 2>/dev/null || true)" = "$1" ]; then exit 0; fi; '
+    'prefix=$(PEX_INTERPRETER=1 "$1" ' + CORE_PEX + " -c 'import sys; print(sys.prefix)'); "
+    'target=$(cd "$prefix" && pwd -P)/pex; test -x "$target"; '
+    'mkdir -p "$(dirname "$2")"; '
+    'ln -sfn "$target" "$2.$$"; mv -f "$2.$$" "$2"; '
+    'printf %s "$1" > "$2.interpreter.$$"; mv -f "$2.interpreter.$$" "$2.interpreter"'
 )
 
 
 async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints) -> LaminaCore:
     python = await Get(PythonExecutable, InterpreterConstraints, interpreter_constraints)
-    # One link per set of constraints (the same name on every machine): repositories on one
-    # machine with other constraints do not repoint each other's.
-    key = hashlib.sha256(json.dumps(sorted(str(c) for c in interpreter_constraints)).encode()).hexdigest()[:16]
-    return LaminaCore(pex, python, f"{INTERPRETER_CACHE[1]}/{key}/python")
+    # Named after the PEX (the same name on every machine, and another for another core), so a
+    # repository with another core on this machine does not repoint it.
+    return LaminaCore(pex, python, f"{LINK_CACHE[1]}/{pex.digest.fingerprint[:24]}/pex")
 
 
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
@@ -252,15 +258,17 @@ class InterpreterLinked:
 
 @rule(desc="Find the interpreter for lamina", level=LogLevel.DEBUG)
 async def link_interpreter(core: LaminaCore) -> InterpreterLinked:
-    """Once a session: point the core's interpreter link at the interpreter found on this machine."""
+    """Once a session: make the core's venv with the interpreter this machine found, and point the
+    core's link at it."""
     await Get(
         ProcessResult,
         Process(
             argv=("/bin/sh", "-c", _LINK_SCRIPT, "sh", core.python.path, core.link),
-            description=f"lamina: use {core.python.path}",
+            description=f"lamina: set up the core with {core.python.path}",
             level=LogLevel.DEBUG,
-            append_only_caches=dict((INTERPRETER_CACHE,)),
-            env={"PATH": PROCESS_PATH},
+            input_digest=core.pex.digest,
+            append_only_caches=dict((LINK_CACHE, PEX_ROOT_CACHE)),
+            env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true"},
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
@@ -280,16 +288,17 @@ async def core_process(
     append_only_caches: tuple[tuple[str, str], ...] = (),
     level: LogLevel = LogLevel.INFO,
 ) -> Process:
-    """A process running the lamina CLI with `argv`: nothing in it names this machine (see LaminaCore)."""
+    """A process running the lamina CLI with `argv`: nothing in it names this machine (see LaminaCore).
+    The PEX is a read-only input (in the key, linked into the sandbox, never copied); the process
+    runs its venv through the link."""
     await Get(InterpreterLinked, LaminaCore, core)
-    merged = await Get(Digest, MergeDigests((core.pex.digest, input_digest)))
     return Process(
-        argv=(core.link, CORE_PEX, *argv),
+        argv=(core.link, *argv),
         description=description,
         level=level,
-        input_digest=merged,
-        immutable_input_digests=dict(read_only_inputs),
-        append_only_caches=dict((INTERPRETER_CACHE, PEX_ROOT_CACHE, *append_only_caches)),
+        input_digest=input_digest,
+        immutable_input_digests={CORE_DIR: core.pex.digest, **dict(read_only_inputs)},
+        append_only_caches=dict((LINK_CACHE, PEX_ROOT_CACHE, *append_only_caches)),
         env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true", **env},
         output_directories=output_directories,
         cache_scope=cache_scope,
