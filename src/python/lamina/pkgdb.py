@@ -258,10 +258,11 @@ class MergePlan:
         }
 
 
-def _vote(stanza: Optional[Stanza]) -> str:
+def _vote(stanza: Optional[Stanza], with_status: bool = True) -> str:
+    """What a copy says of a package: "removed", or its version (and dpkg Status)."""
     if stanza is None:
         return "removed"
-    return f"version {stanza.version}" + (f", Status {stanza.status}" if stanza.status else "")
+    return f"version {stanza.version}" + (f", Status {stanza.status}" if stanza.status and with_status else "")
 
 
 def _merge_one(tool: str, path: str, copies: Sequence[tuple[StackLayer, list[Stanza]]]
@@ -287,7 +288,9 @@ def _merge_one(tool: str, path: str, copies: Sequence[tuple[StackLayer, list[Sta
             continue
         if len({_vote(s) for _, s in votes}) > 1:
             name = next(s for _, s in votes if s is not None).describe()
-            conflicts.append(Conflict(tool, path, name, tuple((_vote(s), l.name) for l, s in votes), top_layer.name))
+            statuses = len({s.status for _, s in votes if s is not None}) > 1  # named only where they differ
+            conflicts.append(Conflict(tool, path, name, tuple((_vote(s, statuses), l.name) for l, s in votes),
+                                      top_layer.name))
         elif top is not None:
             differing.append(top.describe())
         if top is not None:

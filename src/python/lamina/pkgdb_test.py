@@ -135,7 +135,7 @@ def test_different_versions_of_one_package_are_a_conflict_by_name_and_version() 
                               ("c", db(*BASE_PKGS, dpkg("gcc-12", "12.2")), frozenset({"diff0"}))))
     (conflict,) = found.conflicts
     assert conflict.package == "libc6:amd64"
-    assert "version 2.36-9+deb12u4" in conflict.message and "version 2.36-9," in conflict.message
+    assert "version 2.36-9+deb12u4 in b" in conflict.message and "version 2.36-9 in c" in conflict.message
     assert "in b" in conflict.message and "in c" in conflict.message and "takes c's" in conflict.message
     merged = found.merged[0].content.decode()
     assert "Version: 2.36-9\n" in merged and "gcc-12" in merged  # the highest copy's stanza
@@ -234,3 +234,19 @@ def test_the_cli_makes_the_layer_once_for_compose_and_check(tmp_path, sources, c
     assert main(["check", *indexes, f"--package-db={merge_dir}", "--on-conflict=error",
                  "--no-check-dependencies"]) == 0
     assert "info: /var/lib/dpkg/status differs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("on_conflict,severity", [("error", "error"), ("warn", "warning"), ("ignore", None)],
+                         ids=["error", "warn", "ignore"])
+def test_the_check_grades_package_conflicts_by_on_conflict(on_conflict, severity) -> None:  # type: ignore[no-untyped-def]
+    found = pkgdb.plan(_stack(("b", db(dpkg("libc6", "2.36")), frozenset()),
+                              ("c", db(dpkg("libc6", "2.37"), dpkg("zlib", "1")), frozenset())))
+    report = check([], Policy(on_conflict, check_dependencies=False), merge_report=found.report())
+    if severity is None:
+        assert not report.findings
+        return
+    (finding,) = report.findings
+    assert finding.severity == severity and "package libc6:amd64 (dpkg" in finding.message
+    assert "version 2.36 in b" in finding.message and "version 2.37 in c" in finding.message
+    if severity == "error":
+        assert "package libc6:amd64" in report.error_summary()
