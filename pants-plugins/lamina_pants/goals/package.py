@@ -211,6 +211,37 @@ async def _built_packages(fs: ComposedImageFieldSet, targets: Targets) -> Tuple[
     ))
 
 
+def stack_spec(fs: ComposedImageFieldSet, stack: ComposedStack) -> Tuple[dict, list]:
+    """The compose spec of the stack's base and layers (no files, no config), and the bundles it
+    names as (directory, digest), linked read-only into the process."""
+    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(stack.layers)]
+    spec: dict = {"layers": [{"source": d, "target": str(a), "verified": True}
+                             for (d, _), a in zip(bundles, stack.layer_addresses)]}
+    if fs.platform.value:
+        spec["platform"] = fs.platform.value
+    if stack.base is None:
+        spec["base"] = "scratch"
+    else:
+        base_dir = read_only_dir("base", stack.base.digest)
+        bundles.append((base_dir, stack.base.digest))
+        spec["base"] = {"source": base_dir, "verified": True}
+    return spec, bundles
+
+
+async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, indexed: bool) -> PackageDbLayer:
+    """The package database merge of the stack, made once in its own process; with the scans the
+    check reads too (`indexed`), only the layers that hold a database are read."""
+    spec, bundles = stack_spec(fs, stack)
+    indexes: Tuple = ()
+    if indexed:
+        found = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in stack.scan_requests(fs.address))
+        indexes = tuple((index.digest, index.name) for index in found)
+    return await Get(
+        PackageDbLayer,
+        PackageDbLayerRequest(fs.address, json.dumps(spec, sort_keys=True), tuple(bundles), indexes),
+    )
+
+
 @rule(desc="Resolve a composed image's base, layers and files")
 async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> ComposedStack:
     layer_addresses, file_targets, package_targets = await MultiGet(
@@ -293,37 +324,6 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
         package_db = await _package_db_layer(fs, ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None),
                                              lamina.check_compositions)
     return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer, package_db)
-
-
-def stack_spec(fs: ComposedImageFieldSet, stack: ComposedStack) -> Tuple[dict, list]:
-    """The compose spec of the stack's base and layers (no files, no config), and the bundles it
-    names as (directory, digest), linked read-only into the process."""
-    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(stack.layers)]
-    spec: dict = {"layers": [{"source": d, "target": str(a), "verified": True}
-                             for (d, _), a in zip(bundles, stack.layer_addresses)]}
-    if fs.platform.value:
-        spec["platform"] = fs.platform.value
-    if stack.base is None:
-        spec["base"] = "scratch"
-    else:
-        base_dir = read_only_dir("base", stack.base.digest)
-        bundles.append((base_dir, stack.base.digest))
-        spec["base"] = {"source": base_dir, "verified": True}
-    return spec, bundles
-
-
-async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, indexed: bool) -> PackageDbLayer:
-    """The package database merge of the stack, made once in its own process; with the scans the
-    check reads too (`indexed`), only the layers that hold a database are read."""
-    spec, bundles = stack_spec(fs, stack)
-    indexes: Tuple = ()
-    if indexed:
-        found = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in stack.scan_requests(fs.address))
-        indexes = tuple((index.digest, index.name) for index in found)
-    return await Get(
-        PackageDbLayer,
-        PackageDbLayerRequest(fs.address, json.dumps(spec, sort_keys=True), tuple(bundles), indexes),
-    )
 
 
 @dataclass(frozen=True)
