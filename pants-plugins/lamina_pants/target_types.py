@@ -377,6 +377,45 @@ class ComposedImageCheckDependenciesField(BoolField):
     )
 
 
+class ComposedImageMergePackageDatabasesField(BoolField):
+    alias = "merge_package_databases"
+    default = True
+    help = help_text(
+        """
+        Every apt or dpkg run rewrites dpkg's `var/lib/dpkg/status` whole (apk its
+        `lib/apk/db/installed`), so when the stack's layers come from different images the top
+        layer's copy hides the packages the others installed (`dpkg -s curl` fails). With this on
+        (the default), when more than one layer of different images changes such a database,
+        one small deterministic layer goes on top (below the `files` layer) whose database is
+        the merge: every package's stanza as the layer that installed it left it, sorted as dpkg
+        writes it. The layers taken keep their digests; the merge layer is listed in the audit
+        trail (`<name>.layers.json`, selector `merge-package-databases`), and the conflict on
+        the database is then reported as merged, not as a conflict. A layer built on another
+        (one image's layer on its own base) supersedes that one's database, so a package it
+        removed stays removed.
+
+        Two layers with different versions (or dpkg Status) of one package are a conflict,
+        reported by name and versions and graded by `on_conflict` (`"error"` fails the build);
+        the highest layer's stanza is taken. dpkg's `status.d/` (distroless, one file per
+        package) and `info/*.list` files are per package and need no merge; dpkg's `available`
+        is left as the top layer has it. rpm's database is binary and cannot be merged: its
+        conflict is reported as such. When no merge is needed, no layer is added.
+
+        Example:
+
+            composed_image(
+                name="dev",
+                base="//images:debian",
+                layers=["//images:curl", "//images:gcc"],  # from two images on that base
+                on_conflict="error",  # a package in two versions fails the build
+            )
+
+        `merge_package_databases=False` leaves the databases as the layers have them (the top
+        one's wins).
+        """
+    )
+
+
 # Docker's reference grammar (distribution/reference): path components separated by '/', after an
 # optional registry host (it has a '.' or a ':', or is localhost) with an optional port; tags.
 _PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$")
@@ -566,6 +605,7 @@ class ComposedImageTarget(Target):
         ComposedImageAllowedConflictsField,
         ComposedImageCheckDependenciesField,
         ComposedImageOnStartFailureField,
+        ComposedImageMergePackageDatabasesField,
         ComposedImageRepositoryField,
         ComposedImageTagsField,
         ComposedImageOutputFormatField,

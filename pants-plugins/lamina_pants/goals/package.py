@@ -36,6 +36,7 @@ from lamina_pants.target_types import (
     ComposedImageFilesField,
     ComposedImageLabelsField,
     ComposedImageLayersField,
+    ComposedImageMergePackageDatabasesField,
     ComposedImageOutputFormatField,
     ComposedImageOutputPathField,
     ComposedImagePackagesField,
@@ -51,7 +52,15 @@ from lamina_pants.target_types import (
 from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, LayerIndex, ScanRequest, StartCheck, finding_lines
 from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, read_only_dir
 from lamina_pants.util_rules.image_source import ImageSourceRequest, ResolvedImageSource
-from lamina_pants.util_rules.layers import Bundle, BundleRequest, DockerLayerRequest, FilesLayer, FilesLayerRequest
+from lamina_pants.util_rules.layers import (
+    Bundle,
+    BundleRequest,
+    DockerLayerRequest,
+    FilesLayer,
+    FilesLayerRequest,
+    PackageDbLayer,
+    PackageDbLayerRequest,
+)
 
 OUT_DIR = "__out"
 # What a process that talks to the local Docker engine gets of the environment.
@@ -82,6 +91,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     allowed_conflicts: ComposedImageAllowedConflictsField
     check_dependencies: ComposedImageCheckDependenciesField
     on_start_failure: ComposedImageOnStartFailureField
+    merge_package_databases: ComposedImageMergePackageDatabasesField
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
     output_format: ComposedImageOutputFormatField
@@ -139,12 +149,14 @@ def _file_destinations(fs: ComposedImageFieldSet, files: Iterable[str]) -> list[
 @dataclass(frozen=True)
 class ComposedStack:
     """What a composed image is made of, resolved: its base (None for scratch), the bundles of its
-    `layers` (with their targets) and the layer of its own `files` (None without files)."""
+    `layers` (with their targets), the layer of its own `files` (None without files) and the
+    package database merge of the stack (None when merging is off or there is nothing to merge)."""
 
     layer_addresses: Tuple[Address, ...]
     layers: Tuple[Bundle, ...]
     base: Optional[Bundle]
     files_layer: Optional[FilesLayer]
+    package_db: Optional[PackageDbLayer] = None
 
     def scan_requests(self, address: Address) -> Tuple[ScanRequest, ...]:
         """One cached scan per bundle of the stack below the files layer, base first: read by the
@@ -178,6 +190,7 @@ class ComposedStack:
             fs.check_dependencies.value,
             files=self.files_layer,
             start=start,
+            package_db=self.package_db,
         )
 
 
@@ -196,6 +209,37 @@ async def _built_packages(fs: ComposedImageFieldSet, targets: Targets) -> Tuple[
     return tuple(await MultiGet(
         Get(BuiltPackage, EnvironmentAwarePackageRequest(found[0])) for found in field_sets.collection
     ))
+
+
+def stack_spec(fs: ComposedImageFieldSet, stack: ComposedStack) -> Tuple[dict, list]:
+    """The compose spec of the stack's base and layers (no files, no config), and the bundles it
+    names as (directory, digest), linked read-only into the process."""
+    bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(stack.layers)]
+    spec: dict = {"layers": [{"source": d, "target": str(a), "verified": True}
+                             for (d, _), a in zip(bundles, stack.layer_addresses)]}
+    if fs.platform.value:
+        spec["platform"] = fs.platform.value
+    if stack.base is None:
+        spec["base"] = "scratch"
+    else:
+        base_dir = read_only_dir("base", stack.base.digest)
+        bundles.append((base_dir, stack.base.digest))
+        spec["base"] = {"source": base_dir, "verified": True}
+    return spec, bundles
+
+
+async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, indexed: bool) -> PackageDbLayer:
+    """The package database merge of the stack, made once in its own process; with the scans the
+    check reads too (`indexed`), only the layers that hold a database are read."""
+    spec, bundles = stack_spec(fs, stack)
+    indexes: Tuple = ()
+    if indexed:
+        found = await MultiGet(Get(LayerIndex, ScanRequest, scan) for scan in stack.scan_requests(fs.address))
+        indexes = tuple((index.digest, index.name) for index in found)
+    return await Get(
+        PackageDbLayer,
+        PackageDbLayerRequest(fs.address, json.dumps(spec, sort_keys=True), tuple(bundles), indexes),
+    )
 
 
 @rule(desc="Resolve a composed image's base, layers and files")
@@ -274,7 +318,12 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
                 tuple((index.digest, index.name) for index in indexes),
             ),
         )
-    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer)
+    package_db: Optional[PackageDbLayer] = None
+    stack = ([base] if base is not None else []) + list(layer_bundles)
+    if fs.merge_package_databases.value and len(stack) > 1 and not shallow:
+        package_db = await _package_db_layer(fs, ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None),
+                                             lamina.check_compositions)
+    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer, package_db)
 
 
 @dataclass(frozen=True)
@@ -326,6 +375,13 @@ async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
         base_dir = read_only_dir("base", composed.base.digest)
         bundles.append((base_dir, composed.base.digest))
         spec["base"] = {"source": base_dir, "verified": True}
+    if composed.package_db is not None:
+        # merged once, in its own cached process: compose takes the layer (if any) as it is
+        package_db_dir = read_only_dir("package_db", composed.package_db.digest)
+        bundles.append((package_db_dir, composed.package_db.digest))
+        spec["package_db_layer"] = package_db_dir
+    else:
+        spec["merge_package_databases"] = False  # off, or nothing to merge: compose reads no layer for it
     text = json.dumps(spec, sort_keys=True)
     digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, text.encode())]))
     return ComposeInputs(digest, tuple(bundles), composed, text)
@@ -409,7 +465,9 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     # also when a warm pantsd serves the unchanged package from memory (a log line would not).
     findings = finding_lines(fs.address, report)
     downloaded = download_line(inputs.stack, run_id)
-    findings = (*((downloaded,) if downloaded else ()), *findings)  # after the first line, before the findings
+    merged = inputs.stack.package_db.lines if inputs.stack.package_db is not None else ()
+    merged = tuple(line for line in merged if not line.startswith("conflict:"))  # the check reports those
+    findings = (*((downloaded,) if downloaded else ()), *merged, *findings)  # after the first line, before the findings
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)

@@ -23,7 +23,7 @@ from pants.engine.fs import (
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
-from lamina_pants.util_rules.layers import INDEX_FILE, Bundle, FilesLayer
+from lamina_pants.util_rules.layers import INDEX_FILE, Bundle, FilesLayer, PackageDbLayer
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +90,7 @@ class CheckRequest:
     check_dependencies: bool
     files: Optional[FilesLayer] = None  # the layer of the image's own files, on top of the stack
     start: Optional[StartCheck] = None  # what the start command check needs; None: not checked
+    package_db: Optional[PackageDbLayer] = None  # the stack's package database merge (its layer goes on top)
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ async def check_composition(request: CheckRequest) -> CheckReport:
     if not request.check_dependencies:
         argv.append("--no-check-dependencies")
     inputs = list(prefixed)
+    if request.package_db is not None:
+        inputs.append(await Get(Digest, AddPrefix(request.package_db.digest, "__package_db")))
+        argv.append("--package-db=__package_db")
     read_only: tuple = ()
     start = request.start
     if start is not None:

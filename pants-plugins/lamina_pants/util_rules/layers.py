@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional, Tuple
 
 from pants.engine.addresses import Address
-from pants.engine.fs import EMPTY_DIGEST, AddPrefix, Digest, MergeDigests, RemovePrefix
+from pants.engine.fs import EMPTY_DIGEST, AddPrefix, CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
@@ -178,6 +178,62 @@ async def make_files_layer(request: FilesLayerRequest) -> FilesLayer:
         ),
     )
     return FilesLayer(await Get(Digest, RemovePrefix(result.output_digest, FILES_LAYER_DIR)))
+
+
+PACKAGE_DB_DIR = "__package_db"
+PACKAGE_DB_INDEXES = "__package_db_indexes"
+PACKAGE_DB_SPEC = "__package_db_spec.json"
+
+
+@dataclass(frozen=True)
+class PackageDbLayerRequest:
+    """The package database merge of a composed image's stack: `spec_json` is a compose spec of
+    its base and layers (the bundles in `read_only`, at the directories it names), `indexes` their
+    scan indexes (digest, and the index file's name at its root), so that only the layers that
+    hold a database are read."""
+
+    address: Address
+    spec_json: str
+    read_only: Tuple[Tuple[str, Digest], ...]
+    indexes: Tuple[Tuple[Digest, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PackageDbLayer:
+    """package-db-layer.json (the merge report, and the layer's description or null when no merge
+    was needed), the layer's blob and its index.json at the digest's root."""
+
+    digest: Digest
+    has_layer: bool
+    lines: Tuple[str, ...] = ()  # what the merge did, for the package's summary
+
+
+@rule
+async def make_package_db_layer(request: PackageDbLayerRequest) -> PackageDbLayer:
+    # Keyed on the bundles and their scans: made once per stack, read by compose and the check.
+    indexes = await MultiGet(
+        Get(Digest, AddPrefix(index, f"{PACKAGE_DB_INDEXES}/{i}")) for i, (index, _) in enumerate(request.indexes)
+    )
+    spec = await Get(Digest, CreateDigest([FileContent(PACKAGE_DB_SPEC, request.spec_json.encode())]))
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=request.address,
+            argv=("package-db-layer", PACKAGE_DB_SPEC, f"--out={PACKAGE_DB_DIR}",
+                  f"--name=package databases of {request.address}",
+                  *(f"--index={PACKAGE_DB_INDEXES}/{i}/{name}" for i, (_, name) in enumerate(request.indexes))),
+            input_digest=await Get(Digest, MergeDigests([spec, *indexes])),
+            read_only_inputs=request.read_only,
+            output_directory=PACKAGE_DB_DIR,
+            description=f"lamina: merge the package databases of {request.address}",
+        ),
+    )
+    summary = json.loads(result.stdout.decode() or "{}")
+    return PackageDbLayer(
+        await Get(Digest, RemovePrefix(result.output_digest, PACKAGE_DB_DIR)),
+        bool(summary.get("layer")),
+        tuple(str(line) for line in summary.get("lines") or ()),
+    )
 
 
 def rules() -> Iterable:

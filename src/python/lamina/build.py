@@ -15,6 +15,7 @@ from lamina.extract import read_selection
 from lamina.formats.write import write
 from lamina.image import Image, Layer, with_copies
 from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_dir
+from lamina.pkgdb import build_merge_layer, is_merge_layer, plan_for_layers, read_merge_dir, report_lines
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
 from lamina.model import Platform
@@ -71,13 +72,17 @@ def _registry_opener(reference: str, layer: Layer, registry: Optional["RegistryO
 def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
     """Where every layer of a composed image came from: the `<name>.layers.json` record. Each
     row: the source reference and the layer's index in it, the selector that took it ("base" for
-    the base image's layers, "files" for the layer of new files), the build target that asked for
+    the base image's layers, "files" for the layer of new files, "merge-package-databases" for the
+    layer of merged package databases, with what it merged from which layers in "merged"), the build target that asked for
     it, and the layer's digest, diff_id, size and created_by in the composed image."""
     rows = []
     for i, layer in enumerate(image.layers):
         if layer.taken is not None:
             row = {"source": layer.source, "selector": layer.taken.selector, "target": layer.taken.target,
                    "source_index": layer.index}
+        elif is_merge_layer(layer):  # made here: the package databases of the layers it names, merged
+            row = {"source": "package databases", "selector": "merge-package-databases", "target": target,
+                   "source_index": None, "merged": str(layer.history[-1].get("comment") or "")}
         elif layer.index < 0:  # a new layer, of the image's own files
             row = {"source": "files", "selector": "files", "target": target, "source_index": None}
         else:  # a layer of the base image
@@ -95,13 +100,9 @@ def audit_trail(image: Image, base_target: str = "", target: str = "") -> dict:
             "tags": list(image.tags), "layers": rows}
 
 
-@contextmanager
-def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"] = None) -> Iterator[Image]:
-    """The Image `spec` describes, composed without copying a layer: its layers read from their
-    sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
-    files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
-    reads the headers of the layers below it (see newlayer.build_files_layer). `registry`
-    configures `docker://` sources (default: as the environment says)."""
+def open_stack(spec: Spec, registry: Optional["RegistryOptions"] = None) -> tuple[Optional[Image], list[Layer]]:
+    """The base image `spec` names (None for scratch) and the layers it takes from its sources, in
+    order, as `compose` stacks them on the base."""
     base: Optional[Image] = None
     if spec.base is not None:
         base_spec = spec.base
@@ -117,19 +118,53 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
     for layer_spec in spec.layers:
         image, selected, selector = _open(layer_spec, spec.platform or (base.platform if base else None), registry)
         layers.extend(l.taken_from(image, selector, layer_spec.target or "") for l in selected)
+    return base, layers
+
+
+@contextmanager
+def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"] = None,
+             notes: Optional[list[str]] = None) -> Iterator[Image]:
+    """The Image `spec` describes, composed without copying a layer: its layers read from their
+    sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
+    files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
+    reads the headers of the layers below it (see newlayer.build_files_layer). `registry`
+    configures `docker://` sources (default: as the environment says).
+
+    When the stack's layers come from two or more images and more than one of them rewrote a
+    package database (dpkg's status, apk's installed), a layer of the merged databases goes on
+    the stack, below the files layer (see lamina.pkgdb): finding out reads every layer once.
+    `spec.package_db_layer` gives it made beforehand instead, and `merge_package_databases`
+    false leaves it out. `notes` receives what the merge did (merged databases, conflicts)."""
+    base, layers = open_stack(spec, registry)
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
+        stack = [*(base.layers if base is not None else ()), *layers]
+        headers = None  # the stack's filesystem from its headers, when the merge walked them
+        if spec.package_db_layer is not None:
+            merged = read_merge_dir(spec.package_db_layer)  # None: no merge was needed
+            if merged.layer is not None:
+                layers.append(merged.layer)
+            if notes is not None:
+                notes.extend(report_lines(merged.report))
+        elif spec.merge_package_databases and len({l.source for l in stack}) > 1:
+            # layers of two or more images: each read once for its package databases (and headers)
+            found, headers = plan_for_layers(stack)
+            layer = build_merge_layer(found, os.path.join(tmp, "package-db-layer.tar.gz"), headers)
+            if layer is not None:
+                layers.append(layer)
+            if notes is not None:
+                notes.extend(report_lines(found.report()))
         files = collect_files(spec.files, spec.file_dirs)
         if spec.files_layer is not None:
             # read from disk: checked (digest and diff_id) wherever it is read
             layers.append(read_files_layer_dir(spec.files_layer))
         elif files:
             # laid on the stack as COPY writes (through its symlinks, into its directories): the
-            # stack's headers are walked for that, each layer read once
+            # stack's headers are walked for that, each layer read once (the merge's walk is reused)
             from lamina.analyze.below import from_layers
 
-            below = from_layers([*(base.layers if base is not None else ()), *layers])
+            below = headers if headers is not None else from_layers(stack)
             layers.append(build_files_layer(files, os.path.join(tmp, "files-layer.tar.gz"), below))
         yield compose(
             base,
@@ -166,11 +201,12 @@ def write_small_file(path: str, data: bytes) -> None:
         raise
 
 
-def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: Optional[str] = None) -> Image:
+def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: Optional[str] = None,
+          notes: Optional[list[str]] = None) -> Image:
     """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically.
     Without `out`, only the audit trail is written: no layer byte is read."""
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out or audit or "."))
-    with composed(spec, scratch_dir) as image:
+    with composed(spec, scratch_dir, notes=notes) as image:
         trail = audit_bytes(spec, image) if audit else None
         if out is not None:
             write(image, spec.format, out)

@@ -198,6 +198,39 @@ def cmd_files_layer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package_db_layer(args: argparse.Namespace) -> int:
+    from lamina.build import open_stack
+    from lamina.pkgdb import plan_for_layers, report_lines, write_merge_dir
+    from lamina.spec import parse_spec
+
+    with open(args.spec, "rb") as f:
+        spec = parse_spec(parse_json(f.read(), args.spec))
+    base, layers = open_stack(spec, _registry(args))
+    stack = [*(base.layers if base is not None else ()), *layers]
+    wanted = below = None
+    if args.index:
+        # The stack's indexes (from `lamina scan`) say which layers hold a database: only those
+        # are read, and the filesystem the layer is laid on is theirs.
+        from lamina.analyze.index import read_index
+        from lamina.analyze.stackfs import apply
+        from lamina.pkgdb import databases_in_index
+
+        indexes = {i.digest: i for path in args.index for i in read_index(path)}
+        if all(l.descriptor.digest in indexes for l in stack):
+            ordered = [indexes[l.descriptor.digest] for l in stack]
+            wanted = [databases_in_index([e.path for e in i.entries]) for i in ordered]
+            below = apply(ordered).fs
+    found, walked = plan_for_layers(stack, wanted)
+    layer = write_merge_dir(found, args.out, below if wanted is not None else walked,
+                            args.name or f"package databases of {args.spec}")
+    lines = report_lines(found.report())
+    for line in lines:
+        print(f"lamina: {line}", file=sys.stderr)
+    print(json.dumps({"out": args.out, "layer": layer.descriptor.digest if layer is not None else None,
+                      "read": found.read, "conflicts": len(found.conflicts), "lines": lines}, sort_keys=True))
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from lamina.analyze.check import check
     from lamina.analyze.index import read_index
@@ -211,8 +244,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
         with open(args.image_spec, "rb") as f:
             start = start_config_of_spec(parse_json(f.read(), args.image_spec))
+    merge_report = None
+    if args.package_db:
+        from lamina.pkgdb import read_merge_dir
+
+        merged = read_merge_dir(args.package_db)
+        merge_report = merged.report
+        if merged.layer is not None:  # its index goes on the stack, below the files layer's (on top too)
+            at = len(stack) - 1 if stack and stack[-1].on_top else len(stack)
+            stack[at:at] = list(read_index(os.path.join(args.package_db, "index.json")))
     policy = Policy(args.on_conflict, tuple(args.allow), not args.no_check_dependencies, args.on_start_failure)
-    report = check(stack, policy, start)
+    report = check(stack, policy, start, merge_report)
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
@@ -308,7 +350,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
         data["format"] = args.format
     if not args.out and not args.audit:
         raise SpecError("give --out (the image) or --audit (only its audit trail), or both")
-    image = build(parse_spec(data), args.out, audit=args.audit)
+    notes: list[str] = []
+    image = build(parse_spec(data), args.out, audit=args.audit, notes=notes)
+    for note in notes:  # what the package database merge did
+        print(f"lamina: {note}", file=sys.stderr)
     d = image.manifest_descriptor
     print(json.dumps({"manifest": d.digest, "config": image.config_descriptor.digest,
                       "layers": len(image.layers), "out": args.out}, sort_keys=True))
@@ -502,8 +547,26 @@ def parser() -> argparse.ArgumentParser:
                          "used): also check that its entrypoint + cmd would start")
     ck.add_argument("--on-start-failure", choices=("warn", "error", "ignore"), default="warn",
                     help="how to treat a start command that would not start (default: warn)")
+    ck.add_argument("--package-db", metavar="DIR",
+                    help="a directory from `lamina package-db-layer` for this stack: its layer (if any) goes "
+                         "on the stack, and packages the layers' databases disagree on are conflicts")
     ck.add_argument("--json", metavar="OUT", help="also write the report as JSON to OUT")
     ck.set_defaults(func=cmd_check)
+
+    pd = sub.add_parser(
+        "package-db-layer",
+        help="merge the package databases (dpkg status, apk installed) a spec's layers from different images "
+             "each rewrote into one layer, for `compose` (spec key package_db_layer) and `check` (--package-db)")
+    pd.add_argument("spec", help="a compose spec: its base and layers are the stack (its files are not read)")
+    pd.add_argument("--out", required=True,
+                    help="directory to write: package-db-layer.json (the merge report, and the layer's description "
+                         "or null when no merge is needed), package-db-layer.tar.gz and index.json")
+    pd.add_argument("--index", action="append", default=[], metavar="INDEX",
+                    help="an index (from `lamina scan`) of the stack's layers; repeatable. With indexes of every "
+                         "layer, only the layers that hold a database are read")
+    pd.add_argument("--name", help="how the layer is named in reports (default: package databases of SPEC)")
+    _registry_flags(pd)
+    pd.set_defaults(func=cmd_package_db_layer)
 
     ex = sub.add_parser("extract", help="write selected layers of an image, verified, as a sparse OCI layout")
     ex.add_argument("source", help=src_help)
@@ -523,7 +586,9 @@ def parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compose", help="compose an image from a JSON spec")
     co.add_argument("spec", help="path of the JSON spec (see README)")
     co.add_argument("--out", help="output path (a file, or a directory for --format oci); without it, only "
-                                  "--audit is written and no layer byte is read")
+                                  "--audit is written and no layer byte is read (but for the package database "
+                                  "merge of layers from two or more images: \"merge_package_databases\": false "
+                                  "in the spec turns it off)")
     co.add_argument("--format", choices=("docker-archive", "oci", "oci-archive"), help="overrides the spec's format")
     co.add_argument("--audit", help="also write where each layer came from (source, selector, digest) as JSON here")
     co.set_defaults(func=cmd_compose)

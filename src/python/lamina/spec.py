@@ -42,6 +42,10 @@ class Spec:
     # Directories from `lamina compress`: the compressed forms of uncompressed layers, which a push
     # sends instead of compressing them itself (the Pants plugin's cached compressions).
     compressed: tuple[str, ...] = ()
+    # Merge the package databases (dpkg status, apk installed) the stack's layers from different
+    # images each rewrote, into one small layer on top (see lamina.pkgdb); only when needed.
+    merge_package_databases: bool = True
+    package_db_layer: Optional[str] = None  # a directory from `lamina package-db-layer`, used as it is
 
 
 def _str(value: Any, where: str) -> str:
@@ -104,7 +108,7 @@ def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
 
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
 _KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
-         "target", "files_layer", "compressed"}
+         "target", "files_layer", "compressed", "merge_package_databases", "package_db_layer"}
 
 
 def parse_spec(data: Any) -> Spec:
@@ -154,6 +158,11 @@ def parse_spec(data: Any) -> Spec:
     allow = data.get("allow_platform_mismatch", False)
     if not isinstance(allow, bool):
         raise SpecError("allow_platform_mismatch must be true or false")
+    merge = data.get("merge_package_databases", True)
+    if not isinstance(merge, bool):
+        raise SpecError(f"merge_package_databases must be true or false, not {merge!r}")
+    package_db_layer = (_str(data["package_db_layer"], "package_db_layer")
+                        if data.get("package_db_layer") is not None else None)
     return Spec(
         base=base,
         platform=platform,
@@ -167,4 +176,6 @@ def parse_spec(data: Any) -> Spec:
         target=_str(data["target"], "target") if data.get("target") is not None else None,
         files_layer=files_layer,
         compressed=_str_list(data.get("compressed", []), "compressed"),
+        merge_package_databases=merge,
+        package_db_layer=package_db_layer,
     )

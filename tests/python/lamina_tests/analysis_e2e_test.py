@@ -252,12 +252,19 @@ def test_scanning_an_extracted_bundle_gives_the_same_entries(images: Images, cap
 
 def test_layers_conflicts_on_the_composed_image(images: Images, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({
+    apt = {
         "base": f"docker-archive:{images.tars['base']}",
         "layers": [{"source": f"docker-archive:{images.tars['apt-a']}", "layer": "-1"},
                    {"source": f"docker-archive:{images.tars['apt-b']}", "layer": "-1"}],
-    }))
+    }
+    # Merged (the default), the database conflict is resolved by the merge layer on top.
+    spec.write_text(json.dumps(apt))
     composed = tmp_path / "composed.tar"
+    lamina_ok(capsys, "compose", str(spec), "--out", str(composed))
+    (merged,) = section(lamina_ok(capsys, "layers", str(composed), "--conflicts"), "conflicts")
+    assert merged.startswith("info: /var/lib/dpkg/status differs between [1] ") and "merged: [3] " in merged, merged
+    # Unmerged, the top layer's copy wins and the conflict says so.
+    spec.write_text(json.dumps({**apt, "merge_package_databases": False}))
     lamina_ok(capsys, "compose", str(spec), "--out", str(composed))
     out = lamina_ok(capsys, "layers", str(composed), "--conflicts")
     (conflict,) = section(out, "conflicts")

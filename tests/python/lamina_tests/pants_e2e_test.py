@@ -59,9 +59,12 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> SampleRepo:
         """
 docker_layer(name="a", image="../images/apt_a.tar", layer=-1)
 docker_layer(name="b", image="../images/apt_b.tar", layer=-1)
-composed_image(name="warn", base="../images/base.tar", layers=[":a", ":b"])
-composed_image(name="strict", base="../images/base.tar", layers=[":a", ":b"], on_conflict="error")
-composed_image(name="quiet", base="../images/base.tar", layers=[":a", ":b"], on_conflict="ignore")
+composed_image(name="warn", base="../images/base.tar", layers=[":a", ":b"], merge_package_databases=False)
+composed_image(name="strict", base="../images/base.tar", layers=[":a", ":b"], on_conflict="error",
+               merge_package_databases=False)
+composed_image(name="quiet", base="../images/base.tar", layers=[":a", ":b"], on_conflict="ignore",
+               merge_package_databases=False)
+composed_image(name="merged", base="../images/base.tar", layers=[":a", ":b"], on_conflict="error")
 """,
     )
     c_top = _diff_ids(tags["c"])[-1]
@@ -315,6 +318,25 @@ def test_layers_goal_lists_sources_and_composed_images(repo: SampleRepo) -> None
     a, c = _diff_ids(f"{PREFIX}/a:latest"), _diff_ids(f"{PREFIX}/c:latest")
     got = [line.split()[3] for line in composed.splitlines()[2:] if line.strip()]
     assert got == [d[:19] for d in _diff_ids(BASE_IMAGE) + [a[-1], b[-1], c[-1]]], listed
+
+
+def test_package_databases_are_merged_into_one_layer_on_top(repo: SampleRepo) -> None:
+    built = repo.pants("package", "apt:merged")  # on_conflict="error": the merged database is no conflict
+    assert "merged /var/lib/dpkg/status (dpkg, 2 packages)" in built.stderr, built.stderr
+    audit = json.loads((repo.root / "dist" / "apt" / "merged.layers.json").read_text())
+    rows = audit["layers"]
+    assert rows[-1]["selector"] == "merge-package-databases", rows
+    warn = json.loads((repo.root / "dist" / "apt" / "warn.layers.json").read_text()) if (
+        repo.root / "dist" / "apt" / "warn.layers.json").exists() else None
+    if warn is not None:  # the layers taken keep their digests: only the merge layer is new
+        assert [r["digest"] for r in rows[:-1]] == [r["digest"] for r in warn["layers"]]
+    ref = "merged:latest"
+    docker("load", "-i", str(repo.root / "dist" / "apt" / "merged.tar"))
+    try:
+        status = docker("run", "--rm", "--network", "none", ref, "cat", "/var/lib/dpkg/status").stdout
+    finally:
+        docker("image", "rm", "-f", ref, check=False)
+    assert status == "Package: apt_a\n\nPackage: apt_b\n\n", status
 
 
 def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> None:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from lamina.analyze.stackfs import Applied, Node, Override, apply
 from lamina.analyze.index import LayerIndex
 from lamina.analyze.report import Finding, Policy, Report, layer_name
+from lamina.pkgdb import MERGE_CREATED_BY
 
 if TYPE_CHECKING:
     from lamina.analyze.start import StartConfig
@@ -73,9 +74,20 @@ def conflicts(applied: Applied, policy: Policy) -> list[Finding]:
                    f"the top one, [{final.layer}], wins")
         hint = ""
         tool = package_database(path)
-        if tool is not None:
+        if tool is not None and stack[final.layer].created_by == MERGE_CREATED_BY:
+            message = (f"/{path} differs between {', '.join(names[:-1])}; merged: {names[-1]} holds the package "
+                       f"database ({tool}) with the packages of each")
+            out.append(Finding("conflict", "info", message, (path,), tuple(layers), final.layer))
+            continue
+        if tool == "rpm":
+            hint = (f"{path} is a package database (rpm): the top layer's copy hides the packages the others "
+                    "installed, and lamina cannot merge rpm's database; take the rpm layers from one image, "
+                    "or rebuild them on a common base")
+            message += f"; {hint}"
+        elif tool is not None:
             hint = (f"{path} is a package database ({tool}): the top layer's copy hides the packages the "
-                    "others installed; rebuild the layers on a common base or merge the databases")
+                    "others installed; rebuild the layers on a common base or merge the databases "
+                    "(merge_package_databases)")
             message += f"; {hint}"
         out.append(Finding("conflict", severity, message, (path,), tuple(layers), final.layer, hint=hint))
     return out
@@ -171,16 +183,33 @@ def hardlinks(applied: Applied) -> list[Finding]:
     return out
 
 
-def check(stack: Sequence[LayerIndex], policy: Policy = Policy(), start: Optional[StartConfig] = None) -> Report:
+def package_conflicts(merge_report: Optional[dict], policy: Policy) -> list[Finding]:
+    """The packages the layers' databases disagree on (a `lamina package-db-layer` report): graded
+    like conflicts (`on_conflict`; `allowed_conflicts` globs match the database's path)."""
+    if merge_report is None or policy.on_conflict == "ignore":
+        return []
+    severity = "error" if policy.on_conflict == "error" else "warning"
+    out = []
+    for c in merge_report.get("conflicts") or ():
+        path = str(c.get("path", ""))
+        if not policy.allows(path):
+            out.append(Finding("conflict", severity, str(c.get("message", "")), (path,), ()))
+    return out
+
+
+def check(stack: Sequence[LayerIndex], policy: Policy = Policy(), start: Optional[StartConfig] = None,
+          merge_report: Optional[dict] = None) -> Report:
     """Every check on a stack of layers (base first), graded by `policy`; with the image's `start`
-    config, also whether its entrypoint + cmd would start (and scripts use its PATH)."""
+    config, also whether its entrypoint + cmd would start (and scripts use its PATH); with the
+    report of the stack's package database merge, the packages its layers disagree on."""
     from lamina.analyze.deps import missing_libraries
     from lamina.analyze.start import script_interpreters, start_executable, start_findings
     from lamina.analyze.startable import User
 
     applied = apply(stack)
     fs = applied.fs
-    findings = conflicts(applied, policy) + replacements(applied, policy) + whiteouts(applied) + hardlinks(applied)
+    findings = (conflicts(applied, policy) + package_conflicts(merge_report, policy) + replacements(applied, policy)
+                + whiteouts(applied) + hardlinks(applied))
     checks_start = start is not None and policy.on_start_failure != "ignore"
     if policy.check_dependencies:
         findings += missing_libraries(fs)

@@ -60,7 +60,7 @@ class Policy:
 @dataclass(frozen=True)
 class Finding:
     kind: str  # one of KINDS
-    severity: str  # warning | error
+    severity: str  # warning | error | info (nothing wrong: e.g. a package database conflict the merge resolved)
     message: str  # one line, complete on its own
     paths: tuple[str, ...]  # the paths concerned, no leading '/'
     layers: tuple[int, ...]  # stack positions concerned, base first

@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 from lamina_tests.support.images import image_exists
 from lamina_tests.support.services import docker
 
-__all__ = ["DEBIAN_SUITE", "debian_image", "debian_mirror", "debian_rootfs_tar"]
+__all__ = ["DEBIAN_SUITE", "debian_debs", "debian_image", "debian_mirror", "debian_rootfs_tar"]
 
 DEBIAN_SUITE = "bookworm"  # Debian 12: usr-merged (/bin -> usr/bin, /lib -> usr/lib)
 CACHE_DIR = Path(os.path.expanduser("~/.cache/lamina/debian"))
@@ -85,6 +85,42 @@ def debian_image(tag: Optional[str] = None, suite: str = DEBIAN_SUITE, include: 
     tar = debian_rootfs_tar(suite, include)
     docker("import", "--change", 'CMD ["/bin/sh"]', str(tar), tag)
     return tag
+
+
+def debian_debs(packages: Tuple[str, ...], suite: str = DEBIAN_SUITE) -> Path:
+    """A directory of the .deb files of `packages` and of every dependency the minbase rootfs of
+    `suite` lacks (no recommends), fetched once per machine with `apt-get download` into
+    ~/.cache/lamina/debian/debs-<suite>-<packages>/. What to fetch is what `apt-get install -s`
+    with the rootfs's dpkg status as the installed set says: the host's apt (its lists) must be
+    of `suite`. Raises RuntimeError when apt cannot resolve or download them."""
+    out = CACHE_DIR / f"debs-{suite}-{'-'.join(packages)}"
+    if (out / "done").is_file():
+        return out
+    rootfs = debian_rootfs_tar(suite)
+    with open(CACHE_DIR / f"{suite}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "done").is_file():
+            return out
+        with tempfile.TemporaryDirectory(prefix="lamina-debs-", dir=CACHE_DIR) as tmp:
+            subprocess.run(["tar", "-C", tmp, "-xf", str(rootfs), "./var/lib/dpkg/status"], check=True, timeout=120)
+            simulated = subprocess.run(
+                ["apt-get", "-s", "-o", f"Dir::State::status={tmp}/var/lib/dpkg/status", "-o", "Debug::NoLocking=1",
+                 "install", "--no-install-recommends", *packages],
+                capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+            wanted = [line.split()[1] for line in simulated.stdout.splitlines() if line.startswith("Inst ")]
+            if simulated.returncode != 0 or not wanted:
+                raise RuntimeError(f"apt-get cannot resolve {packages} for {suite}: {simulated.stderr[-2000:]}")
+            versions = [line.split()[2].strip("(") for line in simulated.stdout.splitlines() if line.startswith("Inst ")]
+            debs = Path(tmp) / "debs"
+            debs.mkdir()
+            got = subprocess.run(["apt-get", "download", *(f"{n}={v}" for n, v in zip(wanted, versions))],
+                                 cwd=debs, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+            if got.returncode != 0 or len(list(debs.glob("*.deb"))) != len(wanted):
+                raise RuntimeError(f"apt-get download {wanted} failed: {got.stderr[-2000:]}")
+            (debs / "done").write_text("\n".join(wanted) + "\n")
+            shutil.rmtree(out, ignore_errors=True)
+            os.replace(debs, out)
+    return out
 
 
 if __name__ == "__main__":  # build the cache ahead of a test run: python -m lamina_tests.support.debian

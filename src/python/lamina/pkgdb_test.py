@@ -1,0 +1,252 @@
+"""Tests of the package database merge: dpkg and apk databases of layers from different images,
+merged into one deterministic layer; conflicts by name and version; nothing added when not needed."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+
+import pytest
+
+from lamina import pkgdb
+from lamina.analyze.check import check
+from lamina.analyze.index import read_index
+from lamina.analyze.report import Policy
+from lamina.analyze.scan import scan_image
+from lamina.build import audit_trail, build, composed
+from lamina.cli import main
+from lamina.errors import InvalidSource
+from lamina.sources import open_image
+from lamina.spec import parse_spec
+from lamina_testing.images import FakeImage, FakeLayer, write_oci_dir
+
+
+def dpkg(name: str, version: str, arch: str = "amd64", status: str = "install ok installed", extra: str = "") -> str:
+    return (f"Package: {name}\nStatus: {status}\nPriority: optional\nArchitecture: {arch}\nVersion: {version}\n"
+            f"Description: {name}\n the {name} package{extra}\n")
+
+
+def db(*stanzas: str) -> bytes:
+    return "".join(s + "\n" for s in stanzas).encode()
+
+
+BASE_PKGS = (dpkg("base-files", "12.4"), dpkg("libc6", "2.36-9"))
+BASE_LAYER = FakeLayer({"var/": None, "var/lib/": None, "var/lib/dpkg/": None,
+                        "var/lib/dpkg/status": db(*BASE_PKGS), "bin/sh": b"sh"}, "ADD base /", "gzip")
+
+
+def _image(*layers: FakeLayer) -> FakeImage:
+    return FakeImage([BASE_LAYER, *layers])
+
+
+CURL = _image(FakeLayer({"var/lib/dpkg/status": db(BASE_PKGS[0], dpkg("curl", "7.88"), BASE_PKGS[1]),
+                         "var/lib/dpkg/info/curl.list": b"/usr/bin/curl\n", "usr/bin/curl": b"curl"},
+                        "RUN apt-get install curl", "gzip"))
+GCC = _image(FakeLayer({"var/lib/dpkg/status": db(*BASE_PKGS, dpkg("gcc-12", "12.2"), dpkg("cpp-12", "12.2")),
+                        "var/lib/dpkg/info/gcc-12.list": b"/usr/bin/gcc-12\n", "usr/bin/gcc-12": b"gcc"},
+                       "RUN apt-get install gcc", "gzip"))
+
+
+@pytest.fixture
+def sources(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    out = {}
+    for name, fake in (("base", FakeImage([BASE_LAYER])), ("curl", CURL), ("gcc", GCC)):
+        write_oci_dir(fake, str(tmp_path / name))
+        out[name] = "oci:" + str(tmp_path / name)
+    return out
+
+
+def _spec(sources: dict[str, str], *names: str, **extra) -> dict:  # type: ignore[no-untyped-def]
+    return {"base": sources["base"], "format": "oci", "tags": ["app:1"],
+            "layers": [{"source": sources[n], "layer": "-1", "target": f"//:{n}"} for n in names], **extra}
+
+
+def _file(image_dir: str, layer_digest: str, path: str) -> bytes:
+    blob = os.path.join(image_dir, "blobs", "sha256", layer_digest.split(":", 1)[1])
+    with tarfile.open(blob, "r:*") as tf:
+        f = tf.extractfile(path)
+        assert f is not None
+        return f.read()
+
+
+def test_layers_of_two_images_get_one_merge_layer_on_top(tmp_path, sources) -> None:  # type: ignore[no-untyped-def]
+    out = str(tmp_path / "out")
+    notes: list[str] = []
+    image = build(parse_spec(_spec(sources, "curl", "gcc")), out, notes=notes)
+    curl, gcc = open_image(sources["curl"]), open_image(sources["gcc"])
+    # the source layers keep their digests; only the merge layer is new
+    assert [l.descriptor.digest for l in image.layers[:3]] == [
+        curl.layers[0].descriptor.digest, curl.layers[1].descriptor.digest, gcc.layers[1].descriptor.digest]
+    assert len(image.layers) == 4 and pkgdb.is_merge_layer(image.layers[3])
+    status = _file(out, image.layers[3].descriptor.digest, "var/lib/dpkg/status").decode()
+    names = [line.split(": ")[1] for line in status.splitlines() if line.startswith("Package: ")]
+    assert names == ["base-files", "cpp-12", "curl", "gcc-12", "libc6"]  # each once, sorted as dpkg writes
+    assert dpkg("curl", "7.88") + "\n" in status and dpkg("gcc-12", "12.2") + "\n" in status
+    assert status.endswith("package\n\n")
+    assert any("merged /var/lib/dpkg/status (dpkg, 5 packages)" in n for n in notes), notes
+    # deterministic: the same inputs give the same layer, entries root-owned at mtime 0
+    again = build(parse_spec(_spec(sources, "curl", "gcc")), str(tmp_path / "again"))
+    assert again.manifest_descriptor == image.manifest_descriptor
+    blob = os.path.join(out, "blobs", "sha256", image.layers[3].descriptor.hex)
+    with tarfile.open(blob, "r:gz") as tf:
+        members = tf.getmembers()
+    assert [m.name for m in members] == ["var", "var/lib", "var/lib/dpkg", "var/lib/dpkg/status"]
+    assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
+    # the audit trail names it, and what it merged from which layers
+    row = audit_trail(image, target="//:app")["layers"][3]
+    assert row["selector"] == "merge-package-databases" and row["target"] == "//:app"
+    assert curl.layers[1].descriptor.digest in row["merged"] and gcc.layers[1].descriptor.digest in row["merged"]
+
+
+def test_the_composed_image_checks_clean_of_the_merged_database(tmp_path, sources) -> None:  # type: ignore[no-untyped-def]
+    with composed(parse_spec(_spec(sources, "curl", "gcc")), str(tmp_path)) as image:
+        report = check(scan_image(image), Policy("error", check_dependencies=False))
+    (finding,) = [f for f in report.findings if "var/lib/dpkg/status" in f.paths]
+    assert finding.severity == "info" and "merged:" in finding.message, finding.message
+    assert not report.errors
+
+
+@pytest.mark.parametrize("names,extra", [(("curl",), {}), (("curl", "gcc"), {"merge_package_databases": False})],
+                         ids=["one-database-change", "merge-off"])
+def test_no_merge_layer_when_not_needed_or_turned_off(tmp_path, sources, names, extra) -> None:  # type: ignore[no-untyped-def]
+    image = build(parse_spec(_spec(sources, *names, **extra)), str(tmp_path / "out"))
+    assert len(image.layers) == 1 + len(names)
+    assert not any(pkgdb.is_merge_layer(l) for l in image.layers)
+
+
+def test_layers_of_one_image_need_no_merge(tmp_path, sources) -> None:  # type: ignore[no-untyped-def]
+    spec = {"base": sources["curl"], "format": "oci", "layers": [{"source": sources["gcc"], "layer": "0"}]}
+    # the gcc image's base layer is the curl image's: nothing is hidden
+    assert len(build(parse_spec(spec), str(tmp_path / "out")).layers) == 3
+
+
+def _stack(*layers: tuple[str, bytes, frozenset]) -> list[pkgdb.StackLayer]:
+    out = []
+    for i, (name, content, below) in enumerate(layers):
+        dbs = pkgdb.LayerDatabases(((pkgdb.DPKG_STATUS, content),))
+        out.append(pkgdb.StackLayer(i, name, name, f"d{i}", f"diff{i}", below, dbs))
+    return out
+
+
+def test_different_versions_of_one_package_are_a_conflict_by_name_and_version() -> None:
+    found = pkgdb.plan(_stack(("base", db(*BASE_PKGS), frozenset()),
+                              ("b", db(BASE_PKGS[0], dpkg("libc6", "2.36-9+deb12u4")), frozenset({"diff0"})),
+                              ("c", db(*BASE_PKGS, dpkg("gcc-12", "12.2")), frozenset({"diff0"}))))
+    (conflict,) = found.conflicts
+    assert conflict.package == "libc6:amd64"
+    assert "version 2.36-9+deb12u4 in b" in conflict.message and "version 2.36-9 in c" in conflict.message
+    assert "in b" in conflict.message and "in c" in conflict.message and "takes c's" in conflict.message
+    merged = found.merged[0].content.decode()
+    assert "Version: 2.36-9\n" in merged and "gcc-12" in merged  # the highest copy's stanza
+
+
+def test_an_upgrade_over_the_layer_built_on_is_no_conflict() -> None:
+    found = pkgdb.plan(_stack(("base", db(*BASE_PKGS), frozenset()),
+                              ("b", db(BASE_PKGS[0], dpkg("libc6", "2.37")), frozenset({"diff0"})),
+                              ("c", db(dpkg("zlib", "1.2")), frozenset())))
+    assert not found.conflicts
+    merged = found.merged[0].content.decode()
+    assert "Version: 2.37" in merged and "Version: 2.36-9" not in merged and "zlib" in merged
+
+
+def test_a_package_an_image_removed_stays_removed_unless_another_kept_it() -> None:
+    removed = pkgdb.plan(_stack(("base", db(*BASE_PKGS), frozenset()),
+                                ("b", db(BASE_PKGS[1]), frozenset({"diff0"})),  # purged base-files
+                                ("c", db(dpkg("zlib", "1.2")), frozenset())))
+    assert not removed.conflicts and b"base-files" not in removed.merged[0].content
+    kept = pkgdb.plan(_stack(("base", db(*BASE_PKGS), frozenset()),
+                             ("b", db(BASE_PKGS[1]), frozenset({"diff0"})),
+                             ("c", db(*BASE_PKGS, dpkg("zlib", "1.2")), frozenset({"diff0"}))))
+    (conflict,) = kept.conflicts
+    assert conflict.package == "base-files:amd64" and "removed in b" in conflict.message
+
+
+def test_same_version_other_fields_differ_is_noted_not_a_conflict() -> None:
+    found = pkgdb.plan(_stack(("b", db(dpkg("curl", "7.88")), frozenset()),
+                              ("c", db(dpkg("curl", "7.88", extra="\n more"), dpkg("zlib", "1")), frozenset())))
+    assert not found.conflicts and found.differing == ("curl:amd64",)
+    found = pkgdb.plan(_stack(("b", db(dpkg("curl", "7.88")), frozenset()),
+                              ("c", db(dpkg("curl", "7.88", status="deinstall ok config-files")), frozenset())))
+    assert len(found.conflicts) == 1 and "Status deinstall ok config-files" in found.conflicts[0].message
+
+
+def test_apk_installed_databases_merge_the_same_way(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    def apk(name: str, version: str) -> str:
+        return f"C:Q1{name}=\nP:{name}\nV:{version}\nA:x86_64\nS:100\nT:{name}\nF:usr/bin\nR:{name}\n"
+
+    base_db = (apk("musl", "1.2.4-r2"), apk("busybox", "1.36.1-r5"))
+    base = FakeLayer({"lib/": None, "lib/apk/": None, "lib/apk/db/": None,
+                      "lib/apk/db/installed": db(*base_db)}, "ADD alpine /", "gzip")
+    images = {
+        "base": FakeImage([base]),
+        "jq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("jq", "1.7-r0"))}, "RUN apk add jq")]),
+        "yq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("yq", "4.35-r0"))}, "RUN apk add yq")]),
+        "old": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(apk("musl", "1.2.3-r0"), base_db[1])}, "RUN x")]),
+    }
+    sources = {}
+    for name, fake in images.items():
+        write_oci_dir(fake, str(tmp_path / name))
+        sources[name] = "oci:" + str(tmp_path / name)
+    image = build(parse_spec(_spec(sources, "jq", "yq")), str(tmp_path / "out"))
+    assert len(image.layers) == 4
+    installed = _file(str(tmp_path / "out"), image.layers[3].descriptor.digest, "lib/apk/db/installed").decode()
+    assert [l[2:] for l in installed.splitlines() if l.startswith("P:")] == ["busybox", "jq", "musl", "yq"]
+    notes: list[str] = []
+    build(parse_spec(_spec(sources, "old", "yq")), str(tmp_path / "out2"), notes=notes)
+    (conflict,) = [n for n in notes if n.startswith("conflict:")]
+    assert "package musl (apk" in conflict and "version 1.2.3-r0" in conflict and "version 1.2.4-r2" in conflict
+
+
+def test_rpm_databases_are_reported_not_merged() -> None:
+    rpm = pkgdb.LayerDatabases(rpm=True)
+    stack = [pkgdb.StackLayer(0, "a", "[a]", "d0", "diff0", frozenset(), rpm),
+             pkgdb.StackLayer(1, "b", "[b]", "d1", "diff1", frozenset(), rpm)]
+    found = pkgdb.plan(stack)
+    assert not found.merged and len(found.notes) == 1 and "cannot merge" in found.notes[0]
+
+
+def test_a_database_larger_than_the_cap_is_an_error(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setattr(pkgdb, "MAX_DATABASE", 10)
+    with pytest.raises(InvalidSource, match="larger than .*merge_package_databases=False"):
+        pkgdb._read_capped(io.BytesIO(b"x" * 11), pkgdb.DPKG_STATUS, "layer 1")
+
+
+def test_a_status_file_that_is_not_one_is_an_error() -> None:
+    with pytest.raises(InvalidSource, match="without a Package field"):
+        pkgdb.parse_dpkg(b"Hello: world\n", "layer 1")
+
+
+def test_the_cli_makes_the_layer_once_for_compose_and_check(tmp_path, sources, capsys) -> None:  # type: ignore[no-untyped-def]
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(json.dumps(_spec(sources, "curl", "gcc")))
+    for name in ("base", "curl", "gcc"):
+        assert main(["scan", sources[name], "--layer", "-1", "--out", str(tmp_path / f"{name}.json")]) == 0
+    indexes = [f"--index={tmp_path / n}.json" for n in ("base", "curl", "gcc")]
+    merge_dir = str(tmp_path / "merge")
+    assert main(["package-db-layer", str(spec_path), "--out", merge_dir, *indexes]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["read"] == 3 and summary["layer"] and summary["conflicts"] == 0
+    inline = build(parse_spec(_spec(sources, "curl", "gcc")), str(tmp_path / "inline"))
+    given = build(parse_spec(_spec(sources, "curl", "gcc", package_db_layer=merge_dir)), str(tmp_path / "given"))
+    assert given.manifest_descriptor == inline.manifest_descriptor
+    assert read_index(os.path.join(merge_dir, "index.json"))[0].on_top
+    assert main(["check", *indexes, f"--package-db={merge_dir}", "--on-conflict=error",
+                 "--no-check-dependencies"]) == 0
+    assert "info: /var/lib/dpkg/status differs" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("on_conflict,severity", [("error", "error"), ("warn", "warning"), ("ignore", None)],
+                         ids=["error", "warn", "ignore"])
+def test_the_check_grades_package_conflicts_by_on_conflict(on_conflict, severity) -> None:  # type: ignore[no-untyped-def]
+    found = pkgdb.plan(_stack(("b", db(dpkg("libc6", "2.36")), frozenset()),
+                              ("c", db(dpkg("libc6", "2.37"), dpkg("zlib", "1")), frozenset())))
+    report = check([], Policy(on_conflict, check_dependencies=False), merge_report=found.report())
+    if severity is None:
+        assert not report.findings
+        return
+    (finding,) = report.findings
+    assert finding.severity == severity and "package libc6:amd64 (dpkg" in finding.message
+    assert "version 2.36 in b" in finding.message and "version 2.37 in c" in finding.message
+    if severity == "error":
+        assert "package libc6:amd64" in report.error_summary()

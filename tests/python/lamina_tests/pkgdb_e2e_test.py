@@ -1,0 +1,113 @@
+"""End to end on real Debian 12 packages: a `debootstrap --variant=minbase` base, and two images on
+it that each install real packages (`apt-get download`ed curl and gcc, with their dependencies)
+with `dpkg -i`, committed as one layer. Composed on the base, the two layers' dpkg databases are
+merged by one new layer: `dpkg -s` finds both, `dpkg --audit` is clean, every package is counted,
+and the layers taken keep their digests. Without the merge, curl's packages are lost.
+
+Without debootstrap, a Debian 12 apt or a reachable mirror the tests skip, except under CI (env
+CI), where they fail."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+import lamina.cli
+from lamina_tests.support.debian import debian_debs, debian_image
+from lamina_tests.support.images import docker_save
+from lamina_tests.support.services import docker, require_docker
+
+PREFIX = f"lamina-pkgdb-{uuid.uuid4().hex[:8]}"
+PROBE = "dpkg -s curl >/dev/null && dpkg -s gcc-12 >/dev/null && echo found; dpkg --audit; dpkg -l | grep -c ^ii"
+
+
+def _installed(ref: str) -> int:
+    return int(docker("run", "--rm", "--network", "none", ref, "sh", "-c", "dpkg -l | grep -c ^ii").stdout.strip())
+
+
+def _dpkg_image(base: str, tag: str, debs: Path) -> str:
+    """`base` with the .debs in `debs` installed by `dpkg -i` (no network), committed as one layer."""
+    name = f"{PREFIX}-build-{uuid.uuid4().hex[:6]}"
+    docker("create", "--network", "none", "--name", name, base, "sh", "-c",
+           "dpkg -i /debs/*.deb >/dev/null && rm -rf /debs")
+    try:
+        docker("cp", str(debs), f"{name}:/debs")
+        docker("start", "-a", name)
+        docker("commit", name, tag)
+    finally:
+        docker("rm", "-f", name, check=False)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """debian.tar, curl.tar, gcc.tar (saved) and the installed-package counts of their images."""
+    require_docker()
+    try:
+        base = debian_image()
+        debs = {p: debian_debs((p,)) for p in ("curl", "gcc")}
+    except (RuntimeError, OSError) as e:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Debian package tests: {e}")
+        pytest.skip(f"needs a Debian 12 rootfs and packages: {e}")
+    out = tmp_path_factory.mktemp("images")
+    tags = {p: _dpkg_image(base, f"{PREFIX}/{p}:1", d) for p, d in debs.items()}
+    try:
+        docker_save(base, out / "debian.tar")
+        counts = {"base": _installed(base)}
+        for p, tag in tags.items():
+            docker_save(tag, out / f"{p}.tar")
+            counts[p] = _installed(tag)
+        yield out, counts
+    finally:
+        for tag in tags.values():
+            docker("image", "rm", "-f", tag, check=False)
+
+
+def _compose(images: Path, tmp_path: Path, ref: str, **extra) -> dict:  # type: ignore[no-untyped-def]
+    spec = {"base": f"docker-archive:{images / 'debian.tar'}",
+            "layers": [{"source": f"docker-archive:{images / p}.tar", "layer": "-1"} for p in ("curl", "gcc")],
+            "tags": [ref], **extra}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    out, audit = tmp_path / "out.tar", tmp_path / "audit.json"
+    assert lamina.cli.main(["compose", str(tmp_path / "spec.json"), "--out", str(out), "--audit", str(audit)]) == 0
+    docker("load", "-i", str(out))
+    return json.loads(audit.read_text())
+
+
+def _digests(tar: Path) -> list:
+    from lamina.sources import open_image
+
+    return [l.descriptor.digest for l in open_image(f"docker-archive:{tar}").layers]
+
+
+def test_composed_image_lists_the_packages_of_both_layers(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dirs, counts = images
+    assert counts["curl"] - counts["base"] == 16 and counts["gcc"] - counts["base"] == 25, counts
+    ref = f"{PREFIX}/composed:1"
+    try:
+        audit = _compose(dirs, tmp_path, ref)
+        lines = docker("run", "--rm", "--network", "none", ref, "sh", "-c", PROBE).stdout.split()
+    finally:
+        docker("image", "rm", "-f", ref, check=False)
+    # dpkg -s finds both, dpkg --audit prints nothing, every package counted once
+    assert lines == ["found", str(counts["base"] + 16 + 25)], lines
+    rows = audit["layers"]
+    # the layers taken keep their digests: only the merge layer on top is new
+    taken = _digests(dirs / "debian.tar") + _digests(dirs / "curl.tar")[-1:] + _digests(dirs / "gcc.tar")[-1:]
+    assert [r["digest"] for r in rows[:-1]] == taken
+    assert rows[-1]["selector"] == "merge-package-databases" and rows[-1]["digest"] not in taken
+
+
+def test_without_the_merge_the_top_layer_hides_the_other_packages(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    dirs, counts = images
+    ref = f"{PREFIX}/unmerged:1"
+    try:
+        audit = _compose(dirs, tmp_path, ref, merge_package_databases=False)
+        assert _installed(ref) == counts["gcc"]  # curl's packages lost, as on main before the merge
+    finally:
+        docker("image", "rm", "-f", ref, check=False)
+    assert all(r["selector"] != "merge-package-databases" for r in audit["layers"])
