@@ -339,7 +339,7 @@ def _checksum_ok(block: bytes, stored: int) -> bool:
 
 
 def _text(field: bytes) -> str:
-    if not field[0]:
+    if not field or not field[0]:
         return ""
     nul = field.find(0)
     if nul >= 0:

@@ -155,6 +155,8 @@ HANDMADE: dict[str, bytes] = {
     "long-link-then-pax": gnu_long(b"fromK", b"K") + pax((b"linkpath", b"fromx"), (b"path", b"p")) + member(
         name=b"s", type=b"2", linkname=b"hdr") + END,
     "long-name-no-nul": member(b"exact" * 100 + b"abcdefghijkl", name=b"././@LongLink", type=b"L") + member(b"x", name=b"h") + END,
+    "empty-long-names": member(name=b"././@LongLink", type=b"L") + member(name=b"././@LongLink", type=b"K") + member(
+        b"x", name=b"h") + END,
     "long-name-dir": gnu_long(b"longdir/") + member(name=b"longdir/", type=b"\0") + gnu_long(b"notdir/") + member(
         name=b"x", type=b"\0") + END,
     "global": pax((b"uid", b"1"), (b"path", b"every"), (b"comment", b"c"), type=b"g") + member(b"a", name=b"a")
