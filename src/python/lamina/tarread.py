@@ -137,8 +137,8 @@ class _Input:
         self._drop()
         while have < n:
             want = n - have
-            if want >= CHUNK:  # big reads go past the buffer
-                data = self._stream.read(want) or b""
+            if want >= CHUNK:  # big reads go past the buffer, a CHUNK at a time (`n` may be absurd)
+                data = self._stream.read(CHUNK) or b""
                 self._base += len(data)
             else:
                 data = self._stream.read(CHUNK) or b""
@@ -294,6 +294,9 @@ def _next(source: _Input, pax_global: dict[str, str], what: str, first: bool) ->
         return Member(name, kind, size, mode, uid, gid, linkname), skip
 
 
+# Numeric fields already read, by their bytes: a layer's headers repeat a few modes, owners and
+# device fields. Shared by every reader (a value depends on the bytes alone; dict operations are
+# atomic), and bounded: a full cache starts over.
 _IDS: dict[bytes, tuple[int, int, int]] = {}
 _DEVICES: dict[bytes, bool] = {}
 _REMEMBERED = 4096

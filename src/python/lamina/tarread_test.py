@@ -247,6 +247,7 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "not a tar": (b"not a tar at all" * 64, r"not a readable tar layer \(a numeric field of the header at byte 0"),
     "bad checksum later": (OK + header(b"x", chksum=b"0001234") + END, r"bad checksum in the header at byte 1024"),
     "truncated content": (header(b"big", 10_000) + b"x" * 3000, r"truncated layer \(it ends inside the data of big\)"),
+    "truncated absurd size": (member(b"x" * 600, name=b"huge", size=base256(1 << 80, 12))[:1200], r"truncated layer"),
     "truncated skipped data": (header(b"v", 10_000, type=b"V") + b"x" * 3000, r"truncated layer"),
     "truncated padding": (header(b"f", 5) + b"12345", r"truncated layer"),
     "pax length too long": (pax(raw=b"99 path=x\n") + OK + END, r"bad record at byte 0 of the pax header at byte 0"),
