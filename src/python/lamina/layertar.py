@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import posixpath
-import tarfile
 from dataclasses import dataclass
 from typing import IO, Callable, Iterator, Optional, TypeVar
 
-from lamina.blobs import chunks
 from lamina.errors import InvalidSource, UnsafeArchive
 from lamina.image import Layer
+from lamina.tarread import Member, members
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -53,19 +52,6 @@ def normalize(name: str, what: str) -> str:
     return "/".join(parts)
 
 
-def kind_of(info: tarfile.TarInfo) -> str:
-    """'file', 'dir', 'symlink', 'hardlink' or 'other'."""
-    if info.isreg():
-        return "file"
-    if info.isdir():
-        return "dir"
-    if info.issym():
-        return "symlink"
-    if info.islnk():
-        return "hardlink"
-    return "other"
-
-
 def walk(layer: Layer, what: str, read: Callable[[Entry, IO[bytes]], T],
          stream: Optional[IO[bytes]] = None) -> Iterator[tuple[Entry, Optional[T]]]:
     """Each entry of the layer in tar order, with `read(entry, content)` for a file (None otherwise).
@@ -80,22 +66,11 @@ def walk(layer: Layer, what: str, read: Callable[[Entry, IO[bytes]], T],
     """
     with (layer.open_uncompressed() if stream is None else contextlib.nullcontext(stream)) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
-                for info in tf:
-                    entry = _entry(info, what)
-                    value = None
-                    if entry.kind == "file":
-                        f = tf.extractfile(info)
-                        if f is None:
-                            raise InvalidSource(f"{what}: cannot read {entry.path}")
-                        value = read(entry, f)
-                    yield entry, value
-        except tarfile.TarError as e:
-            raise InvalidSource(f"{what}: not a readable tar layer ({e})") from e
-        except EOFError as e:
+            for member, content in members(stream, what):  # reads the stream to its end after the last one
+                entry = _entry(member, what)
+                yield entry, (read(entry, content) if content is not None else None)
+        except EOFError as e:  # a decompressor's
             raise InvalidSource(f"{what}: truncated layer") from e
-        for _ in chunks(stream):  # end-of-archive blocks and whatever follows them
-            pass
 
 
 def entries(layer: Layer, what: str = "") -> Iterator[Entry]:
@@ -105,11 +80,9 @@ def entries(layer: Layer, what: str = "") -> Iterator[Entry]:
 
 
 def _skip(entry: Entry, content: IO[bytes]) -> None:
-    return None  # tarfile skips the unread content itself, in blocks, on the next header
+    return None  # the reader skips the unread content itself, on the next member
 
 
-def _entry(info: tarfile.TarInfo, what: str) -> Entry:
-    path = normalize(info.name, what)
-    kind = kind_of(info)
-    linkname = normalize(info.linkname, what) if kind == "hardlink" else info.linkname
-    return Entry(path, kind, info.size, info.mode, info.uid, info.gid, linkname)
+def _entry(m: Member, what: str) -> Entry:
+    linkname = normalize(m.linkname, what) if m.kind == "hardlink" else m.linkname
+    return Entry(normalize(m.name, what), m.kind, m.size, m.mode, m.uid, m.gid, linkname)

@@ -9,10 +9,11 @@ import pytest
 
 from lamina.errors import DigestMismatch, InvalidSource, UnsafeArchive
 from lamina.image import Image, Layer
-from lamina.layertar import Entry, entries, walk
+from lamina.layertar import Entry, entries, normalize, walk
 from lamina.model import Descriptor
 from lamina.select import parse_selector, select
 from lamina_testing.images import MEDIA, layer_tar, sha
+from lamina_testing.tarref import tarfile_members
 
 
 def _layer(tar: bytes, blob: bytes = b"") -> Layer:
@@ -99,3 +100,28 @@ def test_path_selector_reads_the_matching_layer_to_its_end() -> None:
     image = Image("test", b"{}", Descriptor("application/vnd.oci.image.config.v1+json", sha(b"{}"), 2), layers)
     with pytest.raises(DigestMismatch):
         select(image, parse_selector("path=/usr/bin/tool"))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT], ids=["ustar", "gnu", "pax"])
+def test_entries_are_what_tarfile_reads_normalized(fmt: int) -> None:
+    """walk's entries are tarfile's members, normalized as walk always did (see tarread_test for the reader itself)."""
+    long_dir = "usr/" + "l" * 90 + "/" + "m" * 60
+    infos = []
+    for name, kind, size, link in [("./", tarfile.DIRTYPE, 0, ""), (long_dir + "//", tarfile.DIRTYPE, 0, ""),
+                                   (long_dir + "/./file", tarfile.REGTYPE, 3, ""), ("etc/h", tarfile.LNKTYPE, 0, "./" + long_dir + "/file"),
+                                   ("etc/s", tarfile.SYMTYPE, 0, "../" + "s" * 120), ("dev/f", tarfile.FIFOTYPE, 0, ""),
+                                   ("big", tarfile.REGTYPE, 2, "")]:
+        info = tarfile.TarInfo(name)
+        info.type, info.size, info.linkname, info.uid = kind, size, link, 3_000_000 if name == "big" else 7
+        infos.append(info)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tf:
+        for info in infos:
+            if fmt != tarfile.USTAR_FORMAT or (info.uid < 1 << 21 and len(info.linkname) <= 100):
+                tf.addfile(info, io.BytesIO(b"\1" * info.size) if info.isreg() else None)
+    tar = buf.getvalue()
+    expected = [Entry(normalize(m.name, "t"), m.kind, m.size, m.mode, m.uid, m.gid,
+                      normalize(m.linkname, "t") if m.kind == "hardlink" else m.linkname) for m, _ in tarfile_members(tar)]
+    assert len(expected) == (4 if fmt == tarfile.USTAR_FORMAT else 7)
+    assert list(entries(_layer(tar), "t")) == expected
+    assert [v for _, v in walk(_layer(tar), "t", lambda e, f: f.read())] == [c for _, c in tarfile_members(tar)]

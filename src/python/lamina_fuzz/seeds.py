@@ -98,6 +98,40 @@ def layers() -> list[bytes]:
     ]
 
 
+def tar_formats() -> list[bytes]:
+    """Small tars using each format's extensions, for the differential check of the tar reader:
+    GNU long names, long links and base-256 numbers, PAX global and extended headers (long
+    link, big ids, non-UTF-8 names), devices, fifos and contiguous files, v7-style headers."""
+    def infos() -> list[tuple[tarfile.TarInfo, bytes]]:
+        out = []
+        for name, kind, data, attrs in [
+            ("d/", tarfile.DIRTYPE, b"", {}), ("d/" + "n" * 110, tarfile.REGTYPE, b"long", {"uid": 3_000_000}),
+            ("d/l", tarfile.SYMTYPE, b"", {"linkname": "t" * 120}), ("d/h", tarfile.LNKTYPE, b"", {"linkname": "d/x"}),
+            ("d/\udcff\u00e9", tarfile.CONTTYPE, b"c", {"gid": 1 << 40}), ("dev/null", tarfile.CHRTYPE, b"", {"devmajor": 1, "devminor": 3}),
+            ("dev/p", tarfile.FIFOTYPE, b"", {"mtime": -1}),
+        ]:
+            info = tarfile.TarInfo(name)
+            info.type, info.size, info.mtime = kind, len(data), 0
+            for key, value in attrs.items():
+                setattr(info, key, value)
+            out.append((info, data))
+        return out
+
+    seeds = []
+    for fmt, headers in ((tarfile.GNU_FORMAT, None), (tarfile.PAX_FORMAT, {"comment": "g", "uid": "5"})):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=fmt, pax_headers=headers, errors="surrogateescape") as tf:  # type: ignore[call-overload]
+            for info, data in infos():
+                tf.addfile(info, io.BytesIO(data) if info.isreg() else None)
+        data = buf.getvalue()
+        seeds.append(data[:-(-len(data.rstrip(b"\0")) // 512) * 512] + b"\0" * 1024)
+    v7 = bytearray(512)
+    v7[0:4], v7[100:108], v7[124:136], v7[156] = b"old/", b"0000755\0", b"00000000000\0", 0
+    v7[148:156] = b"%06o\0 " % (sum(v7) + 8 * 32)
+    seeds.append(bytes(v7) + b"\0" * 1024)
+    return seeds
+
+
 # -- image sources as bundles ----------------------------------------------------------------------
 
 
@@ -324,7 +358,7 @@ SEEDS: dict[str, Callable[[], list[bytes]]] = {
     "oci_archive": lambda: [oci_layout(tars()[:2], ["gz", "none"]), oci_multi(tars(), nested=True) + b"\n%%\n@platform\nlinux/arm64"],
     "archive_bytes": lambda: [_as_tar(docker_classic(tars()[:1], ["none"])), _as_tar(oci_layout(tars()[1:2], ["gz"])),
                               _as_tar(oci_layout(tars()[3:], ["none"], docker_manifest=True))],
-    "layer_tar": lambda: tars() + [tars()[0] + b"\0" * 2048],
+    "layer_tar": lambda: tars() + [tars()[0] + b"\0" * 2048] + tar_formats(),
     "layer_gzip": lambda: [gzip.compress(t, mtime=0) for t in tars()] + [gzip.compress(tars()[0][:600]) + gzip.compress(tars()[0][600:]),
                            gzip.compress(tars()[1] + bytes(BOMB), 9, mtime=0)],
     "layer_zstd": lambda: [_zstd(t) for t in tars()] + [_zstd(tars()[1], 3), _zstd(tars()[2] + bytes(BOMB))],

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 from typing import Callable, Optional
 
 from lamina.analyze.index import dumps, loads
@@ -37,6 +38,7 @@ from lamina.spec import parse_files, parse_spec
 from lamina_fuzz.bundle import Bundle, decode, write_dir, write_tar
 from lamina_fuzz.contract import ContractViolation, Run, check_error
 from lamina_fuzz.fakeregistry import registry_image
+from lamina_testing.tarref import lamina_members, tarfile_members
 
 MAX_LAYERS = 8
 _OTHER_DIFF_ID = "sha256:" + "0" * 64
@@ -176,8 +178,63 @@ def _layer_stream(compression: str) -> Callable[[bytes, Run], None]:
     return target
 
 
-layer_tar = _layer_stream("none")
-layer_tar.__doc__ = "An uncompressed layer blob: the tar-header walker, content hashing, ELF heads."
+def tar_differential(data: bytes) -> None:
+    """lamina's tar reader against Python's tarfile (the reader layertar used before): where
+    lamina reads the bytes, tarfile must read the same members and contents, or refuse them
+    only by failing itself (RecursionError on a deep chain of extended headers, UnicodeDecodeError
+    on a non-UTF-8 hdrcharset); tarfile refusing them as a bad tar (TarError) is a violation."""
+    try:
+        ours = lamina_members(data)
+    except LaminaError as e:
+        check_error(e)
+        return
+    try:
+        theirs = tarfile_members(data)
+    except (tarfile.TarError, EOFError) as e:
+        raise ContractViolation(f"lamina reads {len(ours)} members where tarfile refuses the tar: {e!r}") from None
+    except Exception:  # tarfile's own failures
+        return
+    if ours != theirs:
+        diff = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise ContractViolation(f"lamina and tarfile read member {diff} differently: "
+                                f"{_shown(ours, diff)} != {_shown(theirs, diff)} ({len(ours)} vs {len(theirs)} members)")
+
+
+def _shown(read: list, i: int) -> str:  # type: ignore[type-arg]
+    if i >= len(read):
+        return "nothing"
+    m, content = read[i]
+    return repr((tuple(m), content if content is None or len(content) <= 32 else f"{len(content)} bytes"))
+
+
+def with_checksums(data: bytes) -> bytes:
+    """`data` with the checksum of each header made right, headers found as a reader would (after
+    each header its data, for the types that have some): a mutated header still reads, so the
+    differential check gets past the checksums to the fields behind them."""
+    out = bytearray(data)
+    pos = 0
+    while pos + 512 <= len(out) and any(out[pos:pos + 512]):
+        out[pos + 148:pos + 156] = b" " * 8
+        out[pos + 148:pos + 155] = b"%06o\0" % sum(out[pos:pos + 512])
+        try:
+            size = max(0, int(bytes(out[pos + 124:pos + 136]).split(b"\0")[0].strip() or b"0", 8))
+        except ValueError:
+            break  # (or base-256: the rest is left as it is)
+        pos += 512 + (0 if out[pos + 156:pos + 157] in (b"1", b"2", b"3", b"4", b"5", b"6") else -(-size // 512) * 512)
+    return bytes(out)
+
+
+def layer_tar(data: bytes, run: Run) -> None:
+    """An uncompressed layer blob: the tar reader (against tarfile, also with its checksums made
+    right), the walker, content hashing, ELF heads."""
+    tar_differential(data)
+    fixed = with_checksums(data)
+    if fixed != data:
+        tar_differential(fixed)
+    _layer_tar(data, run)
+
+
+_layer_tar = _layer_stream("none")
 layer_gzip = _layer_stream("gzip")
 layer_zstd = _layer_stream("zstd")
 
