@@ -11,6 +11,9 @@ from pants.util.strutil import softwrap
 # The special values of `[lamina].lockfile` (the strings Pants' own tools use).
 DEFAULT_LOCKFILE = "<default>"
 NO_LOCKFILE = "<none>"
+# What the built-in lockfile was made for (`./pants generate-lockfiles --resolve=lamina` here).
+DEFAULT_REQUIREMENTS = ("zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0")
+DEFAULT_INTERPRETER_CONSTRAINTS = ("CPython==3.9.*",)
 # The built-in lockfile, a resource of this package.
 BUILTIN_LOCKFILE = ("lamina_pants", "core.lock")
 
@@ -32,7 +35,7 @@ class LaminaSubsystem(Subsystem):
     help = "Options for lamina, which composes container images from layers of existing images."
 
     interpreter_constraints = StrListOption(
-        default=["CPython==3.9.*"],
+        default=list(DEFAULT_INTERPRETER_CONSTRAINTS),
         help=softwrap(
             """
             Python interpreters that may run the lamina core (layer extraction and composition
@@ -78,7 +81,7 @@ class LaminaSubsystem(Subsystem):
         ),
     )
     requirements = StrListOption(
-        default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0"],
+        default=list(DEFAULT_REQUIREMENTS),
         help=softwrap(
             """
             Third-party requirements of the lamina core, installed into its PEX from

@@ -88,7 +88,8 @@ async def publish_composed_image(
             Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())])
         )
         read_only = (*read_only, *compressed.dirs)
-    env = await Get(EnvironmentVars, EnvironmentVarsRequest(tuple(lamina.registry_env_vars)))
+    # not cached: the user's PATH too, where their Docker credential helpers are
+    env = await Get(EnvironmentVars, EnvironmentVarsRequest((*lamina.registry_env_vars, "PATH")))
     process = await core_process(
         core,
         ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *lamina.registry_args()),

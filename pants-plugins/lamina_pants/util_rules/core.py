@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+import hashlib
 from typing import Iterable, Optional
 
 from pants.backend.python.target_types import EntryPoint, PythonSourceField, PythonTestSourceField
@@ -36,7 +37,14 @@ from pants.util.ordered_set import FrozenOrderedSet
 from pants.util.logging import LogLevel
 
 from lamina import __version__ as lamina_version
-from lamina_pants.subsystem import BUILTIN_LOCKFILE, DEFAULT_LOCKFILE, NO_LOCKFILE, LaminaSubsystem
+from lamina_pants.subsystem import (
+    BUILTIN_LOCKFILE,
+    DEFAULT_INTERPRETER_CONSTRAINTS,
+    DEFAULT_LOCKFILE,
+    DEFAULT_REQUIREMENTS,
+    NO_LOCKFILE,
+    LaminaSubsystem,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,7 @@ class LaminaCore:
     pex: Pex
     python: PythonExecutable
     link: str  # the symlink to the venv's entry script, relative to a sandbox
+    link_cache: tuple[str, str]  # the named cache holding it: (name, LINK_DIR)
 
 
 # The module the PEX runs (`lamina.cli:main`), by its path relative to its source root.
@@ -141,8 +150,9 @@ CORE_PEX = "lamina.pex"
 # The PEX makes a venv of itself in PEX_ROOT on its first run: processes run that venv's entry
 # script directly (no PEX bootstrap per process).
 _VENV_ARGS = ("--venv", "--venv-site-packages-copies")
-# Named caches: the symlink to the core's venv, and PEX_ROOT (Pants' own, which its PEXes use too).
-LINK_CACHE = ("lamina_core", ".cache/lamina_core")
+# Named caches: the symlink to the core's venv (one cache per interpreter path, see _core, all
+# seen at the same path), and PEX_ROOT (Pants' own, which its PEXes use too).
+LINK_DIR = ".cache/lamina_core"
 PEX_ROOT_CACHE = ("pex_root", ".cache/pex_root")
 # Where the core's PEX is linked (read-only) into each process's sandbox: part of its key, not copied.
 CORE_DIR = "__lamina_core"
@@ -150,28 +160,52 @@ CORE_DIR = "__lamina_core"
 # own would be part of every key.
 PROCESS_PATH = "/usr/local/bin:/usr/bin:/bin"
 # Makes the PEX's venv with the interpreter "$1" and points the symlink "$2" at the venv's entry
-# script, unless "$2" already works and was made with "$1" (then it only costs a shell); each file
-# is replaced in one rename.
+# script, unless "$2" already works (then it only costs a shell). The link is replaced in one rename.
 _LINK_SCRIPT = (
-    "set -e; "
-    'if [ -x "$2" ] && [ "$(cat "$2.interpreter" 2>/dev/null || true)" = "$1" ]; then exit 0; fi; '
-    'prefix=$(PEX_INTERPRETER=1 "$1" ' + CORE_PEX + " -c 'import sys; print(sys.prefix)'); "
+    'set -e; if [ -x "$2" ]; then exit 0; fi; root=$(pwd); '
+    'prefix=$(cd ' + CORE_DIR + ' && PEX_ROOT="$root/.cache/pex_root" PEX_INTERPRETER=1 "$1" ' + CORE_PEX
+    + " -c 'import sys; print(sys.prefix)'); "
     'target=$(cd "$prefix" && pwd -P)/pex; test -x "$target"; '
-    'mkdir -p "$(dirname "$2")"; '
-    'ln -sfn "$target" "$2.$$"; mv -f "$2.$$" "$2"; '
-    'printf %s "$1" > "$2.interpreter.$$"; mv -f "$2.interpreter.$$" "$2.interpreter"'
+    'mkdir -p "$(dirname "$2")"; ln -sfn "$target" "$2.$$"; mv -f "$2.$$" "$2"'
 )
+
+
+def cache_suffix(text: str) -> str:
+    """16 hex digits of `text`'s sha256 written with the letters a-p: Pants' named cache names may
+    hold only lowercase letters and underscores (digits are not lowercase)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16].translate(str.maketrans("0123456789", "ghijklmnop"))
 
 
 async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints) -> LaminaCore:
     python = await Get(PythonExecutable, InterpreterConstraints, interpreter_constraints)
-    # Named after the PEX (the same name on every machine, and another for another core), so a
-    # repository with another core on this machine does not repoint it.
-    return LaminaCore(pex, python, f"{LINK_CACHE[1]}/{pex.digest.fingerprint[:24]}/pex")
+    # The link is named after the PEX (the same name on every machine, another for another core).
+    # Its named cache is named after the interpreter's path, which is no part of a key: repositories
+    # on one machine that found other interpreters each keep their own link.
+    cache = (f"lamina_core_{cache_suffix(python.path)}", LINK_DIR)
+    return LaminaCore(pex, python, f"{LINK_DIR}/{pex.digest.fingerprint[:24]}/pex", cache)
+
+
+def _check_builtin_lockfile(subsystem: LaminaSubsystem) -> None:
+    """The built-in lockfile was made for the default requirements and constraints only; Pants' own
+    message for a mismatch names options lamina does not have, so this one comes first."""
+    if subsystem.lockfile != DEFAULT_LOCKFILE:
+        return
+    changed = [name for name, default in (("requirements", DEFAULT_REQUIREMENTS),
+                                          ("interpreter_constraints", DEFAULT_INTERPRETER_CONSTRAINTS))
+               if tuple(getattr(subsystem, name)) != default]
+    if changed:
+        options = " and ".join(f"`[lamina].{name}`" for name in changed)
+        raise LaminaCoreConfigError(
+            f"{options} differ from the defaults the lockfile built into the lamina-pants plugin was made "
+            "for. Make a lockfile of your own: set `[lamina].lockfile` to a path, e.g. "
+            'lockfile = "3rdparty/lamina.lock", and run `pants generate-lockfiles --resolve=lamina` '
+            '(or set lockfile = "<none>" to resolve without one).'
+        )
 
 
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
 async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
+    _check_builtin_lockfile(subsystem)
     interpreter_constraints = InterpreterConstraints(subsystem.interpreter_constraints)
     requirements = core_requirements(subsystem)
     if not subsystem.core_target:
@@ -266,8 +300,8 @@ async def link_interpreter(core: LaminaCore) -> InterpreterLinked:
             argv=("/bin/sh", "-c", _LINK_SCRIPT, "sh", core.python.path, core.link),
             description=f"lamina: set up the core with {core.python.path}",
             level=LogLevel.DEBUG,
-            input_digest=core.pex.digest,
-            append_only_caches=dict((LINK_CACHE, PEX_ROOT_CACHE)),
+            immutable_input_digests={CORE_DIR: core.pex.digest},
+            append_only_caches=dict((core.link_cache, PEX_ROOT_CACHE)),
             env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true"},
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
@@ -298,7 +332,7 @@ async def core_process(
         level=level,
         input_digest=input_digest,
         immutable_input_digests={CORE_DIR: core.pex.digest, **dict(read_only_inputs)},
-        append_only_caches=dict((LINK_CACHE, PEX_ROOT_CACHE, *append_only_caches)),
+        append_only_caches=dict((core.link_cache, PEX_ROOT_CACHE, *append_only_caches)),
         env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true", **env},
         output_directories=output_directories,
         cache_scope=cache_scope,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -11,13 +12,16 @@ from pants.core.goals.package import BuiltPackage, EnvironmentAwarePackageReques
 from pants.engine.addresses import Address, UnparsedAddressInputs
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
 from pants.engine.fs import EMPTY_DIGEST, Digest, GlobExpansionConjunction, GlobMatchErrorBehavior, PathGlobs
-from pants.engine.process import ProcessCacheScope
+from pants.engine.process import Process, ProcessCacheScope, ProcessResult
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, Targets
+from pants.util.logging import LogLevel
+
+from lamina.registry.where import locations
 
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import ComposedImageOutputFormatField
-from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaRun, LaminaRunResult, cache_suffix
 
 logger = logging.getLogger(__name__)
 
@@ -65,43 +69,53 @@ class RegistryImageRequest:
     field_alias: str
 
 
-# A Pants named cache (shared by every run, and no part of any process's key), and the file in
-# it where this session's credentials-where step writes the paths of the user's Docker config and
-# certs.d; cached registry processes name it in LAMINA_CREDENTIALS_FROM (lamina/registry/where.py).
-CREDENTIALS_CACHE = ("lamina_credentials", ".cache/lamina_credentials")
-CREDENTIALS_FILE = f"{CREDENTIALS_CACHE[1]}/where.json"
-_LOCATION_VARS = {"HOME", "DOCKER_CONFIG", "XDG_CONFIG_HOME"}
+# Where the session's credentials step writes the paths of the user's Docker config and certs.d
+# (and the PATH their credential helpers are on), for cached registry processes, which name it in
+# LAMINA_CREDENTIALS_FROM (lamina/registry/where.py): a file in a Pants named cache, which is no
+# part of any process's key. The cache is named after what it holds, so sessions with other
+# locations (another repository, another DOCKER_CONFIG) each have their own; the path a process
+# sees it at is the same for all.
+CREDENTIALS_DIR = ".cache/lamina_credentials"
+CREDENTIALS_FILE = f"{CREDENTIALS_DIR}/where.json"
+_LOCATION_VARS = {"HOME", "DOCKER_CONFIG", "XDG_CONFIG_HOME", "LAMINA_CERTS_D"}
+# Writes "$1" to the file "$2" (in one rename) unless it holds that already.
+_WRITE_SCRIPT = (
+    'set -e; if [ "$(cat "$2" 2>/dev/null || true)" = "$1" ]; then exit 0; fi; '
+    'mkdir -p "$(dirname "$2")"; printf %s "$1" > "$2.$$"; mv -f "$2.$$" "$2"'
+)
 
 
 @dataclass(frozen=True)
 class CredentialLocationsRequest:
     env: tuple[tuple[str, str], ...]
-    address: Address  # for an error's message only: the step is the same for every target
 
 
 @dataclass(frozen=True)
 class CredentialLocations:
-    pass
+    cache: tuple[str, str]  # the named cache holding CREDENTIALS_FILE: (name, CREDENTIALS_DIR)
 
 
-@rule
+@rule(desc="Note where the Docker config and certs.d are", level=LogLevel.DEBUG)
 async def credential_locations(request: CredentialLocationsRequest) -> CredentialLocations:
-    """Once a session (the same small process for every registry source): write where the user's
-    Docker config and certs.d are, paths only, so that cached processes find them."""
+    """Once a session (a shell, for every registry source): write where the user's Docker config,
+    certs.d and credential helpers are, paths only, so that cached processes find them."""
+    path = await Get(EnvironmentVars, EnvironmentVarsRequest(("PATH",)))
+    environ = {k: v for k, v in request.env if k in _LOCATION_VARS}
+    environ.update(path)
+    text = json.dumps(locations(environ), sort_keys=True)
+    cache = (f"lamina_credentials_{cache_suffix(text)}", CREDENTIALS_DIR)
     await Get(
-        LaminaRunResult,
-        LaminaRun(
-            address=request.address,
-            argv=("credentials-where", f"--write={CREDENTIALS_FILE}"),
-            input_digest=EMPTY_DIGEST,
-            output_directory="__none",
+        ProcessResult,
+        Process(
+            argv=("/bin/sh", "-c", _WRITE_SCRIPT, "sh", text, CREDENTIALS_FILE),
             description="lamina: note where the Docker config and certs.d are",
-            extra_env=tuple((k, v) for k, v in request.env if k in _LOCATION_VARS),
-            append_only_caches=(CREDENTIALS_CACHE,),
+            level=LogLevel.DEBUG,
+            append_only_caches=dict((cache,)),
+            env={"PATH": "/usr/bin:/bin"},
             cache_scope=ProcessCacheScope.PER_SESSION,
         ),
     )
-    return CredentialLocations()
+    return CredentialLocations(cache)
 
 
 @rule
@@ -148,6 +162,8 @@ async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsy
                 f"{request.field_alias}=\"{value.rsplit(':', 1)[0] if _has_tag(value) else value}@sha256:<digest>\" "
                 f"(`lamina resolve {value}` prints the digest it names now)"
             )
+        # not cached: it gets the user's PATH, where their credential helpers are
+        user_path = await Get(EnvironmentVars, EnvironmentVarsRequest(("PATH",)))
         resolved = await Get(
             LaminaRunResult,
             LaminaRun(
@@ -156,7 +172,7 @@ async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsy
                 input_digest=EMPTY_DIGEST,
                 output_directory="__none",
                 description=f"lamina: look up {value} in its registry",
-                extra_env=env,
+                extra_env=tuple(sorted({**dict(env), **user_path}.items())),
                 cache_scope=ProcessCacheScope.PER_SESSION,
             ),
         )
@@ -166,10 +182,10 @@ async def image_from_registry(request: RegistryImageRequest, lamina: LaminaSubsy
     # one: a proxy URL reaches it without credentials, and where the user's credentials are
     # (HOME, DOCKER_CONFIG, XDG_CONFIG_HOME: another machine's are other paths) reaches it in a
     # file this session's own small step writes, outside the key.
-    await Get(CredentialLocations, CredentialLocationsRequest(env, address))
+    where = await Get(CredentialLocations, CredentialLocationsRequest(env))
     return ResolvedImageSource(EMPTY_DIGEST, reference, value, extra_argv=lamina.registry_args(),
                                extra_env=cacheable_env(env, address),
-                               append_only_caches=(CREDENTIALS_CACHE,))
+                               append_only_caches=(where.cache,))
 
 
 _PROXY_VARS = {"https_proxy", "http_proxy"}
@@ -181,7 +197,7 @@ def cacheable_env(env: tuple[tuple[str, str], ...], address: Address) -> tuple[t
     file the session's credentials-where step writes them to."""
     out = [("LAMINA_CREDENTIALS_FROM", CREDENTIALS_FILE)]
     for name, value in env:
-        if name in _LOCATION_VARS:
+        if name in _LOCATION_VARS or name == "PATH":
             continue
         if name.lower() in _PROXY_VARS and "@" in value:
             scheme, sep, rest = value.rpartition("://")

@@ -5,6 +5,7 @@ import base64
 import binascii
 import json
 import os
+import shutil
 import subprocess
 import urllib.parse
 from dataclasses import dataclass, field
@@ -149,11 +150,15 @@ def parse_helper_output(stdout: bytes, helper: str) -> Credentials:
     return Credentials(user, secret, origin=f"docker-credential-{helper}")
 
 
-def run_helper(helper: str, registry: str) -> Optional[Credentials]:
-    """Ask `docker-credential-HELPER get` for `registry`; None when it has none stored."""
+def run_helper(helper: str, registry: str, search_path: Optional[str] = None) -> Optional[Credentials]:
+    """Ask `docker-credential-HELPER get` for `registry`; None when it has none stored. The helper
+    is looked up on `search_path` when given (the user's PATH, for a process that runs with another)."""
     exe = f"docker-credential-{helper}"
+    found = shutil.which(exe, path=search_path) if search_path else exe
     try:
-        proc = subprocess.run([exe, "get"], input=helper_server_url(registry).encode(), capture_output=True,
+        if found is None:
+            raise FileNotFoundError(exe)
+        proc = subprocess.run([found, "get"], input=helper_server_url(registry).encode(), capture_output=True,
                               timeout=HELPER_TIMEOUT_S)
     except FileNotFoundError:
         raise AuthError(
@@ -170,14 +175,15 @@ def run_helper(helper: str, registry: str) -> Optional[Credentials]:
     return parse_helper_output(proc.stdout, helper)
 
 
-def find_credentials(config: DockerConfig, registry: str) -> Optional[Credentials]:
-    """Credentials for `registry` as the Docker CLI picks them: credHelpers, then credsStore, then auths."""
+def find_credentials(config: DockerConfig, registry: str, helper_path: Optional[str] = None) -> Optional[Credentials]:
+    """Credentials for `registry` as the Docker CLI picks them: credHelpers, then credsStore, then auths
+    (helpers looked up on `helper_path` when given, else on PATH)."""
     host = normalize_registry(registry)
     helper = dict(config.cred_helpers).get(host)
     if helper:
-        return run_helper(helper, host)
+        return run_helper(helper, host, helper_path)
     if config.creds_store:
-        found = run_helper(config.creds_store, host)
+        found = run_helper(config.creds_store, host, helper_path)
         if found is not None:
             return found
     for key, creds in config.auths:

@@ -57,6 +57,7 @@ class RegistryOptions:
     require_pinned: bool = False  # refuse tag references (a tag can move; a digest cannot)
     proxies: ProxyConfig = ProxyConfig()  # none: every connection is direct
     certs_d: tuple[str, ...] = ()  # Docker certs.d roots: <root>/<host[:port]>/*.crt, *.cert + *.key
+    helper_path: Optional[str] = None  # where credential helpers are looked up (None: this process's PATH)
     warn: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
 
     @classmethod
@@ -72,7 +73,8 @@ class RegistryOptions:
 
         written = read_locations(environ[CREDENTIALS_FROM]) if environ.get(CREDENTIALS_FROM) else None
         if written is not None:
-            read["docker_config"], read["certs_d"] = written
+            read["docker_config"], read["certs_d"], helper_path = written
+            read["helper_path"] = helper_path or None
         return cls(**{**read, **overrides})
 
 
@@ -233,7 +235,7 @@ class Transport:
     def credentials(self) -> Optional[Credentials]:
         if not self._creds_loaded:
             config = load_docker_config(self.options.docker_config) if self.options.docker_config else None
-            self._creds = find_credentials(config, self.host) if config else None
+            self._creds = find_credentials(config, self.host, self.options.helper_path) if config else None
             self._creds_loaded = True
         return self._creds
 

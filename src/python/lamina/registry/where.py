@@ -23,8 +23,10 @@ _LIMIT = 64 << 10
 
 
 def locations(environ: Mapping[str, str]) -> dict:
-    """The Docker config file and certs.d roots `environ` implies, as `from_environ` finds them."""
-    return {"docker_config": config_path(environ), "certs_d": list(certs_d_roots(environ))}
+    """The Docker config file and certs.d roots `environ` implies, as `from_environ` finds them, and
+    the PATH its credential helpers (`docker-credential-*`) are looked up on."""
+    return {"docker_config": config_path(environ), "certs_d": list(certs_d_roots(environ)),
+            "helper_path": environ.get("PATH", "")}
 
 
 def write_locations(path: str, environ: Mapping[str, str]) -> None:
@@ -45,9 +47,9 @@ def write_locations(path: str, environ: Mapping[str, str]) -> None:
         raise
 
 
-def read_locations(path: str) -> Optional[tuple[str, tuple[str, ...]]]:
-    """(docker config path, certs.d roots) from a file `write_locations` wrote; None if it is missing,
-    too large or not of that shape (the caller then looks in its own environment)."""
+def read_locations(path: str) -> Optional[tuple[str, tuple[str, ...], str]]:
+    """(docker config path, certs.d roots, helper PATH) from a file `write_locations` wrote; None if
+    it is missing, too large or not of that shape (the caller then looks in its own environment)."""
     try:
         with open(path, "rb") as f:
             raw = f.read(_LIMIT + 1)
@@ -61,7 +63,9 @@ def read_locations(path: str) -> Optional[tuple[str, tuple[str, ...]]]:
         return None
     if not isinstance(value, dict):
         return None
-    config, roots = value.get("docker_config"), value.get("certs_d")
+    config, roots, helper_path = value.get("docker_config"), value.get("certs_d"), value.get("helper_path", "")
     if not isinstance(config, str) or not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
         return None
-    return config, tuple(roots)
+    if not isinstance(helper_path, str):
+        return None
+    return config, tuple(roots), helper_path
