@@ -16,6 +16,7 @@ from pants.backend.python.util_rules.pex_environment import PythonExecutable
 from pants.backend.python.util_rules.pex_requirements import EntireLockfile, Lockfile, PexRequirements
 from pants.core.goals.generate_lockfiles import GenerateToolLockfileSentinel
 from pants.core.util_rules.lockfile_metadata import calculate_invalidation_digest
+from pants.core.util_rules.subprocess_environment import SubprocessEnvironmentVars
 from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.core.util_rules.stripped_source_files import StrippedSourceFiles
@@ -68,6 +69,8 @@ class LaminaCore:
     python: PythonExecutable
     link: str  # the symlink to the venv's entry script, relative to a sandbox
     link_cache: tuple[str, str]  # the named cache holding it: (name, LINK_DIR)
+    # `[subprocess-environment].env_vars`, which every process Pants runs gets (as its PEXes do)
+    subprocess_env: tuple[tuple[str, str], ...] = ()
 
 
 # The module the PEX runs (`lamina.cli:main`), by its path relative to its source root.
@@ -176,13 +179,15 @@ def cache_suffix(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16].translate(str.maketrans("0123456789", "ghijklmnop"))
 
 
-async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints) -> LaminaCore:
+async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints,
+                subprocess_env: SubprocessEnvironmentVars) -> LaminaCore:
     python = await Get(PythonExecutable, InterpreterConstraints, interpreter_constraints)
     # The link is named after the PEX (the same name on every machine, another for another core).
     # Its named cache is named after the interpreter's path, which is no part of a key: repositories
     # on one machine that found other interpreters each keep their own link.
     cache = (f"lamina_core_{cache_suffix(python.path)}", LINK_DIR)
-    return LaminaCore(pex, python, f"{LINK_DIR}/{pex.digest.fingerprint[:24]}/pex", cache)
+    return LaminaCore(pex, python, f"{LINK_DIR}/{pex.digest.fingerprint[:24]}/pex", cache,
+                      tuple(sorted(subprocess_env.vars.items())))
 
 
 def _check_builtin_lockfile(subsystem: LaminaSubsystem) -> None:
@@ -204,7 +209,7 @@ def _check_builtin_lockfile(subsystem: LaminaSubsystem) -> None:
 
 
 @rule(desc="Build the lamina core", level=LogLevel.DEBUG)
-async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
+async def lamina_core(subsystem: LaminaSubsystem, subprocess_env: SubprocessEnvironmentVars) -> LaminaCore:
     _check_builtin_lockfile(subsystem)
     interpreter_constraints = InterpreterConstraints(subsystem.interpreter_constraints)
     requirements = core_requirements(subsystem)
@@ -243,7 +248,7 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             )
         except ProcessExecutionFailure as e:
             raise LaminaCoreConfigError(_core_resolve_error(e.stderr.decode(errors="replace"), subsystem)) from None
-        return await _core(pex, interpreter_constraints)
+        return await _core(pex, interpreter_constraints, subprocess_env)
     origin = "the option `[lamina].core_target`"
     addresses = await Get(
         Addresses, UnparsedAddressInputs([subsystem.core_target], owning_address=None, description_of_origin=origin)
@@ -282,7 +287,7 @@ async def lamina_core(subsystem: LaminaSubsystem) -> LaminaCore:
             description="Building the lamina core",
         ),
     )
-    return await _core(pex, interpreter_constraints)
+    return await _core(pex, interpreter_constraints, subprocess_env)
 
 
 @dataclass(frozen=True)
@@ -333,7 +338,8 @@ async def core_process(
         input_digest=input_digest,
         immutable_input_digests={CORE_DIR: core.pex.digest, **dict(read_only_inputs)},
         append_only_caches=dict((core.link_cache, PEX_ROOT_CACHE, *append_only_caches)),
-        env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true", **env},
+        env={"PATH": PROCESS_PATH, "PEX_ROOT": PEX_ROOT_CACHE[1], "PEX_IGNORE_RCFILES": "true",
+             **dict(core.subprocess_env), **env},
         output_directories=output_directories,
         cache_scope=cache_scope,
     )
