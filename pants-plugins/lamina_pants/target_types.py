@@ -406,7 +406,8 @@ class ComposedImageMergePackageDatabasesField(BoolField):
         Layers that changed one package differently (version, dpkg Status, Architecture, or
         removed in one and kept in another) are a conflict, reported by name, versions and
         layers and graded by `on_conflict` (`"error"` fails the build); the highest of those
-        layers' stanza is taken. dpkg's `status.d/` (distroless, one file per
+        layers' stanza is taken. apk's `etc/apk/world` (the packages asked for) is merged the
+        same way, so that a later `apk add` keeps every layer's packages. dpkg's `status.d/` (distroless, one file per
         package) and `info/*.list` files are per package and need no merge; dpkg's `available`
         is left as the top layer has it. rpm's database is binary and cannot be merged: its
         conflict is reported as such. When no merge is needed, no layer is added.

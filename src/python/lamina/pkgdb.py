@@ -28,6 +28,10 @@ supersedes are merged, three ways, package by package:
 - no copy changed a package (or none is known to: no parent and no file list), the fallback:
   every copy that has the package says, and they agree or are a conflict as above.
 
+apk's `etc/apk/world` (the packages asked for: without them a later `apk add` removes the
+packages of the other layers) is merged the same way, a dependency a package, written sorted one
+a line as apk does; its disagreements are not reported (the installed database's are).
+
 Stanzas are written sorted by name then architecture, as dpkg writes its status; each stanza is
 byte for byte as the layer left it. `var/lib/dpkg/status.d/` (distroless: one file per package)
 and dpkg's `info/*.list` / `*.md5sums` are per package and need no merge; dpkg's `available` is
@@ -51,7 +55,8 @@ from lamina.image import Layer
 
 DPKG_STATUS = "var/lib/dpkg/status"
 APK_INSTALLED = "lib/apk/db/installed"
-MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk"}
+APK_WORLD = "etc/apk/world"
+MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk", APK_WORLD: "apk"}
 RPM_GLOBS = ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")
 STATUS_D = "var/lib/dpkg/status.d/"
 DPKG_INFO = "var/lib/dpkg/info/"
@@ -142,7 +147,19 @@ def parse_apk(data: bytes, what: str) -> list[Stanza]:
     return out
 
 
+def parse_world(data: bytes, what: str) -> list[Stanza]:
+    """apk's `world`: the packages asked for, one dependency (`name`, `name=1.2-r0`, ...) a word."""
+    words = sorted(set(data.decode("utf-8", "replace").split()))
+    return [Stanza(w, "", "", "", w.encode()) for w in words]
+
+
+def serialize_world(stanzas: Sequence[Stanza]) -> bytes:
+    """apk's `world`, one dependency a line, sorted (as apk writes it)."""
+    return b"".join(s.text + b"\n" for s in sorted(stanzas, key=lambda s: s.text))
+
+
 PARSERS = {"dpkg": parse_dpkg, "apk": parse_apk}
+PATH_PARSERS = {DPKG_STATUS: parse_dpkg, APK_INSTALLED: parse_apk, APK_WORLD: parse_world}
 
 
 def serialize(stanzas: Sequence[Stanza]) -> bytes:
@@ -380,7 +397,7 @@ def plan(stack: Sequence[StackLayer]) -> MergePlan:
     that two or more unsuperseded copies write, when their merge is not what the stack shows."""
     merged, conflicts, differing, notes = [], [], [], []
     for path, tool in sorted(MERGEABLE.items()):
-        copies = [(l, PARSERS[tool](c, f"{l.name}"))
+        copies = [(l, PATH_PARSERS[path](c, f"{l.name}"))
                   for l in stack for c in (l.copy(path),) if c is not None]
         if len(copies) < 2:
             continue
@@ -389,6 +406,9 @@ def plan(stack: Sequence[StackLayer]) -> MergePlan:
             continue
         stanzas, found, diff = _merge_one(tool, path, copies)
         content = serialize(stanzas)
+        if path == APK_WORLD:
+            # the packages asked for follow the installed database, whose conflicts are reported
+            content, found, diff = serialize_world(stanzas), [], []
         conflicts += found
         differing += diff
         if content != copies[-1][0].copy(path):

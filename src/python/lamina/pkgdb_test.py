@@ -272,12 +272,14 @@ def test_apk_installed_databases_merge_the_same_way(tmp_path) -> None:  # type: 
         return f"C:Q1{name}=\nP:{name}\nV:{version}\nA:x86_64\nS:100\nT:{name}\nF:usr/bin\nR:{name}\n"
 
     base_db = (apk("musl", "1.2.4-r2"), apk("busybox", "1.36.1-r5"))
-    base = FakeLayer({"lib/": None, "lib/apk/": None, "lib/apk/db/": None,
-                      "lib/apk/db/installed": db(*base_db)}, "ADD alpine /", "gzip")
+    base = FakeLayer({"lib/": None, "lib/apk/": None, "lib/apk/db/": None, "etc/": None, "etc/apk/": None,
+                      "lib/apk/db/installed": db(*base_db), "etc/apk/world": b"busybox\nmusl\n"}, "ADD alpine /", "gzip")
     images = {
         "base": FakeImage([base]),
-        "jq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("jq", "1.7-r0"))}, "RUN apk add jq")]),
-        "yq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("yq", "4.35-r0"))}, "RUN apk add yq")]),
+        "jq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("jq", "1.7-r0")),
+                                          "etc/apk/world": b"busybox\njq\nmusl\n"}, "RUN apk add jq")]),
+        "yq": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(*base_db, apk("yq", "4.35-r0")),
+                                          "etc/apk/world": b"busybox\nmusl\nyq\n"}, "RUN apk add yq")]),
         "old": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(apk("musl", "1.2.3-r0"), base_db[1])}, "RUN x")]),
         "new": FakeImage([base, FakeLayer({"lib/apk/db/installed": db(apk("musl", "1.2.5-r0"), base_db[1])}, "RUN y")]),
     }
@@ -289,6 +291,9 @@ def test_apk_installed_databases_merge_the_same_way(tmp_path) -> None:  # type: 
     assert len(image.layers) == 4
     installed = _file(str(tmp_path / "out"), image.layers[3].descriptor.digest, "lib/apk/db/installed").decode()
     assert [l[2:] for l in installed.splitlines() if l.startswith("P:")] == ["busybox", "jq", "musl", "yq"]
+    # and the packages asked for, so that a later `apk add` keeps every layer's
+    world = _file(str(tmp_path / "out"), image.layers[3].descriptor.digest, "etc/apk/world")
+    assert world == b"busybox\njq\nmusl\nyq\n"
     notes: list[str] = []
     image = build(parse_spec(_spec(sources, "old", "yq")), str(tmp_path / "out2"), notes=notes)
     assert not [n for n in notes if n.startswith("conflict:")]  # only "old" changed musl: its version is taken
@@ -297,6 +302,23 @@ def test_apk_installed_databases_merge_the_same_way(tmp_path) -> None:  # type: 
     build(parse_spec(_spec(sources, "old", "new")), str(tmp_path / "out3"), notes=notes)
     (conflict,) = [n for n in notes if n.startswith("conflict:")]
     assert "package musl (apk" in conflict and "version 1.2.3-r0" in conflict and "version 1.2.5-r0" in conflict
+
+
+def test_apk_world_merges_three_ways_without_conflicts() -> None:
+    def layer(i: int, name: str, world: bytes, below: frozenset) -> pkgdb.StackLayer:
+        return pkgdb.StackLayer(i, name, name, f"d{i}", f"diff{i}", below,
+                                pkgdb.LayerDatabases(((pkgdb.APK_WORLD, world),)))
+
+    # b dropped busybox and asked for curl; c asked for jq (and lists busybox as it found it)
+    found = pkgdb.plan([layer(0, "base", b"busybox\nmusl\n", frozenset()),
+                        layer(1, "b", b"curl\nmusl\n", frozenset({"diff0"})),
+                        layer(2, "c", b"busybox jq\nmusl", frozenset({"diff0"}))])
+    (merged,) = found.merged
+    assert merged.path == "etc/apk/world" and merged.content == b"curl\njq\nmusl\n" and merged.packages == 3
+    assert not found.conflicts
+    # nothing known below: the union
+    found = pkgdb.plan([layer(0, "b", b"curl\n", frozenset()), layer(1, "c", b"jq\n", frozenset())])
+    assert found.merged[0].content == b"curl\njq\n"
 
 
 def test_rpm_databases_are_reported_not_merged() -> None:
