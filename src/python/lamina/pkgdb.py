@@ -32,6 +32,10 @@ apk's `etc/apk/world` (the packages asked for: without them a later `apk add` re
 packages of the other layers) is merged the same way, a dependency a package, written sorted one
 a line as apk does; its disagreements are not reported (the installed database's are).
 
+A layer that deletes a database (a whiteout of it or of a directory above it, an opaque
+directory over it, or something not a file in its place) hides the copies below it: they are
+not merged, and a note says so; with no copy above it the stack shows none, and none is merged.
+
 Stanzas are written sorted by name then architecture, as dpkg writes its status; each stanza is
 byte for byte as the layer left it. `var/lib/dpkg/status.d/` (distroless: one file per package)
 and dpkg's `info/*.list` / `*.md5sums` are per package and need no merge; dpkg's `available` is
@@ -45,6 +49,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -187,10 +192,23 @@ class LayerDatabases:
     rpm: bool = False  # it writes rpm's database
     status_d: bool = False  # it writes dpkg's per-package status.d/
     lists: frozenset[str] = frozenset()  # X of the var/lib/dpkg/info/X.list files it writes ("name" or "name:arch")
+    deleted: frozenset[str] = frozenset()  # mergeable paths it deletes (a whiteout, an opaque directory, a non-file)
 
     def installed(self, stanza: Stanza) -> bool:
         """Whether this layer (re)installed the dpkg package of `stanza`: it writes its file list."""
         return stanza.name in self.lists or f"{stanza.name}:{stanza.architecture}" in self.lists
+
+
+def deletes(path: str) -> frozenset[str]:
+    """The mergeable paths that a whiteout or opaque marker at `path` deletes below it."""
+    base = posixpath.basename(path)
+    if base == ".wh..wh..opq":
+        d = posixpath.dirname(path)
+        return frozenset(m for m in MERGEABLE if not d or m.startswith(d + "/"))
+    if base.startswith(".wh."):
+        target = posixpath.join(posixpath.dirname(path), base[len(".wh."):])
+        return frozenset(m for m in MERGEABLE if m == target or m.startswith(target + "/"))
+    return frozenset()
 
 
 def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
@@ -203,6 +221,7 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
     copies: dict[str, bytes] = {}
     rpm = status_d = False
     lists: set[str] = set()
+    deleted: set[str] = set()
     headers = []
 
     def read(entry, content):  # type: ignore[no-untyped-def]
@@ -220,12 +239,15 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
                 copies[e.path] = content
             else:
                 copies.pop(e.path, None)  # no longer a file there (a later entry replaced it)
+                deleted.add(e.path)
+        deleted |= deletes(e.path)
         rpm = rpm or is_rpm_database(e.path)
         status_d = status_d or e.path.startswith(STATUS_D)
         info = e.path[len(DPKG_INFO):] if e.path.startswith(DPKG_INFO) else ""
         if e.kind == "file" and info.endswith(".list") and "/" not in info:
             lists.add(info[:-len(".list")])
-    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, frozenset(lists)), headers
+    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, frozenset(lists),
+                          frozenset(deleted - set(copies))), headers
 
 
 # --- planning the merge ----------------------------------------------------------------------
@@ -397,8 +419,15 @@ def plan(stack: Sequence[StackLayer]) -> MergePlan:
     that two or more unsuperseded copies write, when their merge is not what the stack shows."""
     merged, conflicts, differing, notes = [], [], [], []
     for path, tool in sorted(MERGEABLE.items()):
-        copies = [(l, PATH_PARSERS[path](c, f"{l.name}"))
-                  for l in stack for c in (l.copy(path),) if c is not None]
+        deleting = [l for l in stack if path in l.databases.deleted]
+        above = [l for l in stack if not deleting or l.position > deleting[-1].position]
+        copies = [(l, PATH_PARSERS[path](c, f"{l.name}")) for l in above for c in (l.copy(path),) if c is not None]
+        if deleting:
+            lower = [l.name for l in stack if l.position < deleting[-1].position and l.copy(path) is not None]
+            if lower:
+                shown = "the stack shows none" if not copies else "only the copies above it count"
+                notes.append(f"/{path} is deleted by {deleting[-1].name}: its copies below ({', '.join(lower)}) "
+                             f"are not merged; {shown}")
         if len(copies) < 2:
             continue
         effective = [l for l, _ in copies if not any(o.supersedes(l) for o, _ in copies if o is not l)]
@@ -582,7 +611,7 @@ def read_merge_dir(path: str) -> MergeDir:
 
 def databases_in_index(paths: Sequence[str]) -> bool:
     """Whether a layer whose index lists `paths` writes a database the merge reads or notes."""
-    return any(p in MERGEABLE or is_rpm_database(p) or p.startswith(STATUS_D) for p in paths)
+    return any(p in MERGEABLE or is_rpm_database(p) or p.startswith(STATUS_D) or deletes(p) for p in paths)
 
 
 def report_lines(report: dict) -> list[str]:

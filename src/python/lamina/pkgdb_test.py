@@ -2,6 +2,7 @@
 merged into one deterministic layer; conflicts by name and version; nothing added when not needed."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -57,6 +58,11 @@ def sources(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
         write_oci_dir(fake, str(tmp_path / name))
         out[name] = "oci:" + str(tmp_path / name)
     return out
+
+
+def write_and_open(tmp_path, fake: FakeImage):  # type: ignore[no-untyped-def]
+    write_oci_dir(fake, str(tmp_path / "img"))
+    return open_image("oci:" + str(tmp_path / "img"))
 
 
 def _spec(sources: dict[str, str], *names: str, **extra) -> dict:  # type: ignore[no-untyped-def]
@@ -319,6 +325,29 @@ def test_apk_world_merges_three_ways_without_conflicts() -> None:
     # nothing known below: the union
     found = pkgdb.plan([layer(0, "b", b"curl\n", frozenset()), layer(1, "c", b"jq\n", frozenset())])
     assert found.merged[0].content == b"curl\njq\n"
+
+
+@pytest.mark.parametrize("deletion", [{"var/lib/dpkg/.wh.status": b""}, {"var/lib/dpkg/.wh..wh..opq": b""},
+                                      {"var/lib/.wh.dpkg": b""}, {"var/lib/dpkg/status": None}],
+                         ids=["whiteout", "opaque", "parent-whiteout", "directory"])
+def test_a_deleted_database_does_not_bring_the_copies_below_back(tmp_path, deletion) -> None:  # type: ignore[no-untyped-def]
+    (deleting,) = write_and_open(tmp_path, FakeImage([FakeLayer(deletion, "RUN rm -rf /var/lib/dpkg")])).layers
+    dbs, _ = pkgdb.read_layer(deleting)
+    assert dbs.deleted == {pkgdb.DPKG_STATUS} and not dbs.copies
+    assert pkgdb.databases_in_index(list(deletion))
+    stack = _stack(("base", db(*BASE_PKGS), frozenset()), ("b", db(*BASE_PKGS, dpkg("curl", "7.88")), frozenset()))
+    stack.append(pkgdb.StackLayer(2, "c", "c", "d2", "diff2", frozenset(), dbs))
+    found = pkgdb.plan(stack)
+    assert not found.merged and not found.conflicts
+    (note,) = [n for n in found.notes if "deleted" in n]
+    assert "deleted by c" in note and "(base, b)" in note and "the stack shows none" in note
+    # copies above the deletion are merged, without those below
+    above = _stack(("d", db(dpkg("gcc-12", "12.2")), frozenset()), ("e", db(dpkg("jq", "1.7")), frozenset()))
+    stack += [dataclasses.replace(l, position=3 + i, diff_id=f"diff{3 + i}") for i, l in enumerate(above)]
+    found = pkgdb.plan(stack)
+    (merged,) = found.merged
+    assert merged.content == db(dpkg("gcc-12", "12.2"), dpkg("jq", "1.7"))
+    assert [s.name for s in merged.sources] == ["d", "e"]
 
 
 def test_rpm_databases_are_reported_not_merged() -> None:
