@@ -14,7 +14,10 @@ supersedes are merged, three ways, package by package:
 - each copy is compared with the copy it superseded (its *parent*: the highest copy below it in
   its own image, e.g. the base's when both images are built on the stack's base). A copy whose
   stanza of a package is byte for byte its parent's did not change the package and does not
-  vote; a copy that lacks a package its parent has removed it (a vote to remove);
+  vote; a copy that lacks a package its parent has removed it (a vote to remove). A change is
+  overridden by a copy built on it that changed the package again; otherwise it votes, even
+  from a copy that is itself superseded (an image's lower layer that upgraded a package its
+  higher layer, also in the stack, left alone);
 - a copy with no parent in the stack (its base is not here) changed the dpkg packages whose
   file list (`var/lib/dpkg/info/NAME.list` or `NAME:ARCH.list`) its layer writes: it installed
   them; its other stanzas are taken as inherited and do not vote. apk has no such per-package
@@ -353,34 +356,34 @@ def _merge_one(tool: str, path: str, copies: Sequence[tuple[StackLayer, list[Sta
                ) -> tuple[list[Stanza], list[Conflict], list[str]]:
     """The merged stanzas of one database path; `copies` are every layer's copy, base first.
 
-    A three-way merge, package by package (see the module's docstring): each unsuperseded copy
-    is compared with the copy it superseded (the highest copy below it in its own image); only
-    the copies that changed the package vote on it."""
+    A three-way merge, package by package (see the module's docstring): each copy is compared
+    with its parent (the highest copy it superseded); a change that a copy built on it changed
+    again is overridden; only the changes left vote."""
     by_layer = [(l, _entries(stanzas)) for l, stanzas in copies]
-    effective = []  # (layer, its entries, the entries of the copy it superseded, or None: not in the stack)
-    for layer, have in by_layer:
-        if any(o.supersedes(layer) for o, _ in by_layer if o is not layer):
-            continue
-        below = [(o, d) for o, d in by_layer if o is not layer and layer.supersedes(o)]
-        effective.append((layer, have, max(below, key=lambda b: b[0].position)[1] if below else None))
+    n = len(by_layer)
+    over = [[j for j in range(n) if j != i and by_layer[j][0].supersedes(by_layer[i][0])] for i in range(n)]
+    parents: list[Optional[int]] = []
+    for i, (layer, _) in enumerate(by_layer):
+        below = [j for j in range(n) if j != i and layer.supersedes(by_layer[j][0])]
+        parents.append(max(below, key=lambda j: by_layer[j][0].position) if below else None)
+    effective = [i for i in range(n) if not over[i]]
     keys = sorted({k for _, d in by_layer for k in d})
     chosen: list[tuple[tuple[str, str], Entry, StackLayer]] = []
     conflicts, differing = [], []
     for key in keys:
-        changed: list[tuple[StackLayer, Optional[Entry]]] = []  # the copies that changed the package
-        inherited: list[tuple[StackLayer, Optional[Entry]]] = []  # the copies that have it as they found it
-        for layer, have, was in effective:
-            mine = have.get(key)
-            if was is not None:
-                if _texts(mine) != _texts(was.get(key)):
-                    changed.append((layer, mine))  # None: it removed the package
-                elif mine is not None:
-                    inherited.append((layer, mine))
-            elif mine is not None:
-                # nothing it superseded is in the stack: its layer's file list says it installed the package
-                installed = tool == "dpkg" and any(layer.databases.installed(s) for s in mine)
-                (changed if installed else inherited).append((layer, mine))
-        votes = changed or inherited  # no copy changed it: every copy that has it says
+        changes: dict[int, Optional[Entry]] = {}  # copy -> what it changed the package to (None: removed it)
+        for i, (layer, have) in enumerate(by_layer):
+            mine, parent = have.get(key), parents[i]
+            if parent is not None:
+                if _texts(mine) != _texts(by_layer[parent][1].get(key)):
+                    changes[i] = mine
+            elif mine is not None and tool == "dpkg" and any(layer.databases.installed(s) for s in mine):
+                changes[i] = mine  # nothing it superseded is here: its layer's file list says it installed it
+        # a change counts unless a copy built on it changed the package again
+        changed = [(by_layer[i][0], e) for i, e in changes.items() if not any(j in changes for j in over[i])]
+        # no copy changed it (or none is known to): every unsuperseded copy that has it says
+        inherited = [(by_layer[i][0], by_layer[i][1][key]) for i in effective if key in by_layer[i][1]]
+        votes = changed or inherited
         if not any(e is not None for _, e in votes):
             continue
         top_layer, top = votes[-1]  # the highest say: its layer's files of the package are the ones shown

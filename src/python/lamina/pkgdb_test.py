@@ -168,6 +168,24 @@ def test_an_upgrade_in_one_image_wins_over_the_copies_that_did_not_touch_the_pac
     assert merged.count("Package: ") == 5
 
 
+def test_a_change_lower_in_an_images_own_layers_counts_unless_a_layer_built_on_it_changed_it_again() -> None:
+    # b1 upgraded libssl3, b2 (built on b1) installed curl; c (on the base) did not touch libssl3
+    stack = _stack(("base", db(*BASE_PKGS, SSL), frozenset()),
+                   ("b1", db(*BASE_PKGS, SSL_NEW), frozenset({"diff0"})),
+                   ("b2", db(*BASE_PKGS, dpkg("curl", "7.88"), SSL_NEW), frozenset({"diff0", "diff1"})),
+                   ("c", db(*BASE_PKGS, dpkg("gcc-12", "12.2"), SSL), frozenset({"diff0"})))
+    found = pkgdb.plan(stack)
+    assert not found.conflicts
+    merged = found.merged[0].content.decode()
+    assert SSL_NEW + "\n" in merged and "3.0.1" not in merged and "curl" in merged and "gcc-12" in merged
+    assert [s.name for s in found.merged[0].sources] == ["b2", "c"]
+    # b2 put the base's version back over b1's upgrade: b2's say is the one, and it agrees with c
+    stack[2] = dataclasses.replace(stack[2], databases=pkgdb.LayerDatabases(
+        ((pkgdb.DPKG_STATUS, db(*BASE_PKGS, dpkg("curl", "7.88"), SSL)),)))
+    found = pkgdb.plan(stack)
+    assert not found.conflicts and b"3.0.9" not in found.merged[0].content
+
+
 def test_without_the_copy_it_superseded_a_layer_changed_what_its_file_lists_say_it_installed() -> None:
     # neither copy's base is in the stack: b writes info/libssl3:amd64.list, so its libssl3 is its own
     found = pkgdb.plan(_stack(("b", db(dpkg("curl", "7.88"), SSL_NEW), frozenset(), {"curl", "libssl3:amd64"}),
