@@ -391,12 +391,23 @@ class ComposedImageMergePackageDatabasesField(BoolField):
         writes it. The layers taken keep their digests; the merge layer is listed in the audit
         trail (`<name>.layers.json`, selector `merge-package-databases`), and the conflict on
         the database is then reported as merged, not as a conflict. A layer built on another
-        (one image's layer on its own base) supersedes that one's database, so a package it
-        removed stays removed.
+        (one image's layer on its own base) supersedes that one's database.
 
-        Two layers with different versions (or dpkg Status) of one package are a conflict,
-        reported by name and versions and graded by `on_conflict` (`"error"` fails the build);
-        the highest layer's stanza is taken. dpkg's `status.d/` (distroless, one file per
+        The merge is three-way, package by package: each database is compared with the one it
+        superseded (e.g. the base's, when both images are built on the stack's base), and only
+        the layers that changed a package vote on it (one whose stanza is as it was below does
+        not; one that lacks a package that was below removed it). So an upgrade in one image
+        wins over another image's copy that still lists the base's version. A layer whose base
+        is not in the stack changed the dpkg packages whose `var/lib/dpkg/info/NAME.list` (or
+        `NAME:ARCH.list`) it writes; when no layer is known to have changed a package, every
+        copy that has it votes. A package is its name (a dpkg `Multi-Arch: same` package its
+        name and architecture), so two architectures of one package are a conflict.
+
+        Layers that changed one package differently (version, dpkg Status, Architecture, or
+        removed in one and kept in another) are a conflict, reported by name, versions and
+        layers and graded by `on_conflict` (`"error"` fails the build); the highest of those
+        layers' stanza is taken. apk's `etc/apk/world` (the packages asked for) is merged the
+        same way, so that a later `apk add` keeps every layer's packages. dpkg's `status.d/` (distroless, one file per
         package) and `info/*.list` files are per package and need no merge; dpkg's `available`
         is left as the top layer has it. rpm's database is binary and cannot be merged: its
         conflict is reported as such. When no merge is needed, no layer is added.

@@ -5,15 +5,39 @@ Every apt or dpkg run rewrites `var/lib/dpkg/status` whole (apk its `lib/apk/db/
 when layers of different images are stacked the top layer's copy hides what the others
 installed. A copy is *superseded* by another when its layer was below the other's in that
 other's source image (the other was built on it and knew its packages): only the copies no other
-supersedes are merged. The merge is the union of their stanzas by package (and architecture):
+supersedes are merged, three ways, package by package:
 
-- a stanza every copy that has the package agrees on is taken as it is;
-- a package a copy removed (a copy it superseded has it, it does not) counts as "removed";
-- copies that disagree on the version, the dpkg Status or whether the package is installed at
-  all are a conflict, reported by name and versions; the stanza of the copy highest in the
-  stack is taken (its layer's files of the package are the ones the image shows);
-- copies that agree on version and Status but differ in another field (rare: a changed
-  description) take the highest copy's stanza, and are listed as such, not as a conflict.
+- a package is its name; only a dpkg `Multi-Arch: same` package is its name and architecture
+  (dpkg installs those once per architecture). Two architectures of one package that are not
+  both `Multi-Arch: same` cannot both be in a database (dpkg would refuse it: "multiple
+  non-coinstallable package instances"): a conflict, the highest copy's taken;
+- each copy is compared with the copy it superseded (its *parent*: the highest copy below it in
+  its own image, e.g. the base's when both images are built on the stack's base). A copy whose
+  stanza of a package is byte for byte its parent's did not change the package and does not
+  vote; a copy that lacks a package its parent has removed it (a vote to remove). A change is
+  overridden by a copy built on it that changed the package again; otherwise it votes, even
+  from a copy that is itself superseded (an image's lower layer that upgraded a package its
+  higher layer, also in the stack, left alone);
+- a copy with no parent in the stack (its base is not here) changed the dpkg packages whose
+  file list (`var/lib/dpkg/info/NAME.list` or `NAME:ARCH.list`) its layer writes: it installed
+  them; its other stanzas are taken as inherited and do not vote. apk has no such per-package
+  file, so an apk copy without a parent never votes by this rule;
+- the copies that changed a package all agree: their stanza (or the removal) is taken. They
+  disagree on the version, the dpkg Status, the Architecture or whether it is installed: a
+  conflict, reported by name and each changing copy's version and layer; the stanza (or
+  removal) of the highest of them is taken (its layer's files of the package are the ones the
+  image shows). They agree on all that but differ in another field (rare: a changed
+  description): the highest's stanza, listed as such, not as a conflict;
+- no copy changed a package (or none is known to: no parent and no file list), the fallback:
+  every copy that has the package says, and they agree or are a conflict as above.
+
+apk's `etc/apk/world` (the packages asked for: without them a later `apk add` removes the
+packages of the other layers) is merged the same way, a dependency a package, written sorted one
+a line as apk does; its disagreements are not reported (the installed database's are).
+
+A layer that deletes a database (a whiteout of it or of a directory above it, an opaque
+directory over it, or something not a file in its place) hides the copies below it: they are
+not merged, and a note says so; with no copy above it the stack shows none, and none is merged.
 
 Stanzas are written sorted by name then architecture, as dpkg writes its status; each stanza is
 byte for byte as the layer left it. `var/lib/dpkg/status.d/` (distroless: one file per package)
@@ -28,6 +52,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import posixpath
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -38,9 +63,11 @@ from lamina.image import Layer
 
 DPKG_STATUS = "var/lib/dpkg/status"
 APK_INSTALLED = "lib/apk/db/installed"
-MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk"}
+APK_WORLD = "etc/apk/world"
+MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk", APK_WORLD: "apk"}
 RPM_GLOBS = ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")
 STATUS_D = "var/lib/dpkg/status.d/"
+DPKG_INFO = "var/lib/dpkg/info/"
 MAX_DATABASE = 64 << 20  # bytes of one database copy held in memory; a larger one is an error
 MERGE_CREATED_BY = "lamina: merged package databases"
 MERGE_SOURCE = "package databases"
@@ -61,9 +88,16 @@ class Stanza:
     version: str
     status: str  # dpkg's Status field ("" for apk: what it lists is installed)
     text: bytes  # the paragraph's lines, without the blank line that ends it
+    multi_arch: str = ""  # dpkg's Multi-Arch field, lowercased
 
     @property
     def key(self) -> tuple[str, str]:
+        """What identifies the package in a database: its name, and its architecture only for a
+        dpkg `Multi-Arch: same` package (the one kind dpkg installs once per architecture)."""
+        return self.name, (self.architecture if self.multi_arch == "same" else "")
+
+    @property
+    def order(self) -> tuple[str, str]:
         return self.name, self.architecture
 
     def describe(self) -> str:
@@ -101,7 +135,7 @@ def parse_dpkg(data: bytes, what: str) -> list[Stanza]:
             raise InvalidSource(f"{what}: {DPKG_STATUS} has a paragraph without a Package field "
                                 f"({lines[0][:60].decode('utf-8', 'replace')!r}): not a dpkg status file")
         out.append(Stanza(fields["package"], fields.get("architecture", ""), fields.get("version", ""),
-                          fields.get("status", ""), b"\n".join(lines)))
+                          fields.get("status", ""), b"\n".join(lines), fields.get("multi-arch", "").lower()))
     return out
 
 
@@ -121,12 +155,24 @@ def parse_apk(data: bytes, what: str) -> list[Stanza]:
     return out
 
 
+def parse_world(data: bytes, what: str) -> list[Stanza]:
+    """apk's `world`: the packages asked for, one dependency (`name`, `name=1.2-r0`, ...) a word."""
+    words = sorted(set(data.decode("utf-8", "replace").split()))
+    return [Stanza(w, "", "", "", w.encode()) for w in words]
+
+
+def serialize_world(stanzas: Sequence[Stanza]) -> bytes:
+    """apk's `world`, one dependency a line, sorted (as apk writes it)."""
+    return b"".join(s.text + b"\n" for s in sorted(stanzas, key=lambda s: s.text))
+
+
 PARSERS = {"dpkg": parse_dpkg, "apk": parse_apk}
+PATH_PARSERS = {DPKG_STATUS: parse_dpkg, APK_INSTALLED: parse_apk, APK_WORLD: parse_world}
 
 
 def serialize(stanzas: Sequence[Stanza]) -> bytes:
     """A database of `stanzas`, sorted by name then architecture, each ended by a blank line."""
-    return b"".join(s.text + b"\n\n" for s in sorted(stanzas, key=lambda s: s.key))
+    return b"".join(s.text + b"\n\n" for s in sorted(stanzas, key=lambda s: s.order))
 
 
 def _read_capped(content: IO[bytes], path: str, what: str) -> bytes:
@@ -148,6 +194,24 @@ class LayerDatabases:
     copies: tuple[tuple[str, bytes], ...] = ()  # (mergeable path, content)
     rpm: bool = False  # it writes rpm's database
     status_d: bool = False  # it writes dpkg's per-package status.d/
+    lists: frozenset[str] = frozenset()  # X of the var/lib/dpkg/info/X.list files it writes ("name" or "name:arch")
+    deleted: frozenset[str] = frozenset()  # mergeable paths it deletes (a whiteout, an opaque directory, a non-file)
+
+    def installed(self, stanza: Stanza) -> bool:
+        """Whether this layer (re)installed the dpkg package of `stanza`: it writes its file list."""
+        return stanza.name in self.lists or f"{stanza.name}:{stanza.architecture}" in self.lists
+
+
+def deletes(path: str) -> frozenset[str]:
+    """The mergeable paths that a whiteout or opaque marker at `path` deletes below it."""
+    base = posixpath.basename(path)
+    if base == ".wh..wh..opq":
+        d = posixpath.dirname(path)
+        return frozenset(m for m in MERGEABLE if not d or m.startswith(d + "/"))
+    if base.startswith(".wh."):
+        target = posixpath.join(posixpath.dirname(path), base[len(".wh."):])
+        return frozenset(m for m in MERGEABLE if m == target or m.startswith(target + "/"))
+    return frozenset()
 
 
 def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
@@ -159,6 +223,8 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
     what = what or layer.what
     copies: dict[str, bytes] = {}
     rpm = status_d = False
+    lists: set[str] = set()
+    deleted: set[str] = set()
     headers = []
 
     def read(entry, content):  # type: ignore[no-untyped-def]
@@ -176,9 +242,15 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
                 copies[e.path] = content
             else:
                 copies.pop(e.path, None)  # no longer a file there (a later entry replaced it)
+                deleted.add(e.path)
+        deleted |= deletes(e.path)
         rpm = rpm or is_rpm_database(e.path)
         status_d = status_d or e.path.startswith(STATUS_D)
-    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d), headers
+        info = e.path[len(DPKG_INFO):] if e.path.startswith(DPKG_INFO) else ""
+        if e.kind == "file" and info.endswith(".list") and "/" not in info:
+            lists.add(info[:-len(".list")])
+    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, frozenset(lists),
+                          frozenset(deleted - set(copies))), headers
 
 
 # --- planning the merge ----------------------------------------------------------------------
@@ -258,43 +330,90 @@ class MergePlan:
         }
 
 
-def _vote(stanza: Optional[Stanza], with_status: bool = True) -> str:
-    """What a copy says of a package: "removed", or its version (and dpkg Status)."""
-    if stanza is None:
+Entry = tuple  # a copy's stanzas of one key (one, unless the copy itself lists it more than once)
+
+
+def _vote(entry: Optional[Entry], with_status: bool = True, with_arch: bool = True) -> str:
+    """What a copy says of a package: "removed", or its version (and dpkg Status and Architecture)."""
+    if not entry:
         return "removed"
-    return f"version {stanza.version}" + (f", Status {stanza.status}" if stanza.status and with_status else "")
+    return " + ".join(f"version {s.version}" + (f", Status {s.status}" if s.status and with_status else "")
+                      + (f", Architecture {s.architecture}" if s.architecture and with_arch else "") for s in entry)
+
+
+def _texts(entry: Optional[Entry]) -> tuple[bytes, ...]:
+    return tuple(s.text for s in entry) if entry else ()
+
+
+def _entries(stanzas: Sequence[Stanza]) -> dict[tuple[str, str], Entry]:
+    out: dict[tuple[str, str], list[Stanza]] = {}
+    for s in stanzas:
+        out.setdefault(s.key, []).append(s)
+    return {k: tuple(v) for k, v in out.items()}
 
 
 def _merge_one(tool: str, path: str, copies: Sequence[tuple[StackLayer, list[Stanza]]]
                ) -> tuple[list[Stanza], list[Conflict], list[str]]:
-    """The merged stanzas of one database path; `copies` are every layer's copy, base first."""
-    effective = [(l, s) for l, s in copies if not any(o.supersedes(l) for o, _ in copies if o is not l)]
-    by_key = [{s.key: s for s in stanzas} for _, stanzas in copies]
-    keys = sorted({k for d in by_key for k in d})
-    out, conflicts, differing = [], [], []
-    eff_keys = [(l, {s.key: s for s in stanzas}) for l, stanzas in effective]
+    """The merged stanzas of one database path; `copies` are every layer's copy, base first.
+
+    A three-way merge, package by package (see the module's docstring): each copy is compared
+    with its parent (the highest copy it superseded); a change that a copy built on it changed
+    again is overridden; only the changes left vote."""
+    by_layer = [(l, _entries(stanzas)) for l, stanzas in copies]
+    n = len(by_layer)
+    over = [[j for j in range(n) if j != i and by_layer[j][0].supersedes(by_layer[i][0])] for i in range(n)]
+    parents: list[Optional[int]] = []
+    for i, (layer, _) in enumerate(by_layer):
+        below = [j for j in range(n) if j != i and layer.supersedes(by_layer[j][0])]
+        parents.append(max(below, key=lambda j: by_layer[j][0].position) if below else None)
+    effective = [i for i in range(n) if not over[i]]
+    keys = sorted({k for _, d in by_layer for k in d})
+    chosen: list[tuple[tuple[str, str], Entry, StackLayer]] = []
+    conflicts, differing = [], []
     for key in keys:
-        votes: list[tuple[StackLayer, Optional[Stanza]]] = []
-        for layer, have in eff_keys:
-            if key in have:
-                votes.append((layer, have[key]))
-            elif any(layer.supersedes(l) and key in d for (l, _), d in zip(copies, by_key)):
-                votes.append((layer, None))  # it had the package below it and removed it
-        if not any(s is not None for _, s in votes):
+        changes: dict[int, Optional[Entry]] = {}  # copy -> what it changed the package to (None: removed it)
+        for i, (layer, have) in enumerate(by_layer):
+            mine, parent = have.get(key), parents[i]
+            if parent is not None:
+                if _texts(mine) != _texts(by_layer[parent][1].get(key)):
+                    changes[i] = mine
+            elif mine is not None and tool == "dpkg" and any(layer.databases.installed(s) for s in mine):
+                changes[i] = mine  # nothing it superseded is here: its layer's file list says it installed it
+        # a change counts unless a copy built on it changed the package again
+        changed = [(by_layer[i][0], e) for i, e in changes.items() if not any(j in changes for j in over[i])]
+        # no copy changed it (or none is known to): every unsuperseded copy that has it says
+        inherited = [(by_layer[i][0], by_layer[i][1][key]) for i in effective if key in by_layer[i][1]]
+        votes = changed or inherited
+        if not any(e is not None for _, e in votes):
             continue
-        top_layer, top = votes[-1]  # the highest copy's say: its layer's files are the ones the image shows
-        if all(s is not None and top is not None and s.text == top.text for _, s in votes):
-            out.append(top)  # one stanza, however many copies have it
+        top_layer, top = votes[-1]  # the highest say: its layer's files of the package are the ones shown
+        if all(e is not None and _texts(e) == _texts(top) for _, e in votes):
+            chosen.append((key, top, top_layer))  # type: ignore[arg-type]
             continue
-        if len({_vote(s) for _, s in votes}) > 1:
-            name = next(s for _, s in votes if s is not None).describe()
-            statuses = len({s.status for _, s in votes if s is not None}) > 1  # named only where they differ
-            conflicts.append(Conflict(tool, path, name, tuple((_vote(s, statuses), l.name) for l, s in votes),
+        if len({_vote(e) for _, e in votes}) > 1:
+            given = [s for _, e in votes if e is not None for s in e]  # Status and Architecture named where they differ
+            statuses, archs = len({s.status for s in given}) > 1, len({s.architecture for s in given}) > 1
+            name = given[0].name if archs else given[0].describe()
+            conflicts.append(Conflict(tool, path, name, tuple((_vote(e, statuses, archs), l.name) for l, e in votes),
                                       top_layer.name))
         elif top is not None:
-            differing.append(top.describe())
+            differing.append(top[0].describe())
         if top is not None:
-            out.append(top)
+            chosen.append((key, top, top_layer))
+    # one instance of a package, unless each is Multi-Arch: same (dpkg installs those once per architecture)
+    out: list[Stanza] = []
+    names: dict[str, list[tuple[tuple[str, str], Entry, StackLayer]]] = {}
+    for c in chosen:
+        names.setdefault(c[0][0], []).append(c)
+    for name, group in names.items():
+        if len(group) > 1 and not all(s.multi_arch == "same" for _, e, _ in group for s in e):
+            top_position = max(l.position for _, _, l in group)
+            taken = next(l for _, _, l in group if l.position == top_position)
+            conflicts.append(Conflict(tool, path, name, tuple(
+                (f"version {s.version}, Architecture {s.architecture}", l.name) for _, e, l in group for s in e),
+                taken.name))
+            group = [g for g in group if g[2].position == top_position]
+        out += [s for _, e, _ in group for s in e]
     return out, conflicts, differing
 
 
@@ -303,8 +422,15 @@ def plan(stack: Sequence[StackLayer]) -> MergePlan:
     that two or more unsuperseded copies write, when their merge is not what the stack shows."""
     merged, conflicts, differing, notes = [], [], [], []
     for path, tool in sorted(MERGEABLE.items()):
-        copies = [(l, PARSERS[tool](c, f"{l.name}"))
-                  for l in stack for c in (l.copy(path),) if c is not None]
+        deleting = [l for l in stack if path in l.databases.deleted]
+        above = [l for l in stack if not deleting or l.position > deleting[-1].position]
+        copies = [(l, PATH_PARSERS[path](c, f"{l.name}")) for l in above for c in (l.copy(path),) if c is not None]
+        if deleting:
+            lower = [l.name for l in stack if l.position < deleting[-1].position and l.copy(path) is not None]
+            if lower:
+                shown = "the stack shows none" if not copies else "only the copies above it count"
+                notes.append(f"/{path} is deleted by {deleting[-1].name}: its copies below ({', '.join(lower)}) "
+                             f"are not merged; {shown}")
         if len(copies) < 2:
             continue
         effective = [l for l, _ in copies if not any(o.supersedes(l) for o, _ in copies if o is not l)]
@@ -312,6 +438,9 @@ def plan(stack: Sequence[StackLayer]) -> MergePlan:
             continue
         stanzas, found, diff = _merge_one(tool, path, copies)
         content = serialize(stanzas)
+        if path == APK_WORLD:
+            # the packages asked for follow the installed database, whose conflicts are reported
+            content, found, diff = serialize_world(stanzas), [], []
         conflicts += found
         differing += diff
         if content != copies[-1][0].copy(path):
@@ -485,7 +614,7 @@ def read_merge_dir(path: str) -> MergeDir:
 
 def databases_in_index(paths: Sequence[str]) -> bool:
     """Whether a layer whose index lists `paths` writes a database the merge reads or notes."""
-    return any(p in MERGEABLE or is_rpm_database(p) or p.startswith(STATUS_D) for p in paths)
+    return any(p in MERGEABLE or is_rpm_database(p) or p.startswith(STATUS_D) or deletes(p) for p in paths)
 
 
 def report_lines(report: dict) -> list[str]:

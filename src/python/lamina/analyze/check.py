@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 # (tool, globs) of files that record which packages are installed.
 PACKAGE_DATABASES = (
     ("dpkg", ("var/lib/dpkg/status", "var/lib/dpkg/status.d/*")),
-    ("apk", ("lib/apk/db/installed",)),
+    ("apk", ("lib/apk/db/installed", "etc/apk/world")),
     ("rpm", ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")),
 )
 SHOWN_PATHS = 5  # a whiteout finding lists this many paths, then counts the rest

@@ -94,6 +94,7 @@ def test_a_conflict_removed_again_higher_up_is_not_reported() -> None:
 
 @pytest.mark.parametrize("path, tool", [
     ("var/lib/dpkg/status", "dpkg"), ("var/lib/dpkg/status.d/libc6", "dpkg"), ("lib/apk/db/installed", "apk"),
+    ("etc/apk/world", "apk"),
     ("var/lib/rpm/Packages", "rpm"), ("usr/lib/sysimage/rpm/rpmdb.sqlite", "rpm"), ("/var/lib/dpkg/status", "dpkg"),
     ("var/lib/dpkg/available", None), ("etc/passwd", None),
 ])
