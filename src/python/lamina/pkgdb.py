@@ -41,6 +41,8 @@ APK_INSTALLED = "lib/apk/db/installed"
 MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk"}
 RPM_GLOBS = ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")
 STATUS_D = "var/lib/dpkg/status.d/"
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")  # read beside the databases, for the SBOM's purls
+MAX_OS_RELEASE = 64 << 10
 MAX_DATABASE = 64 << 20  # bytes of one database copy held in memory; a larger one is an error
 MERGE_CREATED_BY = "lamina: merged package databases"
 MERGE_SOURCE = "package databases"
@@ -148,6 +150,7 @@ class LayerDatabases:
     copies: tuple[tuple[str, bytes], ...] = ()  # (mergeable path, content)
     rpm: bool = False  # it writes rpm's database
     status_d: bool = False  # it writes dpkg's per-package status.d/
+    os_release: tuple[tuple[str, bytes], ...] = ()  # (path, content) of the os-release files it writes
 
 
 def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
@@ -158,12 +161,15 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
 
     what = what or layer.what
     copies: dict[str, bytes] = {}
+    os_release: dict[str, bytes] = {}
     rpm = status_d = False
     headers = []
 
     def read(entry, content):  # type: ignore[no-untyped-def]
         if entry.path in MERGEABLE:
             return _read_capped(content, entry.path, what)
+        if entry.path in OS_RELEASE:
+            return content.read(MAX_OS_RELEASE)
         return None
 
     for e, content in walk(layer, what, read):
@@ -171,14 +177,15 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
             continue
         headers.append(IndexEntry(e.path, e.kind, e.mode & 0o7777, e.uid, e.gid, e.size if e.kind == "file" else 0,
                                   e.linkname))
-        if e.path in MERGEABLE:
-            if content is not None:
-                copies[e.path] = content
-            else:
-                copies.pop(e.path, None)  # no longer a file there (a later entry replaced it)
+        for paths, found in ((MERGEABLE, copies), (OS_RELEASE, os_release)):
+            if e.path in paths:
+                if content is not None:
+                    found[e.path] = content
+                else:
+                    found.pop(e.path, None)  # no longer a file there (a later entry replaced it)
         rpm = rpm or is_rpm_database(e.path)
         status_d = status_d or e.path.startswith(STATUS_D)
-    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d), headers
+    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, tuple(sorted(os_release.items()))), headers
 
 
 # --- planning the merge ----------------------------------------------------------------------
@@ -244,6 +251,7 @@ class MergePlan:
     notes: tuple[str, ...] = ()  # rpm databases, status.d/
     read: int = 0  # layers read
     unread: tuple[str, ...] = ()  # layers whose bytes were not here to read
+    stack: tuple[StackLayer, ...] = field(default=(), compare=False)  # the layers as read (for the SBOM)
 
     def report(self) -> dict:
         return {
@@ -368,7 +376,7 @@ def plan_for_layers(layers: Sequence[Layer], wanted: Optional[Sequence[bool]] = 
         headers.append(LayerIndex(layer.source, layer.index, d.digest, layer.diff_id, d.media_type, d.size,
                                   layer.created_by, "", (), (), tuple(entries)))
     found = plan(stack)
-    found = MergePlan(found.merged, found.conflicts, found.differing, found.notes, read, tuple(unread))
+    found = MergePlan(found.merged, found.conflicts, found.differing, found.notes, read, tuple(unread), tuple(stack))
     return found, (apply(headers).fs if wanted is None else None)
 
 
@@ -412,6 +420,7 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
     description is written last: a directory without it is not a merge layer directory."""
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_files_layer
+    from lamina.sbom import INVENTORY_FILE, Inventory, merge_inventory
 
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, LAYER_META)
@@ -428,6 +437,8 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
         if os.path.lexists(tmp_blob):
             os.unlink(tmp_blob)
     meta = {"report": found.report(), "layer": None}
+    inventory = Inventory()
+    inventory.add_stack(found)
     if layer is not None:
         import dataclasses
 
@@ -436,6 +447,10 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
         meta["layer"] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size, "diff_id": layer.diff_id,
                          "history": [dict(h) for h in layer.history]}
         write_index([scan_files_layer(layer, name)], os.path.join(out_dir, "index.json"))
+        inventory.layers[d.digest] = merge_inventory(found, d.digest)
+    with open(os.path.join(out_dir, INVENTORY_FILE), "w") as f:  # the packages each layer lists, for the SBOM
+        json.dump(inventory.to_json(), f, indent=1, sort_keys=True)
+        f.write("\n")
     tmp = meta_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -448,6 +463,22 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
 class MergeDir:
     layer: Optional[Layer]
     report: dict = field(default_factory=dict)
+    path: str = ""
+
+    def inventory(self):  # type: ignore[no-untyped-def]
+        """The packages each layer of the stack lists (sbom.Inventory), None when the directory has
+        no packages.json (written by an older lamina)."""
+        from lamina.sbom import INVENTORY_FILE, read_inventory
+
+        where = os.path.join(self.path, INVENTORY_FILE)
+        try:
+            with open(where, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError) as e:
+            raise SpecError(f"package_db_layer {self.path!r}: cannot read {INVENTORY_FILE}: {e}") from None
+        return read_inventory(data, where)
 
 
 def read_merge_dir(path: str) -> MergeDir:
@@ -467,7 +498,7 @@ def read_merge_dir(path: str) -> MergeDir:
         raise SpecError(f"package_db_layer {path!r}: {LAYER_META} is not what `lamina package-db-layer` writes")
     d = meta.get("layer")
     if d is None:
-        return MergeDir(None, meta["report"])
+        return MergeDir(None, meta["report"], path)
     ok = (isinstance(d, dict) and d.get("mediaType") == OCI_LAYER_GZIP and isinstance(d.get("size"), int)
           and not isinstance(d.get("size"), bool) and d["size"] >= 0
           and isinstance(d.get("history"), list) and all(isinstance(h, dict) for h in d["history"]))
@@ -480,7 +511,7 @@ def read_merge_dir(path: str) -> MergeDir:
         raise SpecError(f"package_db_layer {path!r} has no {LAYER_BLOB}")
     layer = Layer(Descriptor(OCI_LAYER_GZIP, d["digest"], d["size"]), d["diff_id"], -1, tuple(d["history"]),
                   opener=lambda: open(blob, "rb"), path=blob, source=MERGE_SOURCE)
-    return MergeDir(layer, meta["report"])
+    return MergeDir(layer, meta["report"], path)
 
 
 def databases_in_index(paths: Sequence[str]) -> bool:
