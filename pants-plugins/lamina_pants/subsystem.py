@@ -78,7 +78,8 @@ class LaminaSubsystem(Subsystem):
         ),
     )
     requirements = StrListOption(
-        default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0"],
+        default=["zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0", "cyclonedx-python-lib==8.9.0",
+                 "jsonschema==4.25.1"],
         help=softwrap(
             """
             Third-party requirements of the lamina core, installed into its PEX from
