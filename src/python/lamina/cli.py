@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lamina.progress import Progress
     from lamina.registry.client import RegistryClient
     from lamina.registry.transport import RegistryOptions
+    from lamina.sbom import Inventory
 
 
 def _platform(text: Optional[str]) -> Optional[Platform]:
@@ -75,11 +76,12 @@ def _engine_source(source: str) -> Iterator[tuple[str, tuple[str, ...]]]:
 
 
 @contextmanager
-def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None) -> Iterator["Image"]:
+def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None,
+           inventory: Optional["Inventory"] = None) -> Iterator["Image"]:
     """The image `args.source` names: a source (archive, layout, registry), or a compose spec,
     composed lazily: its layers are read from their sources by whatever consumes the image (a
     push, a load), never written out first. Only a spec's files layer, if any, is packed into a
-    temporary directory."""
+    temporary directory. `inventory` (a spec's only) receives its layers' packages, for the SBOM."""
     from lamina.sources import open_image
 
     options = options or _registry(args)
@@ -97,7 +99,7 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     with open(args.source, "rb") as f:
         spec = parse_spec(parse_json(f.read(), args.source))
-    with composed(spec, tempfile.gettempdir(), options) as image:  # the registry flags apply to its sources too
+    with composed(spec, tempfile.gettempdir(), options, inventory=inventory) as image:  # the registry flags apply to its sources too
         yield image
 
 
@@ -464,12 +466,25 @@ def cmd_load(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, load
 
     engine = connect(os.environ)
-    if args.audit and not is_spec(args.source):
-        raise SpecError("--audit records where a composed image's layers came from: give a compose spec (SPEC.json)")
-    with _image(args) as image:
+    if (args.audit or args.sbom) and not is_spec(args.source):
+        raise SpecError("--audit and --sbom record where a composed image's layers came from: give a compose spec "
+                        "(SPEC.json)")
+    inventory = None
+    if args.sbom:
+        from lamina.sbom import Inventory
+
+        inventory = Inventory()
+    with _image(args, inventory=inventory) as image:
         print(load(engine, image, tuple(args.tag or ())).summary())
         if args.audit:
             _write_audit(args.source, image, args.audit)
+        if args.sbom and inventory is not None:
+            from lamina.build import sbom_bytes, write_small_file
+            from lamina.spec import parse_spec
+
+            with open(args.source, "rb") as f:
+                spec = parse_spec(parse_json(f.read(), args.source))
+            write_small_file(args.sbom, sbom_bytes(spec, image, inventory))
     return 0
 
 
@@ -656,6 +671,8 @@ def parser() -> argparse.ArgumentParser:
     lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
     lo.add_argument("--audit", metavar="PATH", help="with a compose spec: also write its audit trail (where each "
                                                     "layer came from, as `compose --audit` writes it)")
+    lo.add_argument("--sbom", metavar="PATH", help="with a compose spec: also write its SBOM (as `compose --sbom` "
+                                                   "writes it)")
     lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(lo)
     lo.set_defaults(func=cmd_load)

@@ -3,7 +3,8 @@ and apk databases list, with name, version, architecture and purl, and the layer
 
 What the image's package manager reports is what the SBOM lists: for each database path the
 highest layer's copy (the merge layer's, when the package databases were merged), its installed
-packages only (dpkg: Status ending "installed"; apk lists only installed packages).
+packages only (dpkg: not those whose Status says "not-installed" or "config-files", removed with
+their configuration files kept; apk lists only installed packages).
 
 Which layer brought a package: the lowest layer of the stack (base first) whose copy of that
 database lists the package (name, architecture) at the version the image shows. A layer taken
@@ -51,7 +52,9 @@ class Package:
 
     @property
     def installed(self) -> bool:
-        return self.tool != "dpkg" or self.status.split()[-1:] == ["installed"]
+        """Whether its files are in the image: for dpkg, its Status is not "not-installed" or
+        "config-files" (removed, its configuration files kept); apk lists installed packages only."""
+        return self.tool != "dpkg" or self.status.split()[-1:] not in (["not-installed"], ["config-files"])
 
     @property
     def key(self) -> tuple[str, str, str]:
