@@ -23,7 +23,6 @@ and `pkg:apk/...`, the distro from the image's `os-release` (Debian and Alpine w
 no distro of that family)."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -134,8 +133,10 @@ def read_inventory(data: object, what: str) -> Inventory:
     out = []
     try:
         for l in data["layers"]:
-            dbs = tuple((str(path), tuple(Package(MERGEABLE[path], *(str(v) for v in p)) for p in pkgs))
+            dbs = tuple((path, tuple(Package(MERGEABLE[path], *(str(v) for v in p)) for p in pkgs))
                         for path, pkgs in sorted(l["databases"].items()))
+            if any(path not in MERGEABLE for path, _ in dbs):
+                raise bad
             out.append(LayerInventory(str(l["digest"]), dbs,
                                       tuple(sorted((str(k), str(v)) for k, v in l.get("os_release", {}).items()))))
         unread = [str(d) for d in data.get("unread", [])]
@@ -273,14 +274,4 @@ def sbom_document(image: "Image", trail: Mapping, inventory: Inventory) -> str:
     if error is not None:
         raise AssertionError(f"lamina wrote an SBOM the CycloneDX 1.5 schema rejects: {error}")
     return text + "\n"
-
-
-def package_counts(text: str) -> dict[str, int]:
-    """How many packages an SBOM lists, by package manager (for summaries)."""
-    counts: dict[str, int] = {}
-    for c in json.loads(text).get("components", []):
-        for p in c.get("properties", []):
-            if p.get("name") == "lamina:package:manager":
-                counts[p["value"]] = counts.get(p["value"], 0) + 1
-    return counts
 

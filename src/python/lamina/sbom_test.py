@@ -155,3 +155,15 @@ def test_purls_and_os_release() -> None:
     assert sbom.purl_of(p, ubuntu) == "pkg:deb/ubuntu/curl@7.88.1-10%2Bdeb12u5?arch=amd64&distro=ubuntu-22.04"
     # an os-release of another family names no distro for the package
     assert sbom.purl_of(p, {"ID": "alpine"}) == "pkg:deb/debian/curl@7.88.1-10%2Bdeb12u5?arch=amd64"
+
+
+def test_an_inventory_round_trips_and_a_bad_one_is_an_error() -> None:
+    from lamina.errors import InvalidSource
+
+    inv = sbom.Inventory({"sha256:1": sbom.LayerInventory("sha256:1", (("lib/apk/db/installed", (
+        sbom.Package("apk", "musl", "x86_64", "1.2.4-r2"),)),), (("etc/os-release", "ID=alpine\n"),))}, ["sha256:2"])
+    assert sbom.read_inventory(json.loads(json.dumps(inv.to_json())), "x") == inv
+    for bad in ({}, {"format": sbom.INVENTORY_FORMAT, "layers": [{"digest": "d", "databases": {"etc/x": []}}]},
+                {"format": sbom.INVENTORY_FORMAT, "layers": [{"digest": "d", "databases": {"lib/apk/db/installed": [1]}}]}):
+        with pytest.raises(InvalidSource):
+            sbom.read_inventory(bad, "x")
