@@ -422,8 +422,8 @@ class ComposedImageSbomField(BoolField):
     help = help_text(
         """
         Write the image's SBOM beside it in `dist/`: `<name>.cdx.json`, CycloneDX 1.5 JSON
-        (checked against the CycloneDX schema). It lists every package the image's dpkg and apk
-        databases list as installed, with its name, version, architecture and purl (e.g.
+        (checked against the CycloneDX schema). It lists every package the image's dpkg
+        (`status`, and distroless's `status.d/`) and apk databases list as installed, with its name, version, architecture and purl (e.g.
         `pkg:deb/debian/curl@7.88.1-10%2Bdeb12u5?arch=amd64&distro=debian-12`, the distro from
         the image's `os-release`), and the layer that brought it: its digest, source image and
         `docker_layer` target, as properties (`lamina:layer:*`). A package is the lowest layer's

@@ -139,6 +139,13 @@ def _read_capped(content: IO[bytes], path: str, what: str) -> bytes:
     return data
 
 
+def is_status_d_stanzas(path: str) -> bool:
+    """Whether `path` is one of dpkg's status.d/ files of a package's stanza (distroless; not its
+    `.md5sums` beside it)."""
+    return path.startswith(STATUS_D) and "/" not in path[len(STATUS_D):] and len(path) > len(STATUS_D) \
+        and not path.endswith(".md5sums")
+
+
 def is_rpm_database(path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, g) for g in RPM_GLOBS)
 
@@ -151,6 +158,7 @@ class LayerDatabases:
     rpm: bool = False  # it writes rpm's database
     status_d: bool = False  # it writes dpkg's per-package status.d/
     os_release: tuple[tuple[str, bytes], ...] = ()  # (path, content) of the os-release files it writes
+    status_d_copies: tuple[tuple[str, bytes], ...] = ()  # (path, content) of its status.d/ stanza files
 
 
 def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
@@ -162,11 +170,12 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
     what = what or layer.what
     copies: dict[str, bytes] = {}
     os_release: dict[str, bytes] = {}
+    status_d_copies: dict[str, bytes] = {}
     rpm = status_d = False
     headers = []
 
     def read(entry, content):  # type: ignore[no-untyped-def]
-        if entry.path in MERGEABLE:
+        if entry.path in MERGEABLE or is_status_d_stanzas(entry.path):
             return _read_capped(content, entry.path, what)
         if entry.path in OS_RELEASE:
             return content.read(MAX_OS_RELEASE)
@@ -177,15 +186,17 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
             continue
         headers.append(IndexEntry(e.path, e.kind, e.mode & 0o7777, e.uid, e.gid, e.size if e.kind == "file" else 0,
                                   e.linkname))
-        for paths, found in ((MERGEABLE, copies), (OS_RELEASE, os_release)):
-            if e.path in paths:
+        for is_one, found in ((MERGEABLE.__contains__, copies), (OS_RELEASE.__contains__, os_release),
+                              (is_status_d_stanzas, status_d_copies)):
+            if is_one(e.path):
                 if content is not None:
                     found[e.path] = content
                 else:
                     found.pop(e.path, None)  # no longer a file there (a later entry replaced it)
         rpm = rpm or is_rpm_database(e.path)
         status_d = status_d or e.path.startswith(STATUS_D)
-    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, tuple(sorted(os_release.items()))), headers
+    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, tuple(sorted(os_release.items())),
+                          tuple(sorted(status_d_copies.items()))), headers
 
 
 # --- planning the merge ----------------------------------------------------------------------

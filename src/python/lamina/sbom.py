@@ -1,7 +1,8 @@
 """An SBOM of a composed image (`<name>.cdx.json`, CycloneDX 1.5 JSON): every package its dpkg
 and apk databases list, with name, version, architecture and purl, and the layer that brought it.
 
-What the image's package manager reports is what the SBOM lists: for each database path the
+What the image's package manager reports is what the SBOM lists: for each database path (dpkg's
+status, apk's installed, and each file of dpkg's status.d/, as distroless images have) the
 highest layer's copy (the merge layer's, when the package databases were merged), its installed
 packages only (dpkg: not those whose Status says "not-installed" or "config-files", removed with
 their configuration files kept; apk lists only installed packages).
@@ -29,7 +30,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from lamina.errors import InvalidSource
-from lamina.pkgdb import MERGEABLE, OS_RELEASE, PARSERS, Stanza
+from lamina.pkgdb import MERGEABLE, OS_RELEASE, PARSERS, Stanza, is_status_d_stanzas
 
 if TYPE_CHECKING:
     from lamina.image import Image
@@ -70,6 +71,11 @@ def _apk_arch(stanza: Stanza) -> str:
     return ""
 
 
+def tool_of(path: str) -> Optional[str]:
+    """The package manager whose database `path` is (None: not one the SBOM reads)."""
+    return MERGEABLE.get(path) or ("dpkg" if is_status_d_stanzas(path) else None)
+
+
 def packages_of(tool: str, content: bytes, what: str) -> tuple[Package, ...]:
     """The packages a copy of `tool`'s database lists (installed or not), as the merge parses it."""
     out = []
@@ -93,7 +99,8 @@ class LayerInventory:
 
 
 def layer_inventory(digest: str, databases: "LayerDatabases", what: str = "") -> LayerInventory:
-    dbs = tuple((path, packages_of(MERGEABLE[path], content, what or digest)) for path, content in databases.copies)
+    dbs = tuple((path, packages_of(tool_of(path) or "", content, what or digest))
+                for path, content in (*databases.copies, *databases.status_d_copies))
     return LayerInventory(digest, dbs, tuple((p, c.decode("utf-8", "replace")) for p, c in databases.os_release))
 
 
@@ -114,7 +121,7 @@ class Inventory:
     def add_stack(self, found: "MergePlan") -> None:
         """The layers the merge planning read (MergePlan.stack)."""
         for sl in found.stack:
-            if sl.databases.copies or sl.databases.os_release:
+            if sl.databases.copies or sl.databases.os_release or sl.databases.status_d_copies:
                 self.layers[sl.digest] = layer_inventory(sl.digest, sl.databases, sl.name)
         self.unread += [sl.digest for sl in found.stack if sl.name in found.unread]
 
@@ -133,10 +140,10 @@ def read_inventory(data: object, what: str) -> Inventory:
     out = []
     try:
         for l in data["layers"]:
-            dbs = tuple((path, tuple(Package(MERGEABLE[path], *(str(v) for v in p)) for p in pkgs))
-                        for path, pkgs in sorted(l["databases"].items()))
-            if any(path not in MERGEABLE for path, _ in dbs):
+            if any(tool_of(path) is None for path in l["databases"]):
                 raise bad
+            dbs = tuple((path, tuple(Package(tool_of(path) or "", *(str(v) for v in p)) for p in pkgs))
+                        for path, pkgs in sorted(l["databases"].items()))
             out.append(LayerInventory(str(l["digest"]), dbs,
                                       tuple(sorted((str(k), str(v)) for k, v in l.get("os_release", {}).items()))))
         unread = [str(d) for d in data.get("unread", [])]
@@ -193,7 +200,9 @@ def attribute(stack: Sequence[Optional[LayerInventory]]) -> list[Attributed]:
     module's description); `stack` is the image's layers' inventories, base first (None: not read
     or no database)."""
     out = []
-    for path in sorted(MERGEABLE):
+    seen: set = set()
+    paths = {path for inv in stack if inv is not None for path, _ in inv.databases}
+    for path in sorted(paths):  # dpkg's status, apk's installed, and each of dpkg's status.d/ files
         copies = [(i, inv.database(path)) for i, inv in enumerate(stack) if inv is not None]
         copies = [(i, pkgs) for i, pkgs in copies if pkgs is not None]
         if not copies:
@@ -201,6 +210,9 @@ def attribute(stack: Sequence[Optional[LayerInventory]]) -> list[Attributed]:
         shown = [p for p in copies[-1][1] if p.installed]
         listed = [(i, {p.key for p in pkgs if p.installed}) for i, pkgs in copies]
         for p in sorted(shown, key=lambda p: p.key):
+            if (p.tool, p.key) in seen:
+                continue  # listed by two databases (status and status.d/): once
+            seen.add((p.tool, p.key))
             layer = next(i for i, keys in listed if p.key in keys)  # the top copy lists it, at least
             out.append(Attributed(p, layer, path))
     return out

@@ -167,3 +167,25 @@ def test_an_inventory_round_trips_and_a_bad_one_is_an_error() -> None:
                 {"format": sbom.INVENTORY_FORMAT, "layers": [{"digest": "d", "databases": {"lib/apk/db/installed": [1]}}]}):
         with pytest.raises(InvalidSource):
             sbom.read_inventory(bad, "x")
+
+
+def test_distroless_status_d_files_are_read(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    d = {"var/": None, "var/lib/": None, "var/lib/dpkg/": None, "var/lib/dpkg/status.d/": None}
+    base = FakeLayer({**d, "var/lib/dpkg/status.d/base-files": db(dpkg("base-files", "12.4")),
+                      "var/lib/dpkg/status.d/libc6": db(dpkg("libc6", "2.36-9")),
+                      "var/lib/dpkg/status.d/libc6.md5sums": b"0123  lib/libc.so.6\n",
+                      "etc/": None, "etc/os-release": OS_RELEASE}, "ADD distroless /", "gzip")
+    tz = FakeLayer({"var/lib/dpkg/status.d/tzdata": db(dpkg("tzdata", "2024a", arch="all"))}, "ADD tzdata /", "gzip")
+    write_oci_dir(FakeImage([base]), str(tmp_path / "base"))
+    write_oci_dir(FakeImage([base, tz]), str(tmp_path / "tz"))
+    spec = {"base": "oci:" + str(tmp_path / "base"), "format": "oci", "tags": ["d:1"],
+            "layers": [{"source": "oci:" + str(tmp_path / "tz"), "layer": "-1", "target": "//:tz"}]}
+    image = build(parse_spec(spec), None, sbom=str(tmp_path / "d.cdx.json"))
+    text = (tmp_path / "d.cdx.json").read_text()
+    _validate(text)
+    pkgs = _packages(json.loads(text))
+    assert sorted(pkgs) == ["base-files", "libc6", "tzdata"]
+    assert pkgs["tzdata"]["props"]["lamina:layer:target"] == "//:tz"
+    assert pkgs["tzdata"]["props"]["lamina:package:database"] == "/var/lib/dpkg/status.d/tzdata"
+    assert pkgs["tzdata"]["purl"] == "pkg:deb/debian/tzdata@2024a?arch=all&distro=debian-12"
+    assert pkgs["libc6"]["props"]["lamina:layer:digest"] == image.layers[0].descriptor.digest
