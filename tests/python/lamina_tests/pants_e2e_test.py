@@ -352,6 +352,12 @@ def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> N
     files = repo.pants("layers", "--layers-files", "apt:a").stdout
     assert "var/lib/dpkg/status" in files and "opt/apt_a/bin" in files, files
     repo.pants("package", "apt:warn")
+    # merge_package_databases=False: the SBOM lists what dpkg in the image sees, the top layer's copy
+    sbom = json.loads((repo.root / "dist" / "apt" / "warn.cdx.json").read_text())
+    rows = json.loads((repo.root / "dist" / "apt" / "warn.layers.json").read_text())["layers"]
+    (pkg,) = [c for c in sbom["components"] if c["type"] == "library"]
+    props = {p["name"]: p["value"] for p in pkg["properties"]}
+    assert pkg["name"] == "apt_b" and props["lamina:layer:digest"] == rows[-1]["digest"], (pkg, rows)
     listed = repo.pants("layers", "--layers-conflicts", "apt:warn")
     report = listed.stdout
     assert "var/lib/dpkg/status" in report and "package database" in report, report
@@ -386,7 +392,8 @@ def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRe
         (source,) = [p for p in extract.iterdir() if p.name.startswith("__source-")]
         assert source.is_symlink() and (source / "linked" / "src.tar").is_file()
         linked = sorted(p.name.split("-")[0] for p in compose.iterdir() if p.is_symlink() and p.name.startswith("__"))
-        assert linked == ["__base", "__layer0"], sorted(p.name for p in compose.iterdir())
+        # (and the core's PEX, and the package database process's output: read-only inputs too)
+        assert linked == ["__base", "__lamina_core", "__layer0", "__package_db"], sorted(p.name for p in compose.iterdir())
         assert (extract / "__bundle" / "lamina-index.json").is_file()
     finally:
         for path in kept.values():
