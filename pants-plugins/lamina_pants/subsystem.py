@@ -12,7 +12,8 @@ from pants.util.strutil import softwrap
 DEFAULT_LOCKFILE = "<default>"
 NO_LOCKFILE = "<none>"
 # What the built-in lockfile was made for (`./pants generate-lockfiles --resolve=lamina` here).
-DEFAULT_REQUIREMENTS = ("zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0")
+DEFAULT_REQUIREMENTS = ("zstandard==0.23.0", "urllib3==2.6.3", "docker==7.1.0", "cyclonedx-python-lib==8.9.0",
+                        "jsonschema==4.25.1")
 DEFAULT_INTERPRETER_CONSTRAINTS = ("CPython==3.9.*",)
 # The built-in lockfile, a resource of this package.
 BUILTIN_LOCKFILE = ("lamina_pants", "core.lock")

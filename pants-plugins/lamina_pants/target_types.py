@@ -427,6 +427,38 @@ class ComposedImageMergePackageDatabasesField(BoolField):
     )
 
 
+class ComposedImageSbomField(BoolField):
+    alias = "sbom"
+    default = True
+    help = help_text(
+        """
+        Write the image's SBOM beside it in `dist/`: `<name>.cdx.json`, CycloneDX 1.5 JSON
+        (checked against the CycloneDX schema). It lists every package the image's dpkg
+        (`status`, and distroless's `status.d/`) and apk databases list as installed, with its name, version, architecture and purl (e.g.
+        `pkg:deb/debian/curl@7.88.1-10%2Bdeb12u5?arch=amd64&distro=debian-12`, the distro from
+        the image's `os-release`), and the layer that brought it: its digest, source image and
+        `docker_layer` target, as properties (`lamina:layer:*`). A package is the lowest layer's
+        whose database lists it at the version the image shows: the base's packages stay the
+        base's in a layer built on the same base, and a layer that upgraded one brought it.
+        Every layer (the image's own files layer and the package database merge layer too) is a
+        component of its own, named by its digest. The same inputs give the same bytes.
+
+        The packages are read once, by the cached process that merges the package databases,
+        from the layers that hold a database. An `output_format="registry"` image whose layers
+        stay in the registry (nothing here needs their bytes) gets no SBOM.
+
+        Example:
+
+            composed_image(
+                name="dev",
+                base="//images:debian",
+                layers=["//images:curl"],
+                sbom=False,  # no dev.cdx.json
+            )
+        """
+    )
+
+
 # Docker's reference grammar (distribution/reference): path components separated by '/', after an
 # optional registry host (it has a '.' or a ':', or is localhost) with an optional port; tags.
 _PATH_COMPONENT = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|[-]*)[a-z0-9]+)*$")
@@ -617,6 +649,7 @@ class ComposedImageTarget(Target):
         ComposedImageCheckDependenciesField,
         ComposedImageOnStartFailureField,
         ComposedImageMergePackageDatabasesField,
+        ComposedImageSbomField,
         ComposedImageRepositoryField,
         ComposedImageTagsField,
         ComposedImageOutputFormatField,

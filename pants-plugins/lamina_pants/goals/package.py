@@ -42,6 +42,7 @@ from lamina_pants.target_types import (
     ComposedImagePackagesField,
     ComposedImagePlatformField,
     ComposedImageRepositoryField,
+    ComposedImageSbomField,
     ComposedImageScanRegistryLayersField,
     ComposedImageStopSignalField,
     ComposedImageTagsField,
@@ -97,6 +98,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     output_format: ComposedImageOutputFormatField
     output_path: ComposedImageOutputPathField
     scan_registry_layers: ComposedImageScanRegistryLayersField
+    sbom: ComposedImageSbomField
 
     def image_refs(self) -> list[str]:
         repository = self.repository.value or self.address.target_name
@@ -105,12 +107,18 @@ class ComposedImageFieldSet(PackageFieldSet):
     def output_relpath(self) -> str:
         return self.output_path.value_or_default(file_ending=FORMAT_ENDINGS[self.output_format.value or "docker-archive"])
 
-    def audit_relpath(self) -> str:
-        """`<name>.layers.json` beside the image: where each of its layers came from."""
+    def _stem(self) -> str:
         relpath = self.output_relpath()
         ending = "." + FORMAT_ENDINGS[self.output_format.value or "docker-archive"]
-        stem = relpath[: -len(ending)] if relpath.endswith(ending) else relpath
-        return f"{stem}.layers.json"
+        return relpath[: -len(ending)] if relpath.endswith(ending) else relpath
+
+    def audit_relpath(self) -> str:
+        """`<name>.layers.json` beside the image: where each of its layers came from."""
+        return f"{self._stem()}.layers.json"
+
+    def sbom_relpath(self) -> str:
+        """`<name>.cdx.json` beside the image: its SBOM (CycloneDX JSON)."""
+        return f"{self._stem()}.cdx.json"
 
     def config(self) -> dict:
         config: dict = {}
@@ -190,7 +198,7 @@ class ComposedStack:
             fs.check_dependencies.value,
             files=self.files_layer,
             start=start,
-            package_db=self.package_db,
+            package_db=self.package_db if self.package_db is not None and self.package_db.merged else None,
         )
 
 
@@ -228,9 +236,11 @@ def stack_spec(fs: ComposedImageFieldSet, stack: ComposedStack) -> Tuple[dict, l
     return spec, bundles
 
 
-async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, indexed: bool) -> PackageDbLayer:
-    """The package database merge of the stack, made once in its own process; with the scans the
-    check reads too (`indexed`), only the layers that hold a database are read."""
+async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, indexed: bool,
+                            merge: bool = True) -> PackageDbLayer:
+    """The package database merge of the stack (with `merge` False only what each layer's
+    databases list, for the SBOM), made once in its own process; with the scans the check reads
+    too (`indexed`), only the layers that hold a database are read."""
     spec, bundles = stack_spec(fs, stack)
     indexes: Tuple = ()
     if indexed:
@@ -238,7 +248,7 @@ async def _package_db_layer(fs: ComposedImageFieldSet, stack: ComposedStack, ind
         indexes = tuple((index.digest, index.name) for index in found)
     return await Get(
         PackageDbLayer,
-        PackageDbLayerRequest(fs.address, json.dumps(spec, sort_keys=True), tuple(bundles), indexes),
+        PackageDbLayerRequest(fs.address, json.dumps(spec, sort_keys=True), tuple(bundles), indexes, merge),
     )
 
 
@@ -320,9 +330,12 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
         )
     package_db: Optional[PackageDbLayer] = None
     stack = ([base] if base is not None else []) + list(layer_bundles)
-    if fs.merge_package_databases.value and len(stack) > 1 and not shallow:
+    # The same process lists each layer's packages for the SBOM (packages.json): compose writes
+    # the SBOM from that, reading no layer for it. Without the merge it only lists them.
+    merge = bool(fs.merge_package_databases.value) and len(stack) > 1
+    if (merge or fs.sbom.value) and stack and not shallow:
         package_db = await _package_db_layer(fs, ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None),
-                                             lamina.check_compositions)
+                                             lamina.check_compositions, merge)
     return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer, package_db)
 
 
@@ -411,6 +424,11 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
+    # The SBOM is written from the packages the package database process listed (no layer is read
+    # for it); a registry image whose layers stay in the registry has none.
+    with_sbom = bool(fs.sbom.value) and inputs.stack.package_db is not None
+    sbom_argv = (f"--sbom={OUT_DIR}/{fs.sbom_relpath()}",) if with_sbom else ()
+    sbom_artifacts = (BuiltPackageArtifact(fs.sbom_relpath()),) if with_sbom else ()
     if into_engine and not fs.image_refs():
         raise LaminaBuildError(
             f"{fs.address}: output_format=\"docker-daemon\" loads the image into the engine under its "
@@ -422,7 +440,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         env = await Get(EnvironmentVars, EnvironmentVarsRequest(DOCKER_ENV_VARS))
         run = LaminaRun(
             address=fs.address,
-            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in fs.image_refs()), f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            argv=("load", SPEC_FILE, *(f"--tag={r}" for r in fs.image_refs()), f"--audit={OUT_DIR}/{fs.audit_relpath()}",
+                  *sbom_argv),
             input_digest=inputs.spec,
             read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
@@ -434,7 +453,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         # For `pants publish` only: the audit trail, composed from metadata; no layer byte is read.
         run = LaminaRun(
             address=fs.address,
-            argv=("compose", SPEC_FILE, f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            argv=("compose", SPEC_FILE, f"--audit={OUT_DIR}/{fs.audit_relpath()}", *sbom_argv),
             input_digest=inputs.spec,
             read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
@@ -443,7 +462,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     else:
         run = LaminaRun(
             address=fs.address,
-            argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}"),
+            argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}",
+                  *sbom_argv),
             input_digest=inputs.spec,
             read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
@@ -472,7 +492,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)
-        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines), *sbom_artifacts))
     summary = json.loads(result.stdout.decode() or "{}")
     lines = (
         f"manifest {summary.get('manifest', '?')}, {summary.get('layers', '?')} layers, tags {', '.join(fs.image_refs())}",
@@ -480,10 +500,11 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     )
     if fs.output_format.value == "registry":
         lines = (f"{lines[0]} (no image file: `pants publish` pushes it)", *lines[1:])
-        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines),))
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines), *sbom_artifacts))
     return BuiltPackage(
         digest,
-        (BuiltPackageArtifact(relpath, extra_log_lines=lines), BuiltPackageArtifact(fs.audit_relpath())),
+        (BuiltPackageArtifact(relpath, extra_log_lines=lines), BuiltPackageArtifact(fs.audit_relpath()),
+         *sbom_artifacts),
     )
 
 

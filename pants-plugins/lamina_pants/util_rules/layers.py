@@ -196,16 +196,19 @@ class PackageDbLayerRequest:
     spec_json: str
     read_only: Tuple[Tuple[str, Digest], ...]
     indexes: Tuple[Tuple[Digest, str], ...] = ()
+    merge: bool = True  # False: only what each layer's databases list (packages.json, for the SBOM)
 
 
 @dataclass(frozen=True)
 class PackageDbLayer:
     """package-db-layer.json (the merge report, and the layer's description or null when no merge
-    was needed), the layer's blob and its index.json at the digest's root."""
+    was needed), the layer's blob, its index.json and packages.json (what each layer's databases
+    list, for the SBOM) at the digest's root."""
 
     digest: Digest
     has_layer: bool
     lines: Tuple[str, ...] = ()  # what the merge did, for the package's summary
+    merged: bool = True  # it is the merge (not only packages.json)
 
 
 @rule
@@ -221,11 +224,13 @@ async def make_package_db_layer(request: PackageDbLayerRequest) -> PackageDbLaye
             address=request.address,
             argv=("package-db-layer", PACKAGE_DB_SPEC, f"--out={PACKAGE_DB_DIR}",
                   f"--name=package databases of {request.address}",
-                  *(f"--index={PACKAGE_DB_INDEXES}/{i}/{name}" for i, (_, name) in enumerate(request.indexes))),
+                  *(f"--index={PACKAGE_DB_INDEXES}/{i}/{name}" for i, (_, name) in enumerate(request.indexes)),
+                  *(() if request.merge else ("--no-merge",))),
             input_digest=await Get(Digest, MergeDigests([spec, *indexes])),
             read_only_inputs=request.read_only,
             output_directory=PACKAGE_DB_DIR,
-            description=f"lamina: merge the package databases of {request.address}",
+            description=(f"lamina: merge the package databases of {request.address}" if request.merge
+                         else f"lamina: list the packages of {request.address}"),
         ),
     )
     summary = json.loads(result.stdout.decode() or "{}")
@@ -233,6 +238,7 @@ async def make_package_db_layer(request: PackageDbLayerRequest) -> PackageDbLaye
         await Get(Digest, RemovePrefix(result.output_digest, PACKAGE_DB_DIR)),
         bool(summary.get("layer")),
         tuple(str(line) for line in summary.get("lines") or ()),
+        request.merge,
     )
 
 

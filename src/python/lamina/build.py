@@ -15,7 +15,7 @@ from lamina.extract import read_selection
 from lamina.formats.write import write
 from lamina.image import Image, Layer, with_copies
 from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_dir
-from lamina.pkgdb import build_merge_layer, is_merge_layer, plan_for_layers, read_merge_dir, report_lines
+from lamina.pkgdb import build_merge_layer, is_merge_layer, plan_for_layers, read_layer, read_merge_dir, report_lines
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
 from lamina.model import Platform
@@ -23,6 +23,7 @@ from lamina.spec import FileSpec, LayerSpec, Spec
 
 if TYPE_CHECKING:
     from lamina.registry.transport import RegistryOptions
+    from lamina.sbom import Inventory
 
 
 def _open(spec: LayerSpec, platform: Optional[Platform],
@@ -123,7 +124,7 @@ def open_stack(spec: Spec, registry: Optional["RegistryOptions"] = None) -> tupl
 
 @contextmanager
 def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"] = None,
-             notes: Optional[list[str]] = None) -> Iterator[Image]:
+             notes: Optional[list[str]] = None, inventory: Optional["Inventory"] = None) -> Iterator[Image]:
     """The Image `spec` describes, composed without copying a layer: its layers read from their
     sources when a consumer (a writer, push, load) reads them. The files layer, when the spec has
     files, is packed into a temporary directory under `scratch_dir`, removed on exit; packing it
@@ -134,19 +135,29 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
     package database (dpkg's status, apk's installed), a layer of the merged databases goes on
     the stack, below the files layer (see lamina.pkgdb): finding out reads every layer once.
     `spec.package_db_layer` gives it made beforehand instead, and `merge_package_databases`
-    false leaves it out. `notes` receives what the merge did (merged databases, conflicts)."""
+    false leaves it out. `notes` receives what the merge did (merged databases, conflicts).
+
+    `inventory`, when given, receives the packages each layer's databases list, for the SBOM:
+    from `spec.package_db_layer`'s packages.json, or the merge's walk, or else a walk of the
+    stack's layers for it."""
     base, layers = open_stack(spec, registry)
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
     try:
         stack = [*(base.layers if base is not None else ()), *layers]
         headers = None  # the stack's filesystem from its headers, when the merge walked them
+        inventoried = False
         if spec.package_db_layer is not None:
             merged = read_merge_dir(spec.package_db_layer)  # None: no merge was needed
             if merged.layer is not None:
                 layers.append(merged.layer)
             if notes is not None:
                 notes.extend(report_lines(merged.report))
+            found_inventory = merged.inventory() if inventory is not None else None
+            if inventory is not None and found_inventory is not None:
+                inventory.layers.update(found_inventory.layers)
+                inventory.unread.extend(found_inventory.unread)
+                inventoried = True
         elif spec.merge_package_databases and len({l.source for l in stack}) > 1:
             # layers of two or more images: each read once for its package databases (and headers)
             found, headers = plan_for_layers(stack)
@@ -155,6 +166,15 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
                 layers.append(layer)
             if notes is not None:
                 notes.extend(report_lines(found.report()))
+            if inventory is not None:
+                from lamina.sbom import merge_inventory
+
+                inventory.add_stack(found)
+                if layer is not None:
+                    inventory.layers[layer.descriptor.digest] = merge_inventory(found, layer.descriptor.digest)
+                inventoried = True
+        if inventory is not None and not inventoried:
+            _inventory_of(stack, inventory)
         files = collect_files(spec.files, spec.file_dirs)
         if spec.files_layer is not None:
             # read from disk: checked (digest and diff_id) wherever it is read
@@ -177,6 +197,28 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
         )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _inventory_of(stack: Sequence[Layer], inventory: "Inventory") -> None:
+    """The packages each layer of `stack` lists, each layer read once (for the SBOM)."""
+    from lamina.sbom import layer_inventory
+
+    for layer in stack:
+        if not layer.has_bytes:
+            inventory.unread.append(layer.descriptor.digest)
+            continue
+        dbs, _ = read_layer(layer)
+        if dbs.copies or dbs.os_release:
+            inventory.layers[layer.descriptor.digest] = layer_inventory(layer.descriptor.digest, dbs, layer.what)
+
+
+def sbom_bytes(spec: Spec, image: Image, inventory: "Inventory") -> bytes:
+    """The `<name>.cdx.json` of the image `spec` composed (see lamina.sbom)."""
+    from lamina.sbom import sbom_document
+
+    base_target = (spec.base.target if spec.base else None) or ""
+    trail = audit_trail(image, base_target, spec.target or "")
+    return sbom_document(image, trail, inventory).encode()
 
 
 def audit_bytes(spec: Spec, image: Image) -> bytes:
@@ -202,16 +244,23 @@ def write_small_file(path: str, data: bytes) -> None:
 
 
 def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: Optional[str] = None,
-          notes: Optional[list[str]] = None) -> Image:
-    """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`), atomically.
-    Without `out`, only the audit trail is written: no layer byte is read."""
-    scratch_dir = workdir or os.path.dirname(os.path.abspath(out or audit or "."))
-    with composed(spec, scratch_dir, notes=notes) as image:
+          notes: Optional[list[str]] = None, sbom: Optional[str] = None) -> Image:
+    """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`, its SBOM
+    at `sbom`), atomically. Without `out` or `sbom`, only the audit trail is written: no layer byte
+    is read. The SBOM reads the layers' package databases (see `composed`)."""
+    from lamina.sbom import Inventory
+
+    scratch_dir = workdir or os.path.dirname(os.path.abspath(out or audit or sbom or "."))
+    inventory = Inventory() if sbom else None
+    with composed(spec, scratch_dir, notes=notes, inventory=inventory) as image:
         trail = audit_bytes(spec, image) if audit else None
+        document = sbom_bytes(spec, image, inventory) if sbom and inventory is not None else None
         if out is not None:
             write(image, spec.format, out)
         if audit and trail is not None:
             write_small_file(audit, trail)
+        if sbom and document is not None:
+            write_small_file(sbom, document)
         return image
 
 

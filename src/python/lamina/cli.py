@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lamina.progress import Progress
     from lamina.registry.client import RegistryClient
     from lamina.registry.transport import RegistryOptions
+    from lamina.sbom import Inventory
 
 
 def _platform(text: Optional[str]) -> Optional[Platform]:
@@ -75,11 +76,12 @@ def _engine_source(source: str) -> Iterator[tuple[str, tuple[str, ...]]]:
 
 
 @contextmanager
-def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None) -> Iterator["Image"]:
+def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None,
+           inventory: Optional["Inventory"] = None) -> Iterator["Image"]:
     """The image `args.source` names: a source (archive, layout, registry), or a compose spec,
     composed lazily: its layers are read from their sources by whatever consumes the image (a
     push, a load), never written out first. Only a spec's files layer, if any, is packed into a
-    temporary directory."""
+    temporary directory. `inventory` (a spec's only) receives its layers' packages, for the SBOM."""
     from lamina.sources import open_image
 
     options = options or _registry(args)
@@ -97,7 +99,7 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
     with open(args.source, "rb") as f:
         spec = parse_spec(parse_json(f.read(), args.source))
-    with composed(spec, tempfile.gettempdir(), options) as image:  # the registry flags apply to its sources too
+    with composed(spec, tempfile.gettempdir(), options, inventory=inventory) as image:  # the registry flags apply to its sources too
         yield image
 
 
@@ -221,6 +223,10 @@ def cmd_package_db_layer(args: argparse.Namespace) -> int:
             wanted = [databases_in_index([e.path for e in i.entries]) for i in ordered]
             below = apply(ordered).fs
     found, walked = plan_for_layers(stack, wanted)
+    if args.no_merge:  # the packages each layer lists only (for the SBOM): no merge layer
+        from lamina.pkgdb import MergePlan
+
+        found = MergePlan(read=found.read, unread=found.unread, stack=found.stack)
     layer = write_merge_dir(found, args.out, below if wanted is not None else walked,
                             args.name or f"package databases of {args.spec}")
     lines = report_lines(found.report())
@@ -348,10 +354,10 @@ def cmd_compose(args: argparse.Namespace) -> int:
         data = parse_json(f.read(), args.spec)
     if args.format and isinstance(data, dict):  # parse_spec reports a spec that is not an object
         data["format"] = args.format
-    if not args.out and not args.audit:
-        raise SpecError("give --out (the image) or --audit (only its audit trail), or both")
+    if not args.out and not args.audit and not args.sbom:
+        raise SpecError("give --out (the image), --audit (its audit trail) or --sbom (its SBOM), or more")
     notes: list[str] = []
-    image = build(parse_spec(data), args.out, audit=args.audit, notes=notes)
+    image = build(parse_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom)
     for note in notes:  # what the package database merge did
         print(f"lamina: {note}", file=sys.stderr)
     d = image.manifest_descriptor
@@ -460,12 +466,25 @@ def cmd_load(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, load
 
     engine = connect(os.environ)
-    if args.audit and not is_spec(args.source):
-        raise SpecError("--audit records where a composed image's layers came from: give a compose spec (SPEC.json)")
-    with _image(args) as image:
+    if (args.audit or args.sbom) and not is_spec(args.source):
+        raise SpecError("--audit and --sbom record where a composed image's layers came from: give a compose spec "
+                        "(SPEC.json)")
+    inventory = None
+    if args.sbom:
+        from lamina.sbom import Inventory
+
+        inventory = Inventory()
+    with _image(args, inventory=inventory) as image:
         print(load(engine, image, tuple(args.tag or ())).summary())
         if args.audit:
             _write_audit(args.source, image, args.audit)
+        if args.sbom and inventory is not None:
+            from lamina.build import sbom_bytes, write_small_file
+            from lamina.spec import parse_spec
+
+            with open(args.source, "rb") as f:
+                spec = parse_spec(parse_json(f.read(), args.source))
+            write_small_file(args.sbom, sbom_bytes(spec, image, inventory))
     return 0
 
 
@@ -560,11 +579,15 @@ def parser() -> argparse.ArgumentParser:
     pd.add_argument("spec", help="a compose spec: its base and layers are the stack (its files are not read)")
     pd.add_argument("--out", required=True,
                     help="directory to write: package-db-layer.json (the merge report, and the layer's description "
-                         "or null when no merge is needed), package-db-layer.tar.gz and index.json")
+                         "or null when no merge is needed), package-db-layer.tar.gz, index.json and packages.json "
+                         "(the packages each layer's databases list, for compose's --sbom)")
     pd.add_argument("--index", action="append", default=[], metavar="INDEX",
                     help="an index (from `lamina scan`) of the stack's layers; repeatable. With indexes of every "
                          "layer, only the layers that hold a database are read")
     pd.add_argument("--name", help="how the layer is named in reports (default: package databases of SPEC)")
+    pd.add_argument("--no-merge", action="store_true",
+                    help="merge nothing: write only what each layer's databases list (packages.json, for "
+                         "compose's --sbom) and a description of no layer")
     _registry_flags(pd)
     pd.set_defaults(func=cmd_package_db_layer)
 
@@ -591,6 +614,10 @@ def parser() -> argparse.ArgumentParser:
                                   "in the spec turns it off)")
     co.add_argument("--format", choices=("docker-archive", "oci", "oci-archive"), help="overrides the spec's format")
     co.add_argument("--audit", help="also write where each layer came from (source, selector, digest) as JSON here")
+    co.add_argument("--sbom", metavar="PATH",
+                    help="also write the image's SBOM here (CycloneDX 1.5 JSON): every package its dpkg and apk "
+                         "databases list, with the layer that brought it. Reads the layers' package databases "
+                         "(with the spec's package_db_layer, its packages.json instead)")
     co.set_defaults(func=cmd_compose)
 
     va = sub.add_parser("validate", help="check every blob of an image against its digest, size and diff_id")
@@ -644,6 +671,8 @@ def parser() -> argparse.ArgumentParser:
     lo.add_argument("--tag", action="append", metavar="NAME:TAG", help="tag to give it (default: its own); repeatable")
     lo.add_argument("--audit", metavar="PATH", help="with a compose spec: also write its audit trail (where each "
                                                     "layer came from, as `compose --audit` writes it)")
+    lo.add_argument("--sbom", metavar="PATH", help="with a compose spec: also write its SBOM (as `compose --sbom` "
+                                                   "writes it)")
     lo.add_argument("--platform", help="os/arch[/variant] to pick from a multi-platform source")
     _registry_flags(lo)
     lo.set_defaults(func=cmd_load)

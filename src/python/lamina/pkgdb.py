@@ -68,6 +68,8 @@ MERGEABLE = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk", APK_WORLD: "apk"}
 RPM_GLOBS = ("var/lib/rpm/*", "usr/lib/sysimage/rpm/*")
 STATUS_D = "var/lib/dpkg/status.d/"
 DPKG_INFO = "var/lib/dpkg/info/"
+OS_RELEASE = ("etc/os-release", "usr/lib/os-release")  # read beside the databases, for the SBOM's purls
+MAX_OS_RELEASE = 64 << 10
 MAX_DATABASE = 64 << 20  # bytes of one database copy held in memory; a larger one is an error
 MERGE_CREATED_BY = "lamina: merged package databases"
 MERGE_SOURCE = "package databases"
@@ -183,6 +185,13 @@ def _read_capped(content: IO[bytes], path: str, what: str) -> bytes:
     return data
 
 
+def is_status_d_stanzas(path: str) -> bool:
+    """Whether `path` is one of dpkg's status.d/ files of a package's stanza (distroless; not its
+    `.md5sums` beside it)."""
+    return path.startswith(STATUS_D) and "/" not in path[len(STATUS_D):] and len(path) > len(STATUS_D) \
+        and not path.endswith(".md5sums")
+
+
 def is_rpm_database(path: str) -> bool:
     return any(fnmatch.fnmatchcase(path, g) for g in RPM_GLOBS)
 
@@ -196,6 +205,8 @@ class LayerDatabases:
     status_d: bool = False  # it writes dpkg's per-package status.d/
     lists: frozenset[str] = frozenset()  # X of the var/lib/dpkg/info/X.list files it writes ("name" or "name:arch")
     deleted: frozenset[str] = frozenset()  # mergeable paths it deletes (a whiteout, an opaque directory, a non-file)
+    os_release: tuple[tuple[str, bytes], ...] = ()  # (path, content) of the os-release files it writes
+    status_d_copies: tuple[tuple[str, bytes], ...] = ()  # (path, content) of its status.d/ stanza files
 
     def installed(self, stanza: Stanza) -> bool:
         """Whether this layer (re)installed the dpkg package of `stanza`: it writes its file list."""
@@ -222,14 +233,18 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
 
     what = what or layer.what
     copies: dict[str, bytes] = {}
+    os_release: dict[str, bytes] = {}
+    status_d_copies: dict[str, bytes] = {}
     rpm = status_d = False
     lists: set[str] = set()
     deleted: set[str] = set()
     headers = []
 
     def read(entry, content):  # type: ignore[no-untyped-def]
-        if entry.path in MERGEABLE:
+        if entry.path in MERGEABLE or is_status_d_stanzas(entry.path):
             return _read_capped(content, entry.path, what)
+        if entry.path in OS_RELEASE:
+            return content.read(MAX_OS_RELEASE)
         return None
 
     for e, content in walk(layer, what, read):
@@ -244,13 +259,20 @@ def read_layer(layer: Layer, what: str = "") -> tuple[LayerDatabases, list]:
                 copies.pop(e.path, None)  # no longer a file there (a later entry replaced it)
                 deleted.add(e.path)
         deleted |= deletes(e.path)
+        for is_one, found in ((OS_RELEASE.__contains__, os_release), (is_status_d_stanzas, status_d_copies)):
+            if is_one(e.path):
+                if content is not None:
+                    found[e.path] = content
+                else:
+                    found.pop(e.path, None)  # no longer a file there (a later entry replaced it)
         rpm = rpm or is_rpm_database(e.path)
         status_d = status_d or e.path.startswith(STATUS_D)
         info = e.path[len(DPKG_INFO):] if e.path.startswith(DPKG_INFO) else ""
         if e.kind == "file" and info.endswith(".list") and "/" not in info:
             lists.add(info[:-len(".list")])
-    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, frozenset(lists),
-                          frozenset(deleted - set(copies))), headers
+    return LayerDatabases(tuple(sorted(copies.items())), rpm, status_d, lists=frozenset(lists),
+                          deleted=frozenset(deleted - set(copies)), os_release=tuple(sorted(os_release.items())),
+                          status_d_copies=tuple(sorted(status_d_copies.items()))), headers
 
 
 # --- planning the merge ----------------------------------------------------------------------
@@ -316,6 +338,7 @@ class MergePlan:
     notes: tuple[str, ...] = ()  # rpm databases, status.d/
     read: int = 0  # layers read
     unread: tuple[str, ...] = ()  # layers whose bytes were not here to read
+    stack: tuple[StackLayer, ...] = field(default=(), compare=False)  # the layers as read (for the SBOM)
 
     def report(self) -> dict:
         return {
@@ -497,7 +520,7 @@ def plan_for_layers(layers: Sequence[Layer], wanted: Optional[Sequence[bool]] = 
         headers.append(LayerIndex(layer.source, layer.index, d.digest, layer.diff_id, d.media_type, d.size,
                                   layer.created_by, "", (), (), tuple(entries)))
     found = plan(stack)
-    found = MergePlan(found.merged, found.conflicts, found.differing, found.notes, read, tuple(unread))
+    found = MergePlan(found.merged, found.conflicts, found.differing, found.notes, read, tuple(unread), tuple(stack))
     return found, (apply(headers).fs if wanted is None else None)
 
 
@@ -541,6 +564,7 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
     description is written last: a directory without it is not a merge layer directory."""
     from lamina.analyze.index import write_index
     from lamina.analyze.scan import scan_files_layer
+    from lamina.sbom import INVENTORY_FILE, Inventory, merge_inventory
 
     os.makedirs(out_dir, exist_ok=True)
     meta_path = os.path.join(out_dir, LAYER_META)
@@ -557,6 +581,8 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
         if os.path.lexists(tmp_blob):
             os.unlink(tmp_blob)
     meta = {"report": found.report(), "layer": None}
+    inventory = Inventory()
+    inventory.add_stack(found)
     if layer is not None:
         import dataclasses
 
@@ -565,6 +591,10 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
         meta["layer"] = {"mediaType": d.media_type, "digest": d.digest, "size": d.size, "diff_id": layer.diff_id,
                          "history": [dict(h) for h in layer.history]}
         write_index([scan_files_layer(layer, name)], os.path.join(out_dir, "index.json"))
+        inventory.layers[d.digest] = merge_inventory(found, d.digest)
+    with open(os.path.join(out_dir, INVENTORY_FILE), "w") as f:  # the packages each layer lists, for the SBOM
+        json.dump(inventory.to_json(), f, indent=1, sort_keys=True)
+        f.write("\n")
     tmp = meta_path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=2, sort_keys=True)
@@ -577,6 +607,22 @@ def write_merge_dir(found: MergePlan, out_dir: str, below: Optional[object], nam
 class MergeDir:
     layer: Optional[Layer]
     report: dict = field(default_factory=dict)
+    path: str = ""
+
+    def inventory(self):  # type: ignore[no-untyped-def]
+        """The packages each layer of the stack lists (sbom.Inventory), None when the directory has
+        no packages.json (written by an older lamina)."""
+        from lamina.sbom import INVENTORY_FILE, read_inventory
+
+        where = os.path.join(self.path, INVENTORY_FILE)
+        try:
+            with open(where, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError) as e:
+            raise SpecError(f"package_db_layer {self.path!r}: cannot read {INVENTORY_FILE}: {e}") from None
+        return read_inventory(data, where)
 
 
 def read_merge_dir(path: str) -> MergeDir:
@@ -596,7 +642,7 @@ def read_merge_dir(path: str) -> MergeDir:
         raise SpecError(f"package_db_layer {path!r}: {LAYER_META} is not what `lamina package-db-layer` writes")
     d = meta.get("layer")
     if d is None:
-        return MergeDir(None, meta["report"])
+        return MergeDir(None, meta["report"], path)
     ok = (isinstance(d, dict) and d.get("mediaType") == OCI_LAYER_GZIP and isinstance(d.get("size"), int)
           and not isinstance(d.get("size"), bool) and d["size"] >= 0
           and isinstance(d.get("history"), list) and all(isinstance(h, dict) for h in d["history"]))
@@ -609,7 +655,7 @@ def read_merge_dir(path: str) -> MergeDir:
         raise SpecError(f"package_db_layer {path!r} has no {LAYER_BLOB}")
     layer = Layer(Descriptor(OCI_LAYER_GZIP, d["digest"], d["size"]), d["diff_id"], -1, tuple(d["history"]),
                   opener=lambda: open(blob, "rb"), path=blob, source=MERGE_SOURCE)
-    return MergeDir(layer, meta["report"])
+    return MergeDir(layer, meta["report"], path)
 
 
 def databases_in_index(paths: Sequence[str]) -> bool:

@@ -337,12 +337,27 @@ def test_package_databases_are_merged_into_one_layer_on_top(repo: SampleRepo) ->
     finally:
         docker("image", "rm", "-f", ref, check=False)
     assert status == "Package: apt_a\n\nPackage: apt_b\n\n", status
+    # the SBOM beside it: each package under the layer (and docker_layer target) that brought it
+    sbom = json.loads((repo.root / "dist" / "apt" / "merged.cdx.json").read_text())
+    assert sbom["specVersion"] == "1.5" and sbom["metadata"]["component"]["version"] == audit["manifest"]
+    pkgs = {c["name"]: {p["name"]: p["value"] for p in c["properties"]}
+            for c in sbom["components"] if c["type"] == "library"}
+    assert sorted(pkgs) == ["apt_a", "apt_b"], pkgs
+    for name, row in (("apt_a", rows[-3]), ("apt_b", rows[-2])):
+        assert pkgs[name]["lamina:layer:digest"] == row["digest"], (pkgs, rows)
+        assert pkgs[name]["lamina:layer:target"] == row["target"] == f"apt:{name[-1]}", (pkgs, rows)
 
 
 def test_layers_goal_prints_files_and_the_conflict_report(repo: SampleRepo) -> None:
     files = repo.pants("layers", "--layers-files", "apt:a").stdout
     assert "var/lib/dpkg/status" in files and "opt/apt_a/bin" in files, files
     repo.pants("package", "apt:warn")
+    # merge_package_databases=False: the SBOM lists what dpkg in the image sees, the top layer's copy
+    sbom = json.loads((repo.root / "dist" / "apt" / "warn.cdx.json").read_text())
+    rows = json.loads((repo.root / "dist" / "apt" / "warn.layers.json").read_text())["layers"]
+    (pkg,) = [c for c in sbom["components"] if c["type"] == "library"]
+    props = {p["name"]: p["value"] for p in pkg["properties"]}
+    assert pkg["name"] == "apt_b" and props["lamina:layer:digest"] == rows[-1]["digest"], (pkg, rows)
     listed = repo.pants("layers", "--layers-conflicts", "apt:warn")
     report = listed.stdout
     assert "var/lib/dpkg/status" in report and "package database" in report, report

@@ -2,7 +2,8 @@
 it that each install real packages (`apt-get download`ed curl and gcc, with their dependencies)
 with `dpkg -i`, committed as one layer. Composed on the base, the two layers' dpkg databases are
 merged by one new layer: `dpkg -s` finds both, `dpkg --audit` is clean, every package is counted,
-and the layers taken keep their digests. Without the merge, curl's packages are lost.
+and the layers taken keep their digests. Without the merge, curl's packages are lost. The SBOM
+lists every package dpkg in the image lists, at its version, with the layer that brought it.
 
 Without debootstrap, a Debian 12 apt or a reachable mirror the tests skip, except under CI (env
 CI), where they fail."""
@@ -69,13 +70,22 @@ def images(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
 def _compose(images: Path, tmp_path: Path, ref: str, **extra) -> dict:  # type: ignore[no-untyped-def]
     spec = {"base": f"docker-archive:{images / 'debian.tar'}",
-            "layers": [{"source": f"docker-archive:{images / p}.tar", "layer": "-1"} for p in ("curl", "gcc")],
+            "layers": [{"source": f"docker-archive:{images / p}.tar", "layer": "-1", "target": f"//images:{p}"}
+                       for p in ("curl", "gcc")],
             "tags": [ref], **extra}
     (tmp_path / "spec.json").write_text(json.dumps(spec))
-    out, audit = tmp_path / "out.tar", tmp_path / "audit.json"
-    assert lamina.cli.main(["compose", str(tmp_path / "spec.json"), "--out", str(out), "--audit", str(audit)]) == 0
+    out, audit, sbom = tmp_path / "out.tar", tmp_path / "audit.json", tmp_path / "out.cdx.json"
+    assert lamina.cli.main(["compose", str(tmp_path / "spec.json"), "--out", str(out), "--audit", str(audit),
+                            "--sbom", str(sbom)]) == 0
     docker("load", "-i", str(out))
     return json.loads(audit.read_text())
+
+
+def _dpkg_versions(ref: str) -> dict:
+    """name -> (version, architecture) of every package dpkg lists as installed in `ref`."""
+    out = docker("run", "--rm", "--network", "none", ref, "dpkg-query", "-W", "-f",
+                 "${db:Status-Status} ${Package} ${Version} ${Architecture}\\n").stdout
+    return {n: (v, a) for s, n, v, a in (line.split() for line in out.splitlines()) if s == "installed"}
 
 
 def _digests(tar: Path) -> list:
@@ -100,6 +110,44 @@ def test_composed_image_lists_the_packages_of_both_layers(images, tmp_path: Path
     taken = _digests(dirs / "debian.tar") + _digests(dirs / "curl.tar")[-1:] + _digests(dirs / "gcc.tar")[-1:]
     assert [r["digest"] for r in rows[:-1]] == taken
     assert rows[-1]["selector"] == "merge-package-databases" and rows[-1]["digest"] not in taken
+
+
+def test_the_sbom_lists_every_package_with_the_layer_that_brought_it(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    dirs, counts = images
+    ref = f"{PREFIX}/sbom:1"
+    try:
+        audit = _compose(dirs, tmp_path, ref)
+        installed = _dpkg_versions(ref)
+    finally:
+        docker("image", "rm", "-f", ref, check=False)
+    text = (tmp_path / "out.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
+    doc = json.loads(text)
+    pkgs = {c["name"]: {**c, "props": {p["name"]: p["value"] for p in c["properties"]}}
+            for c in doc["components"] if c["type"] == "library"}
+    # every package dpkg in the image lists, at its version and architecture: no more, no fewer
+    assert {n: (p["version"], p["props"]["lamina:package:architecture"]) for n, p in pkgs.items()} == installed
+    assert len(pkgs) == counts["base"] + 16 + 25
+    base, curl, gcc = _digests(dirs / "debian.tar"), _digests(dirs / "curl.tar")[-1], _digests(dirs / "gcc.tar")[-1]
+    for name, layer, target in (("curl", curl, "//images:curl"), ("gcc-12", gcc, "//images:gcc")):
+        p = pkgs[name]
+        version, arch = installed[name]
+        assert p["props"]["lamina:layer:digest"] == layer and p["props"]["lamina:layer:target"] == target, p
+        assert p["purl"].startswith(f"pkg:deb/debian/{name}@") and f"arch={arch}" in p["purl"], p["purl"]
+        assert "distro=debian-12" in p["purl"], p["purl"]
+        assert p["version"] == version and version.split(".")[0] in ("7", "12"), version
+    # the base's packages are the base's, though the curl and gcc layers' databases list them too
+    assert pkgs["libc6"]["props"]["lamina:layer:digest"] in base and pkgs["dpkg"]["props"]["lamina:layer:digest"] in base
+    by_layer: dict = {}
+    for p in pkgs.values():
+        by_layer[p["props"]["lamina:layer:digest"]] = by_layer.get(p["props"]["lamina:layer:digest"], 0) + 1
+    assert by_layer[curl] == 16 and by_layer[gcc] == 25, by_layer
+    # every layer of the image is listed, the merge layer too
+    assert sorted(c["name"] for c in doc["components"] if c["type"] == "file") == sorted(
+        r["digest"] for r in audit["layers"])
 
 
 def test_without_the_merge_the_top_layer_hides_the_other_packages(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
