@@ -185,7 +185,8 @@ async def _core(pex: Pex, interpreter_constraints: InterpreterConstraints,
     # The link is named after the PEX (the same name on every machine, another for another core).
     # Its named cache is named after the interpreter's path, which is no part of a key: repositories
     # on one machine that found other interpreters each keep their own link.
-    cache = (f"lamina_core_{cache_suffix(python.path)}", LINK_DIR)
+    # (and its fingerprint: another interpreter installed at the same path gets another venv)
+    cache = (f"lamina_core_{cache_suffix(python.path + chr(0) + (python.fingerprint or ''))}", LINK_DIR)
     return LaminaCore(pex, python, f"{LINK_DIR}/{pex.digest.fingerprint[:24]}/pex", cache,
                       tuple(sorted(subprocess_env.vars.items())))
 
@@ -197,7 +198,7 @@ def _check_builtin_lockfile(subsystem: LaminaSubsystem) -> None:
         return
     changed = [name for name, default in (("requirements", DEFAULT_REQUIREMENTS),
                                           ("interpreter_constraints", DEFAULT_INTERPRETER_CONSTRAINTS))
-               if tuple(getattr(subsystem, name)) != default]
+               if sorted(getattr(subsystem, name)) != sorted(default)]
     if changed:
         options = " and ".join(f"`[lamina].{name}`" for name in changed)
         raise LaminaCoreConfigError(

@@ -208,7 +208,7 @@ def _inventory_of(stack: Sequence[Layer], inventory: "Inventory") -> None:
             inventory.unread.append(layer.descriptor.digest)
             continue
         dbs, _ = read_layer(layer)
-        if dbs.copies or dbs.os_release:
+        if dbs.copies or dbs.os_release or dbs.status_d_copies:
             inventory.layers[layer.descriptor.digest] = layer_inventory(layer.descriptor.digest, dbs, layer.what)
 
 

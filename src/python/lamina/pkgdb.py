@@ -660,7 +660,8 @@ def read_merge_dir(path: str) -> MergeDir:
 
 def databases_in_index(paths: Sequence[str]) -> bool:
     """Whether a layer whose index lists `paths` writes a database the merge reads or notes."""
-    return any(p in MERGEABLE or is_rpm_database(p) or p.startswith(STATUS_D) or deletes(p) for p in paths)
+    return any(p in MERGEABLE or p in OS_RELEASE or is_rpm_database(p) or p.startswith(STATUS_D) or deletes(p)
+               for p in paths)
 
 
 def report_lines(report: dict) -> list[str]:

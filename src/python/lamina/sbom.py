@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
 from lamina.errors import InvalidSource
-from lamina.pkgdb import MERGEABLE, OS_RELEASE, PARSERS, Stanza, is_status_d_stanzas
+from lamina.pkgdb import APK_INSTALLED, DPKG_STATUS, OS_RELEASE, PARSERS, Stanza, is_status_d_stanzas
 
 if TYPE_CHECKING:
     from lamina.image import Image
@@ -71,9 +71,14 @@ def _apk_arch(stanza: Stanza) -> str:
     return ""
 
 
+# The databases that list installed packages (MERGEABLE also holds apk's world, the packages asked
+# for, which the SBOM does not list).
+INSTALLED_DATABASES = {DPKG_STATUS: "dpkg", APK_INSTALLED: "apk"}
+
+
 def tool_of(path: str) -> Optional[str]:
     """The package manager whose database `path` is (None: not one the SBOM reads)."""
-    return MERGEABLE.get(path) or ("dpkg" if is_status_d_stanzas(path) else None)
+    return INSTALLED_DATABASES.get(path) or ("dpkg" if is_status_d_stanzas(path) else None)
 
 
 def packages_of(tool: str, content: bytes, what: str) -> tuple[Package, ...]:
@@ -100,14 +105,14 @@ class LayerInventory:
 
 def layer_inventory(digest: str, databases: "LayerDatabases", what: str = "") -> LayerInventory:
     dbs = tuple((path, packages_of(tool_of(path) or "", content, what or digest))
-                for path, content in (*databases.copies, *databases.status_d_copies))
+                for path, content in (*databases.copies, *databases.status_d_copies) if tool_of(path))
     return LayerInventory(digest, dbs, tuple((p, c.decode("utf-8", "replace")) for p, c in databases.os_release))
 
 
 def merge_inventory(found: "MergePlan", digest: str) -> LayerInventory:
     """The inventory of the merge layer of `found` (its digest `digest`)."""
     return LayerInventory(digest, tuple((m.path, packages_of(m.tool, m.content, "the merge layer"))
-                                        for m in found.merged))
+                                        for m in found.merged if tool_of(m.path)))
 
 
 @dataclass

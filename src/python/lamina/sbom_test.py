@@ -189,3 +189,29 @@ def test_distroless_status_d_files_are_read(tmp_path) -> None:  # type: ignore[n
     assert pkgs["tzdata"]["props"]["lamina:package:database"] == "/var/lib/dpkg/status.d/tzdata"
     assert pkgs["tzdata"]["purl"] == "pkg:deb/debian/tzdata@2024a?arch=all&distro=debian-12"
     assert pkgs["libc6"]["props"]["lamina:layer:digest"] == image.layers[0].descriptor.digest
+
+
+@pytest.mark.parametrize("merge", [True, False], ids=["merged", "merge-off"])
+def test_apk_world_is_no_package_list(tmp_path, merge) -> None:  # type: ignore[no-untyped-def]
+    """`etc/apk/world` (what was asked for) is merged with the databases but lists no installed
+    package: the SBOM reads only `installed` (a regression: world went to the installed parser)."""
+    def apk(name: str, version: str) -> str:
+        return f"C:Q1abc=\nP:{name}\nV:{version}\nA:x86_64\nS:100\nT:{name} package\n"
+
+    def alpine_layer(world: bytes, *pkgs: str, comment: str) -> FakeLayer:
+        return FakeLayer({"etc/": None, "etc/apk/": None, "etc/apk/world": world, "lib/": None, "lib/apk/": None,
+                          "lib/apk/db/": None, "lib/apk/db/installed": db(*pkgs)}, comment, "gzip")
+
+    base = alpine_layer(b"busybox\n", apk("busybox", "1.36.1-r15"), comment="ADD alpine /")
+    jq = alpine_layer(b"busybox\njq\n", apk("busybox", "1.36.1-r15"), apk("jq", "1.7.1-r0"), comment="apk add jq")
+    yq = alpine_layer(b"busybox\nyq\n", apk("busybox", "1.36.1-r15"), apk("yq", "4.35.2-r0"), comment="apk add yq")
+    sources = {}
+    for name, fake in (("base", FakeImage([base])), ("jq", FakeImage([base, jq])), ("yq", FakeImage([base, yq]))):
+        write_oci_dir(fake, str(tmp_path / name))
+        sources[name] = "oci:" + str(tmp_path / name)
+    spec = _spec(sources, "jq", "yq", merge_package_databases=merge)
+    build(parse_spec(spec), str(tmp_path / "out"), sbom=str(tmp_path / "a.cdx.json"))
+    text = (tmp_path / "a.cdx.json").read_text()
+    _validate(text)
+    names = set(_packages(json.loads(text)))
+    assert names == ({"busybox", "jq", "yq"} if merge else {"busybox", "yq"}), names

@@ -158,8 +158,10 @@ def run_helper(helper: str, registry: str, search_path: Optional[str] = None) ->
     try:
         if found is None:
             raise FileNotFoundError(exe)
+        # a helper found on the user's PATH runs with it (a script helper calls the tools beside it)
+        env = {**os.environ, "PATH": search_path} if search_path else None
         proc = subprocess.run([found, "get"], input=helper_server_url(registry).encode(), capture_output=True,
-                              timeout=HELPER_TIMEOUT_S)
+                              timeout=HELPER_TIMEOUT_S, env=env)
     except FileNotFoundError:
         raise AuthError(
             f"credential helper {exe} (configured for {registry} in the Docker config) is not on PATH; "
