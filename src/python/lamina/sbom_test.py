@@ -48,6 +48,7 @@ def _packages(doc: dict) -> dict[str, dict]:
 def _validate(text: str) -> None:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
+    import jsonschema  # noqa: F401  (the validator imports it lazily; named here so Pants infers the dependency)
 
     assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
 

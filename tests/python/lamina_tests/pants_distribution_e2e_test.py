@@ -209,7 +209,7 @@ composed_image(name="indaemon", base="../images/base.tar", layers=[":x", ":y"], 
         first = repo.pants("package", "daemon:indaemon", env=env)
         out = first.stdout + first.stderr
         assert re.search(rf"loaded sha256:[0-9a-f]+ as {re.escape(image)}:v1", out), out
-        assert sorted(p.name for p in (repo.root / "dist" / "daemon").iterdir()) == ["indaemon.layers.json"]
+        assert sorted(p.name for p in (repo.root / "dist" / "daemon").iterdir()) == ["indaemon.cdx.json", "indaemon.layers.json"]
         trail = json.loads((repo.root / "dist" / "daemon" / "indaemon.layers.json").read_text())
         inspected = json.loads(docker("image", "inspect", f"{image}:v1").stdout)[0]
         assert inspected["RootFS"]["Layers"] == [row["diff_id"] for row in trail["layers"]]  # digest-true
