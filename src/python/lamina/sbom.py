@@ -241,7 +241,8 @@ def sbom_document(image: "Image", trail: Mapping, inventory: Inventory) -> str:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
     from packageurl import PackageURL
-    import jsonschema  # noqa: F401  (the validator imports it lazily; named here so Pants infers the dependency)
+    import jsonschema  # the validator imports it lazily; named here so Pants infers the dependency
+    del jsonschema
 
     rows = trail["layers"]
     manifest = str(trail["manifest"])

@@ -48,7 +48,8 @@ def _packages(doc: dict) -> dict[str, dict]:
 def _validate(text: str) -> None:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
-    import jsonschema  # noqa: F401  (the validator imports it lazily; named here so Pants infers the dependency)
+    import jsonschema  # the validator imports it lazily; named here so Pants infers the dependency
+    del jsonschema
 
     assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text) is None
 

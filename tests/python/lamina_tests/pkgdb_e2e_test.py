@@ -115,7 +115,8 @@ def test_composed_image_lists_the_packages_of_both_layers(images, tmp_path: Path
 def test_the_sbom_lists_every_package_with_the_layer_that_brought_it(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
-    import jsonschema  # noqa: F401  (the validator imports it lazily; named here so Pants infers the dependency)
+    import jsonschema  # the validator imports it lazily; named here so Pants infers the dependency
+    del jsonschema
 
     dirs, counts = images
     ref = f"{PREFIX}/sbom:1"
