@@ -443,6 +443,11 @@ class ComposedImageSbomField(BoolField):
         Every layer (the image's own files layer and the package database merge layer too) is a
         component of its own, named by its digest. The same inputs give the same bytes.
 
+        `pants publish` attaches it to the pushed manifest as an OCI referrer (artifactType
+        `application/vnd.cyclonedx+json`, the manifest its `subject`): listed by the registry's
+        referrers API, else under the referrers tag `sha256-<hex>`, before any tag is written.
+        That copy describes the image as pushed (compressed layers' digests).
+
         The packages are read once, by the cached process that merges the package databases,
         from the layers that hold a database. An `output_format="registry"` image whose layers
         stay in the registry (nothing here needs their bytes) gets no SBOM.

@@ -25,10 +25,22 @@ class LayersSubsystem(GoalSubsystem):
     help = (
         "List the layers of the images that `docker_layer` targets take from, and of composed images: "
         "index, digest, diff_id, size and created_by. For a `docker_layer`, the layers its `layer` "
-        "selector takes are marked with `*`."
+        "selector takes are marked with `*`.\n\n"
+        "    pants layers images:app            # the composed image's layers\n"
+        "    pants layers --packages images:app # and the packages each layer brought\n"
+        "    pants layers --files images:curl   # a docker_layer's source image, with its entries"
     )
 
     files = BoolOption(default=False, help="Also list each layer's entries (like `tar -tf`).")
+    packages = BoolOption(
+        default=False,
+        help=(
+            "Also list the packages each layer brought (from its dpkg and apk databases), as the "
+            "image's SBOM attributes them: a package is the lowest layer's whose database lists it "
+            "at the version the image shows. For a composed image it reuses the package's cached "
+            "package listing when there is one; otherwise each layer's databases are read."
+        ),
+    )
     conflicts = BoolOption(
         default=False,
         help=(
@@ -49,6 +61,7 @@ class LayerListingRequest:
     target: Target
     files: bool
     conflicts: bool
+    packages: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,7 +72,7 @@ class LayerListing:
 @rule
 async def list_layers(request: LayerListingRequest) -> LayerListing:
     target = request.target
-    flags = ("--files",) if request.files else ()
+    flags = (("--files",) if request.files else ()) + (("--packages",) if request.packages else ())
     report: Optional[CheckReport] = None
     if target.has_field(DockerLayerImageField):
         source = await Get(
@@ -105,7 +118,8 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
 @goal_rule
 async def layers_goal(console: Console, subsystem: LayersSubsystem, targets: Targets) -> Layers:
     listings = await MultiGet(
-        Get(LayerListing, LayerListingRequest(t, subsystem.files, subsystem.conflicts)) for t in targets
+        Get(LayerListing, LayerListingRequest(t, subsystem.files, subsystem.conflicts, subsystem.packages))
+        for t in targets
     )
     shown = 0
     for target, listing in zip(targets, listings):

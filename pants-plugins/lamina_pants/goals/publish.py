@@ -25,6 +25,7 @@ from lamina_pants.target_types import (
     ComposedImageBaseField,
     ComposedImageRegistriesField,
     ComposedImageRepositoryField,
+    ComposedImageSbomField,
     ComposedImageSkipPushField,
     ComposedImageTagsField,
 )
@@ -45,6 +46,7 @@ class PublishComposedImageFieldSet(PublishFieldSet):
     skip_push: ComposedImageSkipPushField
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
+    sbom: ComposedImageSbomField
 
     def refs(self) -> tuple[str, ...]:
         repository = self.repository.value or self.address.target_name
@@ -90,9 +92,13 @@ async def publish_composed_image(
         read_only = (*read_only, *compressed.dirs)
     # not cached: the user's PATH too, where their Docker credential helpers are
     env = await Get(EnvironmentVars, EnvironmentVarsRequest((*lamina.registry_env_vars, "PATH")))
+    # The SBOM goes up as a referrer of the pushed manifest, made from the packages.json the
+    # package's own package-db process listed (no layer is read for it).
+    with_sbom = ("--sbom",) if fs.sbom.value and inputs.stack.package_db is not None else ()
     process = await core_process(
         core,
-        ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *lamina.registry_args()),
+        ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *with_sbom,
+         *lamina.registry_args()),
         input_digest=spec_digest,
         description=f"lamina: push {fs.address}",
         env=dict(env),

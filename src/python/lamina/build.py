@@ -174,7 +174,7 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
                     inventory.layers[layer.descriptor.digest] = merge_inventory(found, layer.descriptor.digest)
                 inventoried = True
         if inventory is not None and not inventoried:
-            _inventory_of(stack, inventory)
+            inventory_of(stack, inventory)
         files = collect_files(spec.files, spec.file_dirs)
         if spec.files_layer is not None:
             # read from disk: checked (digest and diff_id) wherever it is read
@@ -199,7 +199,7 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _inventory_of(stack: Sequence[Layer], inventory: "Inventory") -> None:
+def inventory_of(stack: Sequence[Layer], inventory: "Inventory") -> None:
     """The packages each layer of `stack` lists, each layer read once (for the SBOM)."""
     from lamina.sbom import layer_inventory
 

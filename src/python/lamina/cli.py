@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from lamina.progress import Progress
     from lamina.registry.client import RegistryClient
     from lamina.registry.transport import RegistryOptions
+    from lamina.registry.referrers import Artifact
     from lamina.sbom import Inventory
 
 
@@ -104,11 +105,33 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    with _image(args) as image:
-        return _layers(args, image)
+    inventory = None
+    if args.packages:
+        from lamina.sbom import Inventory
+
+        inventory = Inventory()
+    # a spec's inventory comes from its package_db_layer (packages.json), or a walk of its layers
+    with _image(args, inventory=inventory if is_spec(args.source) else None) as image:
+        if inventory is not None and not is_spec(args.source):
+            from lamina.build import inventory_of
+
+            inventory_of(image.layers, inventory)
+        return _layers(args, image, inventory)
 
 
-def _layers(args: argparse.Namespace, image: "Image") -> int:
+def _brought(image: "Image", inventory: "Inventory") -> dict[int, list[dict]]:
+    """For each layer (by index), the packages it brought, as the SBOM attributes them."""
+    from lamina.sbom import attribute
+
+    out: dict[int, list[dict]] = {}
+    for a in attribute([inventory.layers.get(layer.descriptor.digest) for layer in image.layers]):
+        p = a.package
+        out.setdefault(a.layer, []).append({"manager": p.tool, "name": p.name, "version": p.version,
+                                            "architecture": p.architecture, "database": "/" + a.path})
+    return out
+
+
+def _layers(args: argparse.Namespace, image: "Image", inventory: Optional["Inventory"] = None) -> int:
     from lamina.layertar import entries
 
     selected: set = set()
@@ -134,6 +157,10 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
                 for e in entries(layer)
             ]
         rows.append(row)
+    if inventory is not None:
+        brought, unread = _brought(image, inventory), set(inventory.unread)
+        for row in rows:
+            row["packages"] = None if row["digest"] in unread else brought.get(row["index"], [])
     report = None
     if args.conflicts:
         from lamina.analyze.check import check
@@ -159,6 +186,14 @@ def _layers(args: argparse.Namespace, image: "Image") -> int:
               f"{row['size']:>12}  {created[:80]}")
         for f in row.get("files", []):
             print(f"       {f}")
+        if "packages" in row:
+            pkgs = row["packages"]
+            if pkgs is None:
+                print("       packages: not read (the layer's bytes are not here)")
+            elif pkgs:
+                print(f"       packages it brought ({len(pkgs)}):")
+            for p in pkgs or ():
+                print(f"         {p['name']} {p['version']} {p['architecture']}  ({p['manager']})")
     if report is not None:
         sys.stdout.write(report.text(("conflict",), legend=False))
     return 0
@@ -393,6 +428,13 @@ def cmd_push(args: argparse.Namespace) -> int:
     targets = parse_targets(args.to)
     options = _registry(args)
     have = {}
+    if args.sbom and not is_spec(args.source):
+        raise SpecError("--sbom attaches the SBOM of a composed image: give a compose spec (SPEC.json)")
+    inventory = None
+    if args.sbom:
+        from lamina.sbom import Inventory
+
+        inventory = Inventory()
     if is_spec(args.source):
         from lamina.spec import parse_spec
 
@@ -403,7 +445,8 @@ def cmd_push(args: argparse.Namespace) -> int:
             have[form.diff_id] = form
     scratch = tempfile.mkdtemp(prefix="lamina-compress-", dir=os.environ.get("LAMINA_TMPDIR") or None)
     try:
-        with _image(args, options) as image:
+        with _image(args, options, inventory=inventory) as image:
+            composed_layers = [layer.descriptor.digest for layer in image.layers]
             clients: dict = {}
             if args.compression != "none":
                 # Uncompressed layers (from `docker save`, the engine) go up compressed, as `docker push`
@@ -418,11 +461,33 @@ def cmd_push(args: argparse.Namespace) -> int:
                 usable = {k: f for k, f in have.items() if f.descriptor.media_type == wanted}
                 forms = compress_missing(image, args.compression, scratch, usable, _progress)
                 image = distributable(image, forms)
-            for result in push(image, targets, options, clients, locations=BlobLocations(default_path(os.environ))):
+            referrers = ()
+            if inventory is not None:
+                referrers = (_sbom_artifact(args.source, image, inventory.renamed(
+                    dict(zip(composed_layers, (layer.descriptor.digest for layer in image.layers))))),)
+            for result in push(image, targets, options, clients, locations=BlobLocations(default_path(os.environ)),
+                               referrers=referrers):
                 print(result.summary(), flush=True)
+                for attached in result.attached:
+                    print(attached.summary(result.target.registry), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
+
+
+def _sbom_artifact(spec_path: str, image: "Image", inventory: "Inventory") -> "Artifact":
+    """The SBOM of the image as it is pushed (its manifest and layer digests: the compressed forms
+    when layers go up compressed), as the artifact a push attaches to its manifest."""
+    from lamina.build import sbom_bytes
+    from lamina.registry.referrers import ANN_CREATED, CYCLONEDX_JSON, Artifact
+    from lamina.spec import parse_spec
+
+    with open(spec_path, "rb") as f:
+        spec = parse_spec(parse_json(f.read(), spec_path))
+    name = (spec.target or "image").rsplit(":", 1)[-1].rsplit("/", 1)[-1] or "image"
+    created = str(image.config.get("created") or "")
+    return Artifact(CYCLONEDX_JSON, sbom_bytes(spec, image, inventory), f"{name}.cdx.json",
+                    ((ANN_CREATED, created),) if created else ())
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -529,6 +594,9 @@ def parser() -> argparse.ArgumentParser:
                         help="also report paths the image's layers provide with different content")
     layers.add_argument("--select", metavar="SELECTOR",
                         help="mark the layers this selector picks (as in `lamina extract`)")
+    layers.add_argument("--packages", action="store_true",
+                        help="also list the packages each layer brought (dpkg and apk databases), as the SBOM "
+                             "attributes them: reads each layer's package databases (a spec's packages.json)")
     _registry_flags(layers)
     layers.set_defaults(func=cmd_layers)
 
@@ -634,6 +702,10 @@ def parser() -> argparse.ArgumentParser:
     pu.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip",
                     help="how uncompressed layers (docker save, the engine) are sent: compressed "
                          "deterministically first (default gzip), or as they are (none)")
+    pu.add_argument("--sbom", action="store_true",
+                    help="with a compose spec: also attach the image's SBOM (CycloneDX 1.5 JSON, as `compose --sbom` "
+                         "writes it, for the manifest as pushed) to the pushed manifest as an OCI referrer: "
+                         "through the registry's referrers API, else the referrers tag sha256-<hex>; before any tag")
     _registry_flags(pu)
     pu.set_defaults(func=cmd_push)
 

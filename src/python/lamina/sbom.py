@@ -25,7 +25,7 @@ no distro of that family)."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Mapping, Optional, Sequence
 
@@ -129,6 +129,12 @@ class Inventory:
             if sl.databases.copies or sl.databases.os_release or sl.databases.status_d_copies:
                 self.layers[sl.digest] = layer_inventory(sl.digest, sl.databases, sl.name)
         self.unread += [sl.digest for sl in found.stack if sl.name in found.unread]
+
+    def renamed(self, digests: Mapping[str, str]) -> "Inventory":
+        """The same inventory under other layer digests (`digests`: old to new), for the image as
+        pushed, whose layers may be the compressed forms of the composed image's (same diff_ids)."""
+        return Inventory({digests.get(d, d): replace(l, digest=digests.get(d, d)) for d, l in self.layers.items()},
+                         [digests.get(d, d) for d in self.unread])
 
     def to_json(self) -> dict:
         """`packages.json`: what compose writes the SBOM from."""

@@ -217,3 +217,22 @@ def test_apk_world_is_no_package_list(tmp_path, merge) -> None:  # type: ignore[
     _validate(text)
     names = set(_packages(json.loads(text)))
     assert names == ({"busybox", "jq", "yq"} if merge else {"busybox", "yq"}), names
+
+
+def test_layers_packages_shows_what_each_layer_brought(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(tmp_path)
+    (tmp_path / "spec.json").write_text(json.dumps(_spec(sources, "curl", "gcc")))
+    assert main(["layers", str(tmp_path / "spec.json"), "--packages", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    names = [sorted(p["name"] for p in r["packages"]) for r in rows]
+    # base, curl's layer, gcc's layer, the merge layer (which brings nothing: it lists what they brought)
+    assert names == [["base-files", "libc6"], ["curl"], ["cpp-12", "gcc-12"], []]
+    curl = rows[1]["packages"][0]
+    assert curl == {"manager": "dpkg", "name": "curl", "version": "7.88", "architecture": "amd64",
+                    "database": "/var/lib/dpkg/status"}
+    # a source image: its own layers
+    assert main(["layers", sources["gcc"], "--packages"]) == 0
+    text = capsys.readouterr().out
+    assert "packages it brought (2):" in text and "gcc-12 12.2 amd64  (dpkg)" in text
+    assert text.index("base-files 12.4") < text.index("gcc-12 12.2")
+

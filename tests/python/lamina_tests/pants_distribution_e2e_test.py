@@ -32,7 +32,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     build_base_image()
     tmp = tmp_path_factory.mktemp("dist")
     a = f"{PREFIX}/a:latest"
-    build_image(a, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/a && echo curl-1 > /opt/a/curl\nRUN echo second > /opt/a/second\n")
+    build_image(a, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/a && echo curl-1 > /opt/a/curl\nRUN echo second > /opt/a/second && mkdir -p /var/lib/dpkg && printf '"
+                   "'Package: curl\\nStatus: install ok installed\\nArchitecture: amd64\\nVersion: 7.88.1-10\\n\\n' "
+                   "> /var/lib/dpkg/status\n")
     registry = start_registry(tmp / "registry", htpasswd=(USER, PASSWORD))
     config_dir = tmp / "docker-config"
     config_dir.mkdir()
@@ -97,6 +99,39 @@ def test_publish_pushes_and_a_second_image_uploads_no_layer_bytes(setup) -> None
     assert uploaded < 4096, output  # the new config and nothing else: layers are skipped or mounted
     assert skipped > 100_000, output
     assert "skip_push" in output, output
+
+
+def test_publish_attaches_the_sbom_as_a_referrer_and_layers_shows_the_packages(setup) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+
+    repo, registry, env, creds, a = setup
+    result = repo.pants("publish", "images:dev", env=env)
+    output = result.stdout + result.stderr
+    pushed = f"{registry.host}/{PREFIX}/dev"
+    raw = _skopeo("inspect", "--raw", "--tls-verify=false", creds, f"docker://{pushed}:v1").encode()
+    digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    tag = digest.replace(":", "-")
+    assert f"attached SBOM dev.cdx.json to {pushed}@{digest}" in output and f"referrers tag {tag}" in output, output
+    # discovered as a client does without the referrers API: the index under the referrers tag
+    index = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", creds, f"docker://{pushed}:{tag}"))
+    (entry,) = [m for m in index["manifests"] if m["artifactType"] == "application/vnd.cyclonedx+json"]
+    artifact = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", creds, f"docker://{pushed}@{entry['digest']}"))
+    assert artifact["subject"]["digest"] == digest
+    blob = subprocess.run(["curl", "-sf", "-u", f"{USER}:{PASSWORD}",
+                           f"{registry.url}/v2/{PREFIX}/dev/blobs/{artifact['layers'][0]['digest']}"],
+                          check=True, capture_output=True).stdout
+    doc = json.loads(blob)
+    assert doc["metadata"]["component"]["version"] == digest  # the image as pushed
+    (curl,) = [c for c in doc["components"] if c["type"] == "library"]
+    props = {p["name"]: p["value"] for p in curl["properties"]}
+    assert curl["name"] == "curl" and curl["version"] == "7.88.1-10", curl
+    assert props["lamina:layer:target"] == "images:a_top" and props["lamina:layer:digest"] == json.loads(raw)["layers"][-1]["digest"]
+    # a second publish adds no second entry
+    repo.pants("publish", "images:dev", env=env)
+    again = json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", creds, f"docker://{pushed}:{tag}"))
+    assert again == index
+    listing = repo.pants("layers", "--layers-packages", "images:dev", env=env).stdout
+    assert "packages it brought (1):" in listing and "curl 7.88.1-10 amd64  (dpkg)" in listing, listing
 
 
 def test_publish_with_a_wrong_password_fails_clearly_and_pushes_nothing(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@ it that each install real packages (`apt-get download`ed curl and gcc, with thei
 with `dpkg -i`, committed as one layer. Composed on the base, the two layers' dpkg databases are
 merged by one new layer: `dpkg -s` finds both, `dpkg --audit` is clean, every package is counted,
 and the layers taken keep their digests. Without the merge, curl's packages are lost. The SBOM
-lists every package dpkg in the image lists, at its version, with the layer that brought it.
+lists every package dpkg in the image lists, at its version, with the layer that brought it;
+pushed with the image to a real registry, it is found from the image's digest (referrers tag
+schema), and `lamina layers --packages` shows the packages each layer brought.
 
 Without debootstrap, a Debian 12 apt or a reachable mirror the tests skip, except under CI (env
 CI), where they fail."""
@@ -19,7 +21,7 @@ import pytest
 import lamina.cli
 from lamina_tests.support.debian import debian_debs, debian_image
 from lamina_tests.support.images import docker_save
-from lamina_tests.support.services import docker, require_docker
+from lamina_tests.support.services import docker, require_docker, start_registry
 
 PREFIX = f"lamina-pkgdb-{uuid.uuid4().hex[:8]}"
 PROBE = "dpkg -s curl >/dev/null && dpkg -s gcc-12 >/dev/null && echo found; dpkg --audit; dpkg -l | grep -c ^ii"
@@ -161,3 +163,73 @@ def test_without_the_merge_the_top_layer_hides_the_other_packages(images, tmp_pa
     finally:
         docker("image", "rm", "-f", ref, check=False)
     assert all(r["selector"] != "merge-package-databases" for r in audit["layers"])
+
+
+def _get(url: str, accept: str = "") -> tuple[dict, bytes]:
+    import urllib.request
+
+    with urllib.request.urlopen(urllib.request.Request(url, headers={"Accept": accept} if accept else {}),
+                                timeout=60) as resp:
+        return dict(resp.headers), resp.read()
+
+
+def test_the_pushed_sbom_is_found_from_the_image_digest_through_the_registry(images, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import hashlib
+    import urllib.error
+
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+    import jsonschema  # the validator imports it lazily; named here so Pants infers the dependency
+    del jsonschema
+
+    dirs, counts = images
+    ref = f"{PREFIX}/pushed:1"
+    try:
+        _compose(dirs, tmp_path, ref)
+    finally:
+        docker("image", "rm", "-f", ref, check=False)
+    with start_registry(tmp_path / "registry") as registry:
+        assert lamina.cli.main(["push", str(tmp_path / "spec.json"), f"--to={registry.host}/team/app:1", "--sbom"]) == 0
+        oci = "application/vnd.oci.image.manifest.v1+json"
+        base = f"{registry.url}/v2/team/app"
+        headers, manifest_bytes = _get(f"{base}/manifests/1", oci)
+        digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+        manifest = json.loads(manifest_bytes)
+        # how a client discovers referrers: the API first (distribution 2.8 has none), then the tag schema
+        with pytest.raises(urllib.error.HTTPError) as no_api:
+            _get(f"{base}/referrers/{digest}")
+        assert no_api.value.code == 404
+        _, index_bytes = _get(f"{base}/manifests/{digest.replace(':', '-')}", "application/vnd.oci.image.index.v1+json")
+        index = json.loads(index_bytes)
+        found = [m for m in index["manifests"] if m.get("artifactType") == "application/vnd.cyclonedx+json"]
+        assert len(found) == 1, index
+        _, artifact_bytes = _get(f"{base}/manifests/{found[0]['digest']}", oci)
+        artifact = json.loads(artifact_bytes)
+        assert artifact["subject"] == {"mediaType": oci, "digest": digest, "size": len(manifest_bytes)}
+        _, text = _get(f"{base}/blobs/{artifact['layers'][0]['digest']}")
+    assert JsonStrictValidator(SchemaVersion.V1_5).validate_str(text.decode()) is None
+    doc = json.loads(text)
+    # it describes the image as pushed: its manifest digest, its (gzip'd) layers
+    assert doc["metadata"]["component"]["version"] == digest
+    pushed_layers = [l["digest"] for l in manifest["layers"]]
+    assert sorted(c["name"] for c in doc["components"] if c["type"] == "file") == sorted(pushed_layers)
+    pkgs = {c["name"]: {p["name"]: p["value"] for p in c["properties"]} for c in doc["components"]
+            if c["type"] == "library"}
+    assert len(pkgs) == counts["base"] + 16 + 25
+    curl_layer, gcc_layer = pushed_layers[-3], pushed_layers[-2]  # below the merge layer
+    assert pkgs["curl"]["lamina:layer:digest"] == curl_layer and pkgs["curl"]["lamina:layer:target"] == "//images:curl"
+    assert pkgs["gcc-12"]["lamina:layer:digest"] == gcc_layer
+
+
+def test_layers_packages_shows_what_each_real_layer_brought(images, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    dirs, counts = images
+    spec = {"base": f"docker-archive:{dirs / 'debian.tar'}",
+            "layers": [{"source": f"docker-archive:{dirs / p}.tar", "layer": "-1"} for p in ("curl", "gcc")]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert lamina.cli.main(["layers", str(tmp_path / "spec.json"), "--packages", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["layers"]
+    brought = [{p["name"] for p in r["packages"]} for r in rows]
+    assert sum(len(b) for b in brought[:-3]) == counts["base"]
+    assert len(brought[-3]) == 16 and "curl" in brought[-3] and "libcurl4" in brought[-3]
+    assert len(brought[-2]) == 25 and "gcc-12" in brought[-2]
+    assert brought[-1] == set()  # the merge layer brings none: it lists what the others brought

@@ -134,6 +134,11 @@ class RegistryClient:
 
     def put_manifest(self, ref: Reference, media_type: str, data: bytes) -> str:
         """Store a manifest under `ref`'s tag (or digest); returns its digest, checked against the registry's."""
+        return self.put_manifest_subject(ref, media_type, data)[0]
+
+    def put_manifest_subject(self, ref: Reference, media_type: str, data: bytes) -> tuple[str, str]:
+        """put_manifest, and the registry's `OCI-Subject` header ("" without one): a registry with the
+        referrers API names there the subject of a manifest that has one (distribution-spec 1.1)."""
         what = f"{ref.url}: manifest"
         digest = sha256_digest(data)
         reply = self.transport.request("PUT", f"/v2/{ref.repository}/manifests/{ref.target}",
@@ -144,7 +149,7 @@ class RegistryClient:
         said = reply.header("Docker-Content-Digest")
         if said.startswith("sha256:") and said != digest:
             raise DigestMismatch(f"{what}: the registry stored it as {said}, lamina sent {digest}")
-        return digest
+        return digest, reply.header("OCI-Subject")
 
     # -- reading blobs ---------------------------------------------------------------------------
 

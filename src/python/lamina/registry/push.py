@@ -14,6 +14,7 @@ from lamina.model import ANN_SOURCE, OCI_MANIFEST, Descriptor, is_nondistributab
 from lamina.registry.client import RegistryClient, push_scope
 from lamina.registry.errors import BadReference
 from lamina.registry.reference import Reference, is_registry_ref, parse_reference
+from lamina.registry.referrers import Artifact, Attached, attach
 from lamina.registry.transport import RegistryOptions
 
 
@@ -37,6 +38,7 @@ class PushResult:
     target: Reference
     digest: str
     blobs: tuple[BlobOutcome, ...]
+    attached: tuple["Attached", ...] = ()  # artifacts (the SBOM) stored as referrers of the manifest
 
     @property
     def uploaded_bytes(self) -> int:
@@ -145,9 +147,13 @@ def parse_targets(texts: Sequence[str]) -> tuple[Reference, ...]:
 
 def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
          clients: Optional[dict[str, RegistryClient]] = None,
-         locations: Optional[BlobLocations] = None) -> tuple[PushResult, ...]:
+         locations: Optional[BlobLocations] = None, referrers: Sequence[Artifact] = ()) -> tuple[PushResult, ...]:
     """Push `image` to every target. All blobs of every repository go first, then the manifests, one per tag,
     so a failure part-way never leaves a tag naming blobs the registry lacks.
+
+    `referrers` (the SBOM) are attached to the manifest in each repository before any tag is
+    written: the manifest is stored by digest first, then each artifact (lamina.registry.referrers),
+    then the tags; a failure there too leaves no tag.
     """
     clients = clients if clients is not None else {}
     manifest = image.manifest_bytes
@@ -168,6 +174,16 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
         done.append(target.repository)
         if locations:
             locations.record(target.registry, target.repository, (b.descriptor.digest for b in blobs))
+    attached: dict[tuple[str, str], tuple[Attached, ...]] = {}
+    if referrers:
+        subject = Descriptor.of(OCI_MANIFEST, manifest)
+        for target in targets:
+            key = (target.registry, target.repository)
+            if key in attached:
+                continue
+            client = clients[target.registry]
+            client.put_manifest(target.with_digest(subject.digest), OCI_MANIFEST, manifest)
+            attached[key] = tuple(attach(client, target.repository, subject, a) for a in referrers)
     results = []
     first: set[tuple[str, str]] = set()
     for target in targets:
@@ -175,6 +191,6 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
         digest = clients[target.registry].put_manifest(target, OCI_MANIFEST, manifest)
         blobs = outcomes[key] if key not in first else tuple(
             BlobOutcome(b.digest, b.size, "present", layer=b.layer) for b in outcomes[key])
+        results.append(PushResult(target, digest, blobs, attached.get(key, ()) if key not in first else ()))
         first.add(key)
-        results.append(PushResult(target, digest, blobs))
     return tuple(results)

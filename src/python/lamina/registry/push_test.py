@@ -93,3 +93,29 @@ def test_a_nondistributable_layer_is_named_but_never_sent(tmp_path) -> None:  # 
     digests = [b.descriptor.digest for b in _blobs(image, "127.0.0.1:5000")]
     assert foreign.descriptor.digest not in digests and source.layers[0].descriptor.digest in digests
     assert OCI_ND_LAYER_GZIP in image.manifest_bytes.decode()
+
+
+def test_referrers_are_attached_to_the_manifest_by_digest_before_any_tag(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lamina.model import OCI_MANIFEST
+    from lamina.registry.client import RegistryClient
+    from lamina.registry.push import push
+    from lamina.registry.referrers import CYCLONEDX_JSON, Artifact
+    from lamina.registry.referrers_test import HOST, _Registry
+    from lamina.registry.transport import RegistryOptions
+
+    image = _source(tmp_path)
+    registry = _Registry(referrers_api=False)
+    clients = {HOST: RegistryClient(HOST, RegistryOptions(), registry)}  # type: ignore[arg-type]
+    sbom = Artifact(CYCLONEDX_JSON, b"{}\n", "app.cdx.json")
+    targets = parse_targets([f"{HOST}/team/app:1", f"{HOST}/team/app:latest"])
+    results = push(image, targets, RegistryOptions(), clients, referrers=(sbom,))
+    manifest = image.manifest_descriptor.digest
+    assert registry.tags["1"] == registry.tags["latest"] == manifest
+    assert [len(r.attached) for r in results] == [1, 0]  # once per repository
+    attached = results[0].attached[0]
+    assert attached.subject == manifest and attached.listed_by == "referrers tag " + manifest.replace(":", "-")
+    puts = [p.rsplit("/", 1)[-1] for m, p in registry.requests if m == "PUT" and "/manifests/" in p]
+    # the image by digest, the artifact by digest, the referrers tag, then the image's tags
+    assert puts == [manifest, attached.digest, manifest.replace(":", "-"), "1", "latest"]
+    assert registry.manifests[attached.digest][0] == OCI_MANIFEST
+    assert "attached SBOM app.cdx.json to registry.test/team/app@" + manifest in attached.summary(HOST)
