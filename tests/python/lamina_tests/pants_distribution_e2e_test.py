@@ -32,7 +32,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-
     build_base_image()
     tmp = tmp_path_factory.mktemp("dist")
     a = f"{PREFIX}/a:latest"
-    build_image(a, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/a && echo curl-1 > /opt/a/curl\nRUN echo second > /opt/a/second && mkdir -p /var/lib/dpkg && printf '"
+    build_image(a, f"FROM {BASE_IMAGE}\nRUN mkdir -p /opt/a && echo curl-1 > /opt/a/curl\nRUN echo second > /opt/a/second && mkdir -p /var/lib/dpkg && printf "
                    "'Package: curl\\nStatus: install ok installed\\nArchitecture: amd64\\nVersion: 7.88.1-10\\n\\n' "
                    "> /var/lib/dpkg/status\n")
     registry = start_registry(tmp / "registry", htpasswd=(USER, PASSWORD))
