@@ -19,6 +19,8 @@ if TYPE_CHECKING:
     from lamina.registry.transport import RegistryOptions
     from lamina.registry.referrers import Artifact
     from lamina.sbom import Inventory
+    from lamina.index import IndexSpec
+    from lamina.spec import Spec
 
 
 def _platform(text: Optional[str]) -> Optional[Platform]:
@@ -99,12 +101,19 @@ def _image(args: argparse.Namespace, options: Optional["RegistryOptions"] = None
     from lamina.spec import parse_spec
 
     with open(args.source, "rb") as f:
-        spec = parse_spec(parse_json(f.read(), args.source))
+        data = parse_json(f.read(), args.source)
+    from lamina.index import is_index_spec, one_platform
+
+    spec = one_platform(data, getattr(args, "platform", None), args.source) if is_index_spec(data) else parse_spec(data)
     with composed(spec, tempfile.gettempdir(), options, inventory=inventory) as image:  # the registry flags apply to its sources too
         yield image
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
+    from lamina.index import is_index_spec, parse_index_spec, read_spec_file
+
+    if is_spec(args.source) and is_index_spec(data := read_spec_file(args.source)) and not args.platform:
+        return _index_layers(args, parse_index_spec(data))
     inventory = None
     if args.packages:
         from lamina.sbom import Inventory
@@ -119,6 +128,27 @@ def cmd_layers(args: argparse.Namespace) -> int:
         return _layers(args, image, inventory)
 
 
+def _index_layers(args: argparse.Namespace, ispec: "IndexSpec") -> int:
+    """`layers` of a multi-platform image: its index, then each platform's layers."""
+    import tempfile
+
+    from lamina.index import composed_index
+    from lamina.sbom import Inventory
+
+    inventories = [Inventory() for _ in ispec.platforms] if args.packages else None
+    docs: list = []
+    with composed_index(ispec, tempfile.gettempdir(), _registry(args), inventories=inventories) as index:
+        platforms = ", ".join(str(i.platform) for i in index.images)
+        if not args.json:
+            print(f"{args.source}  index {index.descriptor.digest}  {len(index.images)} platforms: {platforms}")
+        for i, image in enumerate(index.images):
+            _layers(args, image, inventories[i] if inventories else None, docs if args.json else None)
+    if args.json:
+        json.dump({"source": args.source, "index": index.descriptor.digest, "platforms": docs}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
+
+
 def _brought(image: "Image", inventory: "Inventory") -> dict[int, list[dict]]:
     """For each layer (by index), the packages it brought, as the SBOM attributes them."""
     from lamina.sbom import attribute
@@ -131,7 +161,9 @@ def _brought(image: "Image", inventory: "Inventory") -> dict[int, list[dict]]:
     return out
 
 
-def _layers(args: argparse.Namespace, image: "Image", inventory: Optional["Inventory"] = None) -> int:
+def _layers(args: argparse.Namespace, image: "Image", inventory: Optional["Inventory"] = None,
+            collect: Optional[list] = None) -> int:
+    """Print `image`'s layers (with --json, its document; into `collect` instead when given)."""
     from lamina.layertar import entries
 
     selected: set = set()
@@ -174,6 +206,9 @@ def _layers(args: argparse.Namespace, image: "Image", inventory: Optional["Inven
             doc["selector"] = args.select
         if report is not None:
             doc["conflicts"] = [f.to_json() for f in report.of_kind("conflict")]
+        if collect is not None:
+            collect.append(doc)
+            return 0
         json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
@@ -392,6 +427,16 @@ def cmd_compose(args: argparse.Namespace) -> int:
     if not args.out and not args.audit and not args.sbom:
         raise SpecError("give --out (the image), --audit (its audit trail) or --sbom (its SBOM), or more")
     notes: list[str] = []
+    from lamina.index import build_index, is_index_spec, parse_index_spec
+
+    if is_index_spec(data):
+        index = build_index(parse_index_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom)
+        for note in notes:
+            print(f"lamina: {note}", file=sys.stderr)
+        print(json.dumps({"index": index.descriptor.digest, "out": args.out,
+                          "platforms": [{"platform": str(i.platform), "manifest": i.manifest_descriptor.digest,
+                                         "layers": len(i.layers)} for i in index.images]}, sort_keys=True))
+        return 0
     image = build(parse_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom)
     for note in notes:  # what the package database merge did
         print(f"lamina: {note}", file=sys.stderr)
@@ -420,71 +465,88 @@ def cmd_push(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from lamina.compress import compress_missing, distributable, read_compressed
-    from lamina.model import COMPRESSION_MEDIA_TYPE
+    from lamina.compress import read_compressed
+    from lamina.index import composed_index, is_index_spec, parse_index_spec, read_spec_file
     from lamina.registry.locations import BlobLocations, default_path
-    from lamina.registry.push import parse_targets, push
+    from lamina.registry.push import parse_targets, push, push_index
+    from lamina.sbom import Inventory
+    from lamina.spec import parse_spec
 
     targets = parse_targets(args.to)
     options = _registry(args)
-    have = {}
     if args.sbom and not is_spec(args.source):
         raise SpecError("--sbom attaches the SBOM of a composed image: give a compose spec (SPEC.json)")
-    inventory = None
-    if args.sbom:
-        from lamina.sbom import Inventory
-
-        inventory = Inventory()
-    if is_spec(args.source):
-        from lamina.spec import parse_spec
-
-        with open(args.source, "rb") as f:
-            spec = parse_spec(parse_json(f.read(), args.source))
+    data = read_spec_file(args.source) if is_spec(args.source) else None
+    ispec = parse_index_spec(data) if is_index_spec(data) else None
+    specs = ispec.platforms if ispec is not None else (parse_spec(data),) if data is not None else ()
+    have = {}
+    for spec in specs:
         for directory in spec.compressed:
             form = read_compressed(directory)
             have[form.diff_id] = form
+    inventories = [Inventory() for _ in specs] if args.sbom else None
+    locations = BlobLocations(default_path(os.environ))
     scratch = tempfile.mkdtemp(prefix="lamina-compress-", dir=os.environ.get("LAMINA_TMPDIR") or None)
-    try:
-        with _image(args, options, inventory=inventory) as image:
-            composed_layers = [layer.descriptor.digest for layer in image.layers]
-            clients: dict = {}
-            if args.compression != "none":
-                # Uncompressed layers (from `docker save`, the engine) go up compressed, as `docker push`
-                # sends them; the config's diff_ids are the same. A layer a registry already keeps
-                # compressed (the engine pulled its image from there) is named by that blob; a form
-                # the spec names is used as it is; the rest are compressed here.
-                from lamina.registry.twins import registry_forms, with_registry_forms
+    clients: dict = {}
 
-                image = with_registry_forms(
-                    image, registry_forms(image, {t.registry for t in targets}, options, clients, _warn))
-                wanted = COMPRESSION_MEDIA_TYPE[args.compression]
-                usable = {k: f for k, f in have.items() if f.descriptor.media_type == wanted}
-                forms = compress_missing(image, args.compression, scratch, usable, _progress)
-                image = distributable(image, forms)
-            referrers = ()
-            if inventory is not None:
-                referrers = (_sbom_artifact(args.source, image, inventory.renamed(
-                    dict(zip(composed_layers, (layer.descriptor.digest for layer in image.layers))))),)
-            for result in push(image, targets, options, clients, locations=BlobLocations(default_path(os.environ)),
-                               referrers=referrers):
-                print(result.summary(), flush=True)
-                for attached in result.attached:
-                    print(attached.summary(result.target.registry), flush=True)
+    def pushable(i: int, image: "Image") -> tuple["Image", tuple["Artifact", ...]]:
+        """The image as it goes up (compressed forms), and its SBOM for that image."""
+        composed_layers = [layer.descriptor.digest for layer in image.layers]
+        image = _distributable(args, image, targets, options, clients, scratch, have)
+        if inventories is None:
+            return image, ()
+        renamed = inventories[i].renamed(dict(zip(composed_layers, (l.descriptor.digest for l in image.layers))))
+        return image, (_sbom_artifact(specs[i], image, renamed, ispec is not None),)
+
+    try:
+        if ispec is not None:
+            from lamina.index import ImageIndex
+
+            with composed_index(ispec, tempfile.gettempdir(), options, inventories=inventories) as index:
+                ready = [pushable(i, image) for i, image in enumerate(index.images)]
+                results = push_index(ImageIndex(tuple(i for i, _ in ready), index.tags, index.source), targets,
+                                     options, clients, locations, [r for _, r in ready])
+        else:
+            with _image(args, options, inventory=inventories[0] if inventories else None) as image:
+                image, referrers = pushable(0, image)
+                results = push(image, targets, options, clients, locations=locations, referrers=referrers)
+        for result in results:
+            print(result.summary(), flush=True)
+            for attached in result.attached:
+                print(attached.summary(result.target.registry), flush=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
 
 
-def _sbom_artifact(spec_path: str, image: "Image", inventory: "Inventory") -> "Artifact":
+def _distributable(args: argparse.Namespace, image: "Image", targets: Sequence, options: "RegistryOptions",
+                   clients: dict, scratch: str, have: dict) -> "Image":
+    """`image` as a push sends it: uncompressed layers (from `docker save`, the engine) go up
+    compressed, as `docker push` sends them; the config's diff_ids are the same. A layer a registry
+    already keeps compressed (the engine pulled its image from there) is named by that blob; a form
+    the spec names (`have`, by diff_id) is used as it is; the rest are compressed here."""
+    if args.compression == "none":
+        return image
+    from lamina.compress import compress_missing, distributable
+    from lamina.model import COMPRESSION_MEDIA_TYPE
+    from lamina.registry.twins import registry_forms, with_registry_forms
+
+    image = with_registry_forms(image, registry_forms(image, {t.registry for t in targets}, options, clients, _warn))
+    wanted = COMPRESSION_MEDIA_TYPE[args.compression]
+    usable = {k: f for k, f in have.items() if f.descriptor.media_type == wanted}
+    forms = compress_missing(image, args.compression, scratch, usable, _progress)
+    return distributable(image, forms)
+
+
+def _sbom_artifact(spec: "Spec", image: "Image", inventory: "Inventory", of_index: bool = False) -> "Artifact":
     """The SBOM of the image as it is pushed (its manifest and layer digests: the compressed forms
     when layers go up compressed), as the artifact a push attaches to its manifest."""
     from lamina.build import sbom_bytes
     from lamina.registry.referrers import ANN_CREATED, CYCLONEDX_JSON, Artifact
-    from lamina.spec import parse_spec
 
-    with open(spec_path, "rb") as f:
-        spec = parse_spec(parse_json(f.read(), spec_path))
     name = (spec.target or "image").rsplit(":", 1)[-1].rsplit("/", 1)[-1] or "image"
+    if of_index:  # one platform's, as compose names them: app.linux-arm64.cdx.json
+        name += "." + str(image.platform).replace("/", "-")
     created = str(image.config.get("created") or "")
     return Artifact(CYCLONEDX_JSON, sbom_bytes(spec, image, inventory), f"{name}.cdx.json",
                     ((ANN_CREATED, created),) if created else ())

@@ -23,21 +23,31 @@ from lamina.blobs import (
     copy_extent_verified,
     fsync_outputs,
 )
-from lamina.errors import InvalidSource
+from lamina.errors import InvalidSource, SpecError
 from lamina.formats.oci_layout import layout_files
 from lamina.formats.store import BlobDir, blob_path, replace_path
 from lamina.image import Image, Layer
-from lamina.model import canonical_json
+from lamina.index import ImageIndex
+from lamina.model import Descriptor, canonical_json
 from lamina.progress import NoProgress, Progress
 
 FORMATS = ("docker-archive", "oci", "oci-archive")
 
 
-def _layer_bytes(image: Image) -> int:
+def _layer_bytes(image: "Image | ImageIndex") -> int:
     return sum(l.descriptor.size for l in image.unique_layers())
 
 
-def write_oci_layout(image: Image, out_dir: str, progress: Optional[Progress] = None) -> None:
+def _small_blobs(image: "Image | ImageIndex") -> tuple[Descriptor, dict[str, bytes]]:
+    """What index.json names (the manifest, or a multi-platform image's index) and the small
+    blobs (configs, manifests, the index) by digest."""
+    if isinstance(image, Image):
+        return image.manifest_descriptor, {image.config_descriptor.digest: image.config_bytes,
+                                           image.manifest_descriptor.digest: image.manifest_bytes}
+    return image.descriptor, image.small_blobs()
+
+
+def write_oci_layout(image: "Image | ImageIndex", out_dir: str, progress: Optional[Progress] = None) -> None:
     """An OCI layout directory at `out_dir`, replacing any there; blobs already there are reused."""
     progress = progress or NoProgress()
     parent = os.path.dirname(os.path.abspath(out_dir))
@@ -56,9 +66,10 @@ def write_oci_layout(image: Image, out_dir: str, progress: Optional[Progress] = 
                 store.put(d, layer.opener, layer.path, layer.what, trusted,
                           None if trusted else (layer.compression, layer.diff_id))
             progress.add(d.size)
-        store.put_bytes(image.config_descriptor.digest, image.config_bytes)
-        store.put_bytes(image.manifest_descriptor.digest, image.manifest_bytes)
-        for name, data in layout_files(image.manifest_descriptor, image.tags).items():
+        top, small = _small_blobs(image)
+        for digest, data in small.items():
+            store.put_bytes(digest, data)
+        for name, data in layout_files(top, image.tags).items():
             with open(os.path.join(tmp, name), "wb") as f:
                 f.write(data)
         replace_path(tmp, out_dir)
@@ -157,14 +168,16 @@ class _TarWriter:
             self.f.write(tarfile.NUL * (tarfile.RECORDSIZE - rest))
 
 
-def _write_tar(image: Image, out_path: str, docker: bool, progress: Optional[Progress]) -> None:
+def _write_tar(image: "Image | ImageIndex", out_path: str, docker: bool, progress: Optional[Progress]) -> None:
     progress = progress or NoProgress()
-    config = image.config_descriptor
-    manifest = image.manifest_descriptor
-    small: dict[str, bytes] = dict(layout_files(manifest, image.tags))
-    small[blob_path(config.digest)] = image.config_bytes
-    small[blob_path(manifest.digest)] = image.manifest_bytes
+    top, blobs = _small_blobs(image)
+    small: dict[str, bytes] = dict(layout_files(top, image.tags))
+    small.update((blob_path(digest), data) for digest, data in blobs.items())
     if docker:
+        if not isinstance(image, Image):
+            raise SpecError(f"{out_path}: a docker-archive holds one platform, and this image has "
+                            f"{len(image.images)}; write oci or oci-archive, or compose one platform")
+        config = image.config_descriptor
         small["manifest.json"] = canonical_json([{
             "Config": blob_path(config.digest),
             "RepoTags": list(image.tags),
@@ -205,7 +218,7 @@ def _write_tar(image: Image, out_path: str, docker: bool, progress: Optional[Pro
         progress.close()
 
 
-def write_oci_archive(image: Image, out_path: str, progress: Optional[Progress] = None) -> None:
+def write_oci_archive(image: "Image | ImageIndex", out_path: str, progress: Optional[Progress] = None) -> None:
     _write_tar(image, out_path, docker=False, progress=progress)
 
 
@@ -214,13 +227,17 @@ def write_docker_archive(image: Image, out_path: str, progress: Optional[Progres
     _write_tar(image, out_path, docker=True, progress=progress)
 
 
-def write(image: Image, fmt: str, out: str, progress_label: str = "") -> None:
+def write(image: "Image | ImageIndex", fmt: str, out: str, progress_label: str = "") -> None:
+    """`image` (or a multi-platform ImageIndex: oci and oci-archive only) in `fmt` at `out`."""
     progress = Progress(progress_label or f"writing {os.path.basename(out)}", _layer_bytes(image))
     if fmt == "oci":
         write_oci_layout(image, out, progress)
     elif fmt == "oci-archive":
         write_oci_archive(image, out, progress)
     elif fmt == "docker-archive":
+        if not isinstance(image, Image):
+            raise SpecError(f"{out}: a docker-archive holds one platform, and this image has {len(image.images)}; "
+                            "write oci or oci-archive, or compose one platform")
         write_docker_archive(image, out, progress)
     else:
         raise ValueError(f"unknown output format {fmt!r}; use one of {', '.join(FORMATS)}")

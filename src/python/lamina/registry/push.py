@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 from lamina.blobs import Opener
 from lamina.errors import InvalidSource
 from lamina.image import Image
+from lamina.index import ImageIndex
 from lamina.registry.locations import BlobLocations
 from lamina.model import ANN_SOURCE, OCI_MANIFEST, Descriptor, is_nondistributable
 from lamina.registry.client import RegistryClient, push_scope
@@ -39,6 +40,7 @@ class PushResult:
     digest: str
     blobs: tuple[BlobOutcome, ...]
     attached: tuple["Attached", ...] = ()  # artifacts (the SBOM) stored as referrers of the manifest
+    platforms: int = 0  # for a multi-platform image's index: how many manifests it names
 
     @property
     def uploaded_bytes(self) -> int:
@@ -62,7 +64,8 @@ class PushResult:
         for how, words in (("uploaded", "uploaded"), ("mounted", "mounted"), ("present", "already there")):
             count, size = self.layers(how)
             parts.append(f"{count} {words} ({_mib(size)})")
-        return (f"pushed {self.target} {self.digest} \u2014 layers {', '.join(parts)}; blobs in all: "
+        what = f" (index of {self.platforms} platforms)" if self.platforms else ""
+        return (f"pushed {self.target} {self.digest}{what} \u2014 layers {', '.join(parts)}; blobs in all: "
                 f"uploaded {self.uploaded_bytes} bytes, skipped {self.skipped_bytes} bytes ({self.mounted} mounted)")
 
 
@@ -192,5 +195,39 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
         blobs = outcomes[key] if key not in first else tuple(
             BlobOutcome(b.digest, b.size, "present", layer=b.layer) for b in outcomes[key])
         results.append(PushResult(target, digest, blobs, attached.get(key, ()) if key not in first else ()))
+        first.add(key)
+    return tuple(results)
+
+
+def push_index(index: "ImageIndex", targets: Sequence[Reference], options: RegistryOptions,
+               clients: Optional[dict[str, RegistryClient]] = None, locations: Optional[BlobLocations] = None,
+               referrers: Sequence[Sequence[Artifact]] = ()) -> tuple[PushResult, ...]:
+    """Push a multi-platform image: every platform's blobs and manifest (by digest, with its
+    `referrers[i]` attached), then the index under each tag, last: a failure before that leaves
+    no tag."""
+    from lamina.model import OCI_INDEX
+
+    clients = clients if clients is not None else {}
+    repos = list(dict.fromkeys((t.registry, t.repository) for t in targets))
+    per_image: list[dict[tuple[str, str], PushResult]] = []
+    for i, image in enumerate(index.images):
+        digest = image.manifest_descriptor.digest
+        by_digest = [Reference(registry, repo, digest=digest) for registry, repo in repos]
+        pushed = push(image, by_digest, options, clients, locations, referrers[i] if referrers else ())
+        per_image.append({(r.target.registry, r.target.repository): r for r in pushed})
+    data = index.index_bytes
+    results = []
+    first: set[tuple[str, str]] = set()
+    for target in targets:
+        key = (target.registry, target.repository)
+        digest = clients[target.registry].put_manifest(target, OCI_INDEX, data)
+        blobs: dict[str, BlobOutcome] = {}
+        attached: list[Attached] = []
+        for pushed in per_image:
+            for b in pushed[key].blobs:
+                blobs.setdefault(b.digest, b if key not in first else BlobOutcome(b.digest, b.size, "present",
+                                                                                   layer=b.layer))
+            attached.extend(pushed[key].attached if key not in first else ())
+        results.append(PushResult(target, digest, tuple(blobs.values()), tuple(attached), len(index.images)))
         first.add(key)
     return tuple(results)

@@ -1,0 +1,145 @@
+"""Tests of multi-platform images: an index spec composed per platform into one OCI index, from
+an index source and from per-platform sources; pushed with the index last; one platform picked
+for destinations that hold one; the errors that name the platform."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lamina.cli import main
+from lamina.errors import LaminaError, SpecError
+from lamina.index import build_index, one_platform, parse_index_spec
+from lamina.model import OCI_INDEX, Platform
+from lamina.sources import open_image
+from lamina_testing.images import FakeImage, FakeLayer, write_oci_dir, write_oci_multi
+
+AMD = FakeImage([FakeLayer({"bin/sh": b"amd64 sh"}, "ADD rootfs /"), FakeLayer({"opt/tool": b"amd64 tool"}, "RUN tool")])
+ARM = FakeImage([FakeLayer({"bin/sh": b"arm64 sh"}, "ADD rootfs /"), FakeLayer({"opt/tool": b"arm64 tool"}, "RUN tool")],
+                architecture="arm64")
+
+
+def _sources(tmp_path) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    write_oci_multi(str(tmp_path / "multi"), [(AMD, None), (ARM, None)], nested=True)
+    write_oci_dir(AMD, str(tmp_path / "amd"))
+    write_oci_dir(ARM, str(tmp_path / "arm"))
+    return {"multi": "oci:" + str(tmp_path / "multi"), "linux/amd64": "oci:" + str(tmp_path / "amd"),
+            "linux/arm64": "oci:" + str(tmp_path / "arm")}
+
+
+def _index_spec(sources: dict[str, str], per_platform: bool, selector: str = "-1", **extra) -> dict:  # type: ignore[no-untyped-def]
+    def source(p: str) -> str:
+        return sources[p] if per_platform else sources["multi"]
+
+    return {"format": "oci", "tags": ["app:1"], "target": "//:app", **extra, "platforms": [
+        {"platform": p, "base": "scratch", "target": "//:app",
+         "layers": [{"source": source(p), "layer": selector, "target": "//:tool"}]}
+        for p in ("linux/amd64", "linux/arm64")]}
+
+
+def _source_diff_ids(image: FakeImage) -> list[str]:
+    return image.config()["rootfs"]["diff_ids"]
+
+
+@pytest.mark.parametrize("per_platform", [False, True], ids=["index-source", "per-platform-map"])
+def test_each_platform_is_composed_from_its_own_layers_under_one_index(tmp_path, per_platform) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(tmp_path)
+    out = str(tmp_path / "out")
+    index = build_index(parse_index_spec(_index_spec(sources, per_platform)), out, audit=str(tmp_path / "audit.json"))
+    top = json.loads((tmp_path / "out" / "index.json").read_text())
+    (entry,) = top["manifests"]
+    assert entry["mediaType"] == OCI_INDEX and entry["annotations"]["org.opencontainers.image.ref.name"] == "app:1"
+    blob = (tmp_path / "out" / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes()
+    doc = json.loads(blob)
+    assert [m["platform"] for m in doc["manifests"]] == [{"architecture": "amd64", "os": "linux"},
+                                                         {"architecture": "arm64", "os": "linux"}]
+    assert blob == index.index_bytes
+    for fake, platform in ((AMD, "linux/amd64"), (ARM, "linux/arm64")):
+        image = open_image("oci:" + out, platform=Platform.parse(platform))
+        assert image.platform == Platform.parse(platform)
+        assert list(image.diff_ids) == _source_diff_ids(fake)[-1:]  # its own platform's tool layer
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert audit["index"] == index.descriptor.digest
+    assert [p["platform"] for p in audit["platforms"]] == ["linux/amd64", "linux/arm64"]
+    assert audit["platforms"][1]["layers"][0]["diff_id"] == _source_diff_ids(ARM)[-1]
+    # deterministic
+    again = build_index(parse_index_spec(_index_spec(sources, per_platform)), str(tmp_path / "again"))
+    assert again.index_bytes == index.index_bytes
+
+
+def test_an_oci_archive_holds_the_index_and_a_docker_archive_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(tmp_path)
+    build_index(parse_index_spec(_index_spec(sources, True, format="oci-archive")), str(tmp_path / "out.tar"))
+    amd = open_image("oci-archive:" + str(tmp_path / "out.tar"), platform=Platform.parse("linux/amd64"))
+    assert list(amd.diff_ids) == _source_diff_ids(AMD)[-1:]
+    with pytest.raises(SpecError, match="holds one platform; a multi-platform image is written as oci or oci-archive"):
+        parse_index_spec(_index_spec(sources, True, format="docker-archive"))
+
+
+def test_a_source_that_lacks_a_platform_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(tmp_path)
+    sources["linux/arm64"] = sources["linux/amd64"]  # an amd64-only image given for arm64
+    with pytest.raises(LaminaError, match="arm64"):
+        build_index(parse_index_spec(_index_spec(sources, True)), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+    write_oci_multi(str(tmp_path / "amd-only"), [(AMD, None)], nested=True)
+    sources["multi"] = "oci:" + str(tmp_path / "amd-only")
+    with pytest.raises(LaminaError, match="arm64"):
+        build_index(parse_index_spec(_index_spec(sources, False)), str(tmp_path / "out"))
+
+
+def test_a_selector_that_matches_on_one_platform_only_names_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    arm = FakeImage([ARM.layers[0], FakeLayer({"opt/tool": b"arm64 tool"}, "RUN other")], architecture="arm64")
+    write_oci_multi(str(tmp_path / "multi"), [(AMD, None), (arm, None)], nested=True)
+    sources = {"multi": "oci:" + str(tmp_path / "multi")}
+    with pytest.raises(LaminaError, match="linux/arm64"):
+        build_index(parse_index_spec(_index_spec(sources, False, selector="created_by=RUN tool")), str(tmp_path / "o"))
+
+
+def test_spec_errors() -> None:
+    with pytest.raises(SpecError, match="names its platform"):
+        parse_index_spec({"platforms": [{"base": "scratch"}]})
+    with pytest.raises(SpecError, match="given twice"):
+        parse_index_spec({"platforms": [{"platform": "linux/arm64"}, {"platform": "linux/arm64/v8"}]})
+    with pytest.raises(SpecError, match="non-empty list"):
+        parse_index_spec({"platforms": []})
+    data = {"platforms": [{"platform": "linux/amd64"}, {"platform": "linux/arm64"}], "tags": ["a:1"]}
+    with pytest.raises(SpecError, match="holds one platform: pass --platform"):
+        one_platform(data, None, "spec.json")
+    with pytest.raises(SpecError, match="has no linux/s390x image; its platforms are linux/amd64, linux/arm64"):
+        one_platform(data, "linux/s390x", "spec.json")
+    picked = one_platform(data, "linux/arm64", "spec.json")
+    assert str(picked.platform) == "linux/arm64" and picked.tags == ("a:1",)
+
+
+def test_cli_compose_layers_and_push_of_an_index_spec(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from lamina.registry.client import RegistryClient
+    from lamina.registry.push import push_index
+    from lamina.registry.referrers_test import HOST, _Registry
+    from lamina.registry.transport import RegistryOptions
+    from lamina.index import composed_index
+
+    sources = _sources(tmp_path)
+    spec = tmp_path / "index.json"
+    spec.write_text(json.dumps(_index_spec(sources, True)))
+    assert main(["compose", str(spec), "--out", str(tmp_path / "out")]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [p["platform"] for p in printed["platforms"]] == ["linux/amd64", "linux/arm64"]
+    assert main(["layers", str(spec)]) == 0
+    text = capsys.readouterr().out
+    assert "2 platforms: linux/amd64, linux/arm64" in text and "platform linux/arm64" in text
+    assert main(["layers", str(spec), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["index"] == printed["index"] and [p["platform"] for p in doc["platforms"]] == ["linux/amd64", "linux/arm64"]
+    # pushed: each platform's manifest by digest, then the index under the tag, last
+    registry = _Registry(referrers_api=False)
+    clients = {HOST: RegistryClient(HOST, RegistryOptions(), registry)}  # type: ignore[arg-type]
+    from lamina.registry.push import parse_targets
+
+    with composed_index(parse_index_spec(json.loads(spec.read_text())), str(tmp_path)) as index:
+        (result,) = push_index(index, parse_targets([f"{HOST}/team/app:1"]), RegistryOptions(), clients)
+        manifests = [i.manifest_descriptor.digest for i in index.images]
+    assert result.digest == printed["index"] and result.platforms == 2 and "(index of 2 platforms)" in result.summary()
+    puts = [p.rsplit("/", 1)[-1] for m, p in registry.requests if m == "PUT" and "/manifests/" in p]
+    assert puts == [*manifests, "1"]
+    assert registry.manifests[registry.tags["1"]][0] == OCI_INDEX
