@@ -153,6 +153,17 @@ class LaminaSubsystem(Subsystem):
             """
         ),
     )
+    platform = StrOption(
+        default=None,
+        help=softwrap(
+            """
+            For `composed_image`s with `platforms`: build only this one (`os/arch[/variant]`,
+            e.g. `linux/amd64`), as a single-platform image. `output_format="docker-archive"`
+            and `"docker-daemon"` hold one platform and need it; `pants run` defaults to this
+            machine's platform. Example: `pants --lamina-platform=linux/arm64 package images:app`.
+            """
+        ),
+    )
     require_pinned_sources = BoolOption(
         default=False,
         help=softwrap(

@@ -11,12 +11,14 @@ from pants.engine.target import (
     COMMON_TARGET_FIELDS,
     BoolField,
     DictStringToStringField,
+    Field,
     InvalidFieldException,
     SpecialCasedDependencies,
     StringField,
     StringSequenceField,
     Target,
 )
+from pants.util.frozendict import FrozenDict
 from pants.util.strutil import help_text
 
 from lamina.errors import SelectorError
@@ -52,20 +54,73 @@ def image_value_error(value: str) -> Optional[str]:
     return None
 
 
-class _ImageSourceField(StringField):
+IMAGE_MAP_HELP = """
+        Or, for a multi-platform `composed_image` (`platforms`) whose sources are single-platform
+        images, a map from platform to one of those: `{"linux/amd64": "a-amd64.tar",
+        "linux/arm64": "a-arm64.tar"}`; each platform's build takes its own.
+"""
+
+
+class _ImageSourceField(Field):
+    """An image source: a string, or a map from platform (`os/arch[/variant]`) to one."""
+
     required = True
+    value: "str | FrozenDict[str, str]"
 
     @classmethod
-    def compute_value(cls, raw_value: Optional[str], address: Address) -> str:
-        value = super().compute_value(raw_value, address)
-        assert value is not None
-        problem = image_value_error(value)
-        if problem and not (cls.allows_scratch and value == "scratch"):
+    def _check(cls, value: Any, address: Address, where: str) -> str:
+        if not isinstance(value, str):
             raise InvalidFieldException(
-                f"The {repr(cls.alias)} field in target {address} {problem}: {value!r}. "
+                f"The {repr(cls.alias)} field in target {address}{where} must be a string, not {value!r}. "
+                f"Use one of these forms:{IMAGE_FORMS}"
+            )
+        problem = image_value_error(value)
+        if problem and not (cls.allows_scratch and value == "scratch" and not where):
+            raise InvalidFieldException(
+                f"The {repr(cls.alias)} field in target {address}{where} {problem}: {value!r}. "
                 f"Use one of these forms:{IMAGE_FORMS}"
             )
         return value
+
+    @classmethod
+    def compute_value(cls, raw_value: Any, address: Address) -> "str | FrozenDict[str, str]":
+        value = super().compute_value(raw_value, address)
+        if isinstance(value, dict):
+            if not value:
+                raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} is an empty map; "
+                                            'map each platform to its image, e.g. {"linux/amd64": "a-amd64.tar"}')
+            out = {}
+            for key, item in value.items():
+                try:
+                    Platform.parse(key)
+                except (ValueError, AttributeError):
+                    raise InvalidFieldException(
+                        f"The {repr(cls.alias)} field in target {address}: {key!r} is not a platform; the keys of "
+                        'its map are `os/arch[/variant]`, e.g. {"linux/arm64": "a-arm64.tar"}') from None
+                out[key] = cls._check(item, address, f" (for {key})")
+            return FrozenDict(sorted(out.items()))
+        return cls._check(value, address, "")
+
+    def values(self) -> tuple[str, ...]:
+        """Every image it names (one, or each platform's)."""
+        return tuple(self.value.values()) if isinstance(self.value, FrozenDict) else (self.value,)
+
+    def for_platform(self, platform: Optional[str]) -> str:
+        """The image for `platform`: the one string, or the map's entry for it."""
+        if not isinstance(self.value, FrozenDict):
+            return self.value
+        keys = ", ".join(self.value)
+        if not platform:
+            raise InvalidFieldException(
+                f"The {repr(self.alias)} field in target {self.address} maps platforms ({keys}) to images, and the "
+                "image being built names no platform: set `platforms` (or `platform`) on the composed_image")
+        wanted = Platform.parse(platform)
+        for key, image in self.value.items():
+            if wanted.matches(Platform.parse(key)) and Platform.parse(key).matches(wanted):
+                return image
+        raise InvalidFieldException(
+            f"The {repr(self.alias)} field in target {self.address} names no image for {platform} (it maps {keys}); "
+            f'add one, e.g. "{platform}": "image-{wanted.architecture}.tar"')
 
     allows_scratch: ClassVar[bool] = False
 
@@ -77,6 +132,7 @@ class DockerLayerImageField(_ImageSourceField):
         The image to take the layer from. One of:
         {IMAGE_FORMS}
         Example: `docker_layer(name="curl", image="image-a.tar", layer=-1)`.
+        {IMAGE_MAP_HELP}
         """
     )
 
@@ -148,6 +204,7 @@ class ComposedImageBaseField(_ImageSourceField):
         The image to build on: every layer and the config of this image come first. `"scratch"`
         starts from nothing (then `platform` is required). Otherwise one of:
         {IMAGE_FORMS}
+        {IMAGE_MAP_HELP}
         """
     )
 
@@ -281,6 +338,52 @@ class ComposedImagePlatformField(StringField):
                 Platform.parse(value)
             except ValueError as e:
                 raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address}: {e}.") from None
+        return value
+
+
+class ComposedImagePlatformsField(StringSequenceField):
+    alias = "platforms"
+    help = help_text(
+        """
+        Build a multi-platform image: one image per platform, under one OCI image index. For each
+        platform the base and every `docker_layer` are resolved to that platform's image (from a
+        multi-platform source: a registry index, an OCI layout or archive holding an index; or
+        from a per-platform map, `image={"linux/amd64": "a-amd64.tar", "linux/arm64": "a-arm64.tar"}`),
+        the same `layer` selector is applied to each, and each platform is checked and recorded in
+        the audit trail on its own; each platform's extractions are their own cached processes.
+        Outputs: `"oci"` and `"oci-archive"` hold the index (the default output_format is then
+        `"oci"`), `"registry"` leaves it for `pants publish`, which pushes every platform and then
+        the index; `"docker-archive"` and `"docker-daemon"` hold one platform: pick it with
+        `--lamina-platform=linux/amd64`. Not with `platform`.
+
+        Example:
+
+            composed_image(
+                name="app",
+                base="//images:debian",  # a multi-platform OCI layout
+                layers=[":tool"],
+                platforms=["linux/amd64", "linux/arm64"],
+            )
+        """
+    )
+
+    @classmethod
+    def compute_value(cls, raw_value: Optional[Iterable[str]], address: Address) -> Optional[tuple[str, ...]]:
+        value = super().compute_value(raw_value, address)
+        if value is not None:
+            seen: dict[str, str] = {}
+            for text in value:
+                try:
+                    key = str(Platform.parse(text).normalized())
+                except ValueError as e:
+                    raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address}: {e}.") from None
+                if key in seen:
+                    raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} names {text!r} "
+                                                f"twice (also as {seen[key]!r})")
+                seen[key] = text
+            if not value:
+                raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} is empty; name the "
+                                            'platforms, e.g. ["linux/amd64", "linux/arm64"], or remove it')
         return value
 
 
@@ -580,11 +683,12 @@ FORMAT_ENDINGS = {"docker-archive": "tar", "oci": "oci", "oci-archive": "oci.tar
 
 class ComposedImageOutputFormatField(StringField):
     alias = "output_format"
-    default = "docker-archive"
+    default = None
     valid_choices = OUTPUT_FORMATS
     help = help_text(
         """
-        What `pants package` makes: `"docker-archive"` (a `.tar` in `dist/` for `docker load`),
+        What `pants package` makes (by default `"docker-archive"`, and `"oci"` for a
+        multi-platform image, `platforms`): `"docker-archive"` (a `.tar` in `dist/` for `docker load`),
         `"oci"` (an OCI layout directory, `.oci`), `"oci-archive"` (a tar of one, `.oci.tar`), or
         `"docker-daemon"`: the image loaded straight into the local Docker engine (`DOCKER_HOST`)
         under its `repository:tag`s, sending only the layers the engine does not already have on
@@ -648,6 +752,7 @@ class ComposedImageTarget(Target):
         ComposedImageVolumesField,
         ComposedImageStopSignalField,
         ComposedImagePlatformField,
+        ComposedImagePlatformsField,
         ComposedImageAllowPlatformMismatchField,
         ComposedImageOnConflictField,
         ComposedImageAllowedConflictsField,
@@ -683,6 +788,13 @@ class ComposedImageTarget(Target):
     )
 
     def validate(self) -> None:
+        if self[ComposedImagePlatformField].value and self[ComposedImagePlatformsField].value:
+            raise InvalidFieldException(
+                f"The 'platform' and 'platforms' fields in target {self.address} are both set: give `platform` for "
+                "one platform, or `platforms` for a multi-platform image."
+            )
+        if self[ComposedImagePlatformsField].value:
+            return
         if self[ComposedImageBaseField].value == "scratch" and not self[ComposedImagePlatformField].value:
             raise InvalidFieldException(
                 f"The 'platform' field in target {self.address} is required when base=\"scratch\": "

@@ -12,6 +12,7 @@ from pants.engine.goal import Goal, GoalSubsystem
 from pants.engine.rules import Get, MultiGet, collect_rules, goal_rule, rule
 from pants.engine.target import Target, Targets
 from pants.option.option_types import BoolOption
+from pants.util.frozendict import FrozenDict
 
 from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
 from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField, DockerLayerSelectorField
@@ -69,15 +70,50 @@ class LayerListing:
     text: Optional[str]
 
 
+@dataclass(frozen=True)
+class _SourceListingRequest:
+    request: LayerListingRequest
+    image: str
+    platform: Optional[str] = None
+
+
 @rule
 async def list_layers(request: LayerListingRequest) -> LayerListing:
     target = request.target
+    if target.has_field(DockerLayerImageField) and isinstance(target[DockerLayerImageField].value, FrozenDict):
+        # a per-platform map: each platform's source image
+        each = tuple(target[DockerLayerImageField].value.items())
+        listings = await MultiGet(Get(LayerListing, _SourceListingRequest(request, image, platform))
+                                  for platform, image in each)
+        return LayerListing("\n".join(f"{platform}:\n  " + (l.text or "").rstrip("\n").replace("\n", "\n  ")
+                                      for (platform, _), l in zip(each, listings)))
+    if target.has_field(DockerLayerImageField):
+        return await Get(LayerListing, _SourceListingRequest(request, target[DockerLayerImageField].value))
+    return await Get(LayerListing, _ComposedListingRequest(request))
+
+
+@dataclass(frozen=True)
+class _ComposedListingRequest:
+    request: LayerListingRequest
+
+
+@rule
+async def list_source_layers(request: _SourceListingRequest) -> LayerListing:
+    return await _listing(request.request, request.image, request.platform)
+
+
+@rule
+async def list_composed_layers(request: _ComposedListingRequest) -> LayerListing:
+    return await _listing(request.request, None, None)
+
+
+async def _listing(request: LayerListingRequest, image: Optional[str], platform: Optional[str]) -> LayerListing:
+    target = request.target
     flags = (("--files",) if request.files else ()) + (("--packages",) if request.packages else ())
     report: Optional[CheckReport] = None
-    if target.has_field(DockerLayerImageField):
-        source = await Get(
-            ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
-        )
+    if image is not None:
+        source = await Get(ResolvedImageSource, ImageSourceRequest(image, target.address, "image"))
+        flags += (f"--platform={platform}",) if platform else ()
         source_dir = read_only_dir("source", source.digest)
         reference, extra = source.reference_under(source_dir), source.extra_argv
         read_only = ((source_dir, source.digest),) if source.path_at is not None else ()
@@ -91,7 +127,12 @@ async def list_layers(request: LayerListingRequest) -> LayerListing:
         inputs = await Get(ComposeInputs, ComposedImageFieldSet, field_set)
         reference, digest, read_only, extra, env = SPEC_FILE, inputs.spec, inputs.read_only, (), ()
         scope, caches = ProcessCacheScope.SUCCESSFUL, ()
-        if request.conflicts:  # the package's own check: its scans (and usually the check) are cached
+        if request.conflicts and inputs.platforms:  # each platform's own check
+            reports = await MultiGet(Get(CheckReport, CheckRequest, i.stack.check_request(v))
+                                     for _, v, i in inputs.each_platform())
+            text = "\n\n".join(f"{p}:\n{r.text}" for (p, _, _), r in zip(inputs.each_platform(), reports))
+            report = CheckReport(text, ())
+        elif request.conflicts:  # the package's own check: its scans (and usually the check) are cached
             report = await Get(CheckReport, CheckRequest, inputs.stack.check_request(field_set))
     else:
         return LayerListing(None)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Tuple
 
 from pants.core.goals.package import BuiltPackage, BuiltPackageArtifact, EnvironmentAwarePackageRequest, PackageFieldSet
@@ -17,6 +17,8 @@ from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, SourcesField, Targets
 from pants.engine.unions import UnionRule
+
+from lamina.model import Platform
 
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import (
@@ -41,6 +43,7 @@ from lamina_pants.target_types import (
     ComposedImageOutputPathField,
     ComposedImagePackagesField,
     ComposedImagePlatformField,
+    ComposedImagePlatformsField,
     ComposedImageRepositoryField,
     ComposedImageSbomField,
     ComposedImageScanRegistryLayersField,
@@ -87,6 +90,7 @@ class ComposedImageFieldSet(PackageFieldSet):
     volumes: ComposedImageVolumesField
     stop_signal: ComposedImageStopSignalField
     platform: ComposedImagePlatformField
+    platforms: ComposedImagePlatformsField
     allow_platform_mismatch: ComposedImageAllowPlatformMismatchField
     on_conflict: ComposedImageOnConflictField
     allowed_conflicts: ComposedImageAllowedConflictsField
@@ -104,12 +108,20 @@ class ComposedImageFieldSet(PackageFieldSet):
         repository = self.repository.value or self.address.target_name
         return [f"{repository}:{tag}" for tag in (self.image_tags.value or ())]
 
+    def format(self) -> str:
+        """output_format, or its default: "oci" for a multi-platform image, else "docker-archive"."""
+        return self.output_format.value or ("oci" if self.platforms.value else "docker-archive")
+
     def output_relpath(self) -> str:
-        return self.output_path.value_or_default(file_ending=FORMAT_ENDINGS[self.output_format.value or "docker-archive"])
+        return self.output_path.value_or_default(file_ending=FORMAT_ENDINGS[self.format()])
+
+    def sbom_relpath_of(self, platform: str) -> str:
+        """`<name>.linux-arm64.cdx.json`: one platform's SBOM, of a multi-platform image."""
+        return f"{self._stem()}.{platform_slug(platform)}.cdx.json"
 
     def _stem(self) -> str:
         relpath = self.output_relpath()
-        ending = "." + FORMAT_ENDINGS[self.output_format.value or "docker-archive"]
+        ending = "." + FORMAT_ENDINGS[self.format()]
         return relpath[: -len(ending)] if relpath.endswith(ending) else relpath
 
     def audit_relpath(self) -> str:
@@ -137,6 +149,32 @@ class ComposedImageFieldSet(PackageFieldSet):
             if field.value is not None:
                 config[key] = field.value
         return config
+
+
+def platform_slug(platform: str) -> str:
+    """linux-arm64: a platform in a file name (as `lamina compose --sbom` names them)."""
+    return str(Platform.parse(platform)).replace("/", "-")
+
+
+def platform_variants(fs: ComposedImageFieldSet, chosen: Optional[str], why: str = "--lamina-platform") -> Tuple[ComposedImageFieldSet, ...]:
+    """The single-platform field sets a `composed_image` is built from: one per platform of its
+    `platforms` (only `chosen`, when given), each with that `platform`; else `fs` itself."""
+    platforms = fs.platforms.value
+    if not platforms:
+        return (fs,)
+    if chosen:
+        wanted = Platform.parse(chosen)
+        picked = [p for p in platforms if wanted.matches(Platform.parse(p)) and Platform.parse(p).matches(wanted)]
+        if not picked:
+            raise LaminaBuildError(
+                f"{fs.address}: {why} {chosen} is not one of its `platforms` ({', '.join(platforms)}); "
+                f"pick one of those, e.g. --lamina-platform={platforms[0]}"
+            )
+        platforms = tuple(picked[:1])
+    return tuple(
+        replace(fs, platform=ComposedImagePlatformField(p, fs.address), platforms=ComposedImagePlatformsField(None, fs.address))
+        for p in platforms
+    )
 
 
 def _file_destinations(fs: ComposedImageFieldSet, files: Iterable[str]) -> list[dict]:
@@ -269,8 +307,9 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
         and not (fs.scan_registry_layers.value and lamina.check_compositions)
     )
     base_request: Optional[BundleRequest] = None
-    if fs.base.value != "scratch":
-        source = await Get(ResolvedImageSource, ImageSourceRequest(fs.base.value, fs.address, "base"))
+    base_value = fs.base.for_platform(fs.platform.value)
+    if base_value != "scratch":
+        source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
         base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value, shallow)
     # The base and the layers are extracted side by side.
     bundles = await MultiGet(
@@ -348,25 +387,42 @@ class ComposeInputs:
 
     spec: Digest
     read_only: Tuple[Tuple[str, Digest], ...]
-    stack: ComposedStack
+    stack: ComposedStack  # a multi-platform image's: its first platform's
     spec_json: str = ""  # the text of SPEC_FILE, for a goal that adds to it
+    # A multi-platform image's platforms: (field set of that platform, its inputs); SPEC_FILE is
+    # then an index spec (lamina.index) holding each platform's compose spec.
+    platforms: Tuple[Tuple[ComposedImageFieldSet, "ComposeInputs"], ...] = ()
 
     def bundles(self) -> Tuple[Bundle, ...]:
-        """The stack's bundles, base first."""
+        """The stack's bundles, base first (every platform's, for a multi-platform image)."""
+        if self.platforms:
+            return tuple(b for _, inputs in self.platforms for b in inputs.bundles())
         return ((self.stack.base,) if self.stack.base is not None else ()) + self.stack.layers
+
+    def each_platform(self) -> Tuple[Tuple[Optional[str], ComposedImageFieldSet, "ComposeInputs"], ...]:
+        """(platform, its field set, its inputs) of each platform; one (None, ...) for an image of one."""
+        return tuple((v.platform.value, v, i) for v, i in self.platforms)
+
+
+@dataclass(frozen=True)
+class OnePlatform:
+    """The compose inputs of one platform's image (a field set with no `platforms`)."""
+
+    fs: ComposedImageFieldSet
 
 
 SPEC_FILE = "__spec.json"
 
 
 @rule(desc="Write a composed image's compose spec")
-async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
+async def one_platform_inputs(request: OnePlatform) -> ComposeInputs:
+    fs = request.fs
     composed = await Get(ComposedStack, ComposedImageFieldSet, fs)
     # The bundles (layer bytes) reach the process read-only: linked, not copied, into its sandbox.
     # They are this build's own `lamina extract` outputs, which verified every blob they hold: the
     # spec vouches for them ("verified"), so compose does not hash them again.
     bundles = [(read_only_dir(f"layer{i}", b.digest), b.digest) for i, b in enumerate(composed.layers)]
-    fmt = fs.output_format.value or "docker-archive"
+    fmt = fs.format()
     spec: dict = {
         "layers": [{"source": d, "target": str(a), "verified": True}
                    for (d, _), a in zip(bundles, composed.layer_addresses)],
@@ -400,6 +456,22 @@ async def compose_inputs(fs: ComposedImageFieldSet) -> ComposeInputs:
     return ComposeInputs(digest, tuple(bundles), composed, text)
 
 
+@rule(desc="Write a composed image's compose spec")
+async def compose_inputs(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> ComposeInputs:
+    variants = platform_variants(fs, lamina.platform)
+    each = await MultiGet(Get(ComposeInputs, OnePlatform(v)) for v in variants)
+    if not fs.platforms.value or len(each) == 1:
+        return each[0]
+    # A multi-platform image: each platform's spec (its own extractions, checks, package
+    # database merge), composed in one process under one index.
+    spec = {"platforms": [json.loads(i.spec_json) for i in each], "format": "oci-archive" if fs.format() == "oci-archive" else "oci",
+            "tags": fs.image_refs(), "target": str(fs.address)}
+    text = json.dumps(spec, sort_keys=True)
+    digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, text.encode())]))
+    read_only = tuple(dict(ro for i in each for ro in i.read_only).items())
+    return ComposeInputs(digest, read_only, each[0].stack, text, tuple(zip(variants, each)))
+
+
 def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
     """What this run downloaded for the image's registry sources, by extraction; an extraction
     taken from a cache (or from pantsd's memory) downloaded nothing now, and is counted as cached."""
@@ -417,11 +489,66 @@ def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
             + (f"; {cached_text}" if cached else ""))
 
 
+async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamina: LaminaSubsystem,
+                         run_id: RunId) -> BuiltPackage:
+    """A multi-platform image: every platform checked on its own, then one compose of the index."""
+    fmt = fs.format()
+    platforms = [p for p, _, _ in inputs.each_platform()]
+    if fmt in ("docker-archive", "docker-daemon"):
+        raise LaminaBuildError(
+            f"{fs.address}: output_format=\"{fmt}\" holds one platform, and `platforms` names {len(platforms)} "
+            f"({', '.join(str(p) for p in platforms)}); use output_format=\"oci\" or \"oci-archive\" for the "
+            f"index, or build one platform with --lamina-platform={platforms[0]}"
+        )
+    relpath = fs.output_relpath()
+    with_sbom = bool(fs.sbom.value) and all(i.stack.package_db is not None for _, _, i in inputs.each_platform())
+    sbom_argv = (f"--sbom={OUT_DIR}/{fs._stem()}.{{platform}}.cdx.json",) if with_sbom else ()
+    sbom_artifacts = tuple(BuiltPackageArtifact(fs.sbom_relpath_of(str(p))) for p in platforms) if with_sbom else ()
+    out_argv = () if fmt == "registry" else (f"--out={OUT_DIR}/{relpath}",)
+    run = LaminaRun(
+        address=fs.address,
+        argv=("compose", SPEC_FILE, *out_argv, f"--audit={OUT_DIR}/{fs.audit_relpath()}", *sbom_argv),
+        input_digest=inputs.spec,
+        read_only_inputs=inputs.read_only,
+        output_directory=OUT_DIR,
+        description=f"lamina: compose {fs.address} ({len(platforms)} platforms)",
+    )
+    checks = [
+        Get(CheckReport, CheckRequest,
+            i.stack.check_request(v) if lamina.check_compositions else CheckRequest(v.address, (), "ignore", (), False))
+        for _, v, i in inputs.each_platform()
+    ]
+    # the checks side by side with the compose (a list: Pants runs Gets of mixed types together)
+    *reports, result = await MultiGet([*checks, Get(LaminaRunResult, LaminaRun, run)])  # type: ignore[list-item]
+    findings: list = []
+    for (platform, _, each), report in zip(inputs.each_platform(), reports):
+        downloaded = download_line(each.stack, run_id)
+        merged = each.stack.package_db.lines if each.stack.package_db is not None else ()
+        if lamina.check_compositions:
+            merged = tuple(line for line in merged if not line.startswith("conflict:"))
+        findings += [f"{platform}: {line}" for line in (*((downloaded,) if downloaded else ()), *merged,
+                                                         *finding_lines(fs.address, report))]
+    digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
+    summary = json.loads(result.stdout.decode() or "{}")
+    each_line = ", ".join(f"{p.get('platform')} {p.get('manifest')} ({p.get('layers')} layers)"
+                          for p in summary.get("platforms", ()))
+    lines = (f"index {summary.get('index', '?')}: {each_line}; tags {', '.join(fs.image_refs())}", *findings)
+    if fmt == "registry":
+        lines = (f"{lines[0]} (no image file: `pants publish` pushes it)", *lines[1:])
+        return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines), *sbom_artifacts))
+    return BuiltPackage(
+        digest,
+        (BuiltPackageArtifact(relpath, extra_log_lines=lines), BuiltPackageArtifact(fs.audit_relpath()), *sbom_artifacts),
+    )
+
+
 @rule(desc="Package a composed image")
 async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem, run_id: RunId) -> BuiltPackage:
     # run_id: this rule runs again in every run (pantsd or not), so that its summary says what this
     # run downloaded; everything it asks for is memoized or cached.
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
+    if inputs.platforms:
+        return await _package_index(fs, inputs, lamina, run_id)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
     # The SBOM is written from the packages the package database process listed (no layer is read

@@ -85,7 +85,8 @@ async def publish_composed_image(
     if compression != "none":
         compressed = await Get(CompressedLayers, CompressedLayersRequest(fs.address, inputs.bundles(), compression))
         spec = json.loads(inputs.spec_json)
-        spec["compressed"] = [name for name, _ in compressed.dirs]
+        for each in spec["platforms"] if inputs.platforms else (spec,):  # an index spec: each platform's
+            each["compressed"] = [name for name, _ in compressed.dirs]
         spec_digest = await Get(
             Digest, CreateDigest([FileContent(SPEC_FILE, json.dumps(spec, sort_keys=True).encode())])
         )
@@ -94,7 +95,8 @@ async def publish_composed_image(
     env = await Get(EnvironmentVars, EnvironmentVarsRequest((*lamina.registry_env_vars, "PATH")))
     # The SBOM goes up as a referrer of the pushed manifest, made from the packages.json the
     # package's own package-db process listed (no layer is read for it).
-    with_sbom = ("--sbom",) if fs.sbom.value and inputs.stack.package_db is not None else ()
+    stacks = [i.stack for _, _, i in inputs.each_platform()] or [inputs.stack]
+    with_sbom = ("--sbom",) if fs.sbom.value and all(s.package_db is not None for s in stacks) else ()
     process = await core_process(
         core,
         ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *with_sbom,

@@ -14,7 +14,9 @@ from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import WrappedTarget, WrappedTargetRequest
 
-from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
+from lamina.model import Platform
+
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs, OnePlatform, platform_variants
 from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.util_rules.analysis import CheckReport, CheckRequest, log_findings
 from lamina_pants.target_types import ComposedImageBaseField, ComposedImageRepositoryField, ComposedImageTagsField
@@ -49,7 +51,12 @@ async def run_composed_image(fs: ComposedImageRunFieldSet, lamina: LaminaSubsyst
     refs = package_fs.image_refs()
     # Loaded from the compose spec: the layers are read from the bundles Pants keeps (linked into
     # the process read-only), never from a packaged archive. The check still has to pass first.
-    inputs = await Get(ComposeInputs, ComposedImageFieldSet, package_fs)
+    if package_fs.platforms.value:
+        # the engine holds one platform: --lamina-platform's, else this machine's
+        chosen = lamina.platform or str(Platform.host())
+        (package_fs,) = platform_variants(package_fs, chosen, "--lamina-platform" if lamina.platform
+                                          else "this machine's platform,")
+    inputs = await Get(ComposeInputs, OnePlatform(package_fs))
     if lamina.check_compositions:
         log_findings(fs.address, await Get(CheckReport, CheckRequest, inputs.stack.check_request(package_fs)))
     env = await Get(EnvironmentVars, EnvironmentVarsRequest(_DOCKER_ENV))

@@ -367,6 +367,7 @@ class LaminaRun:
     # Pants named caches (name, path in the sandbox): shared across runs and never part of the
     # cache key, whatever they hold (see image_source.CREDENTIALS_CACHE).
     append_only_caches: tuple[tuple[str, str], ...] = ()
+    context: str = ""  # after the address in an error, e.g. " (for linux/arm64)"
 
 
 def read_only_dir(role: str, digest: Digest) -> str:
@@ -424,7 +425,7 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
             detail = "\n".join(lines[starts[-1]:])[len("lamina: error: "):]
         else:
             detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
-        raise LaminaBuildError(f"{request.address}: {detail}")
+        raise LaminaBuildError(f"{request.address}{request.context}: {detail}")
     return LaminaRunResult(result.output_digest, result.stdout, ran_in(result.metadata))
 
 

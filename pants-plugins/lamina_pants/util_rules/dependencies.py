@@ -10,7 +10,7 @@ from typing import Iterable
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.fs import PathGlobs, Paths
 from pants.engine.internals.graph import Owners, OwnersRequest
-from pants.engine.rules import Get, collect_rules, rule
+from pants.engine.rules import Get, MultiGet, collect_rules, rule
 from pants.engine.target import FieldSet, InferDependenciesRequest, InferredDependencies
 from pants.engine.unions import UnionRule
 
@@ -90,16 +90,22 @@ async def value_dependencies(request: _ValueDependencies, lamina: LaminaSubsyste
     return InferredDependencies(sorted(owners.keys()))
 
 
+async def _all_values(values: Iterable[str], address: Address, alias: str) -> InferredDependencies:
+    """The dependencies of every image a field names (one, or each platform's)."""
+    found = await MultiGet(Get(InferredDependencies, _ValueDependencies(v, address, alias)) for v in values)
+    return InferredDependencies(sorted({a for each in found for a in each.include}))
+
+
 @rule
 async def infer_docker_layer_dependencies(request: InferDockerLayerDependencies) -> InferredDependencies:
     fs = request.field_set
-    return await Get(InferredDependencies, _ValueDependencies(fs.image.value, fs.address, "image"))
+    return await _all_values(fs.image.values(), fs.address, "image")
 
 
 @rule
 async def infer_composed_image_dependencies(request: InferComposedImageDependencies) -> InferredDependencies:
     fs = request.field_set
-    return await Get(InferredDependencies, _ValueDependencies(fs.base.value or "scratch", fs.address, "base"))
+    return await _all_values(fs.base.values() if fs.base.value else ("scratch",), fs.address, "base")
 
 
 def rules() -> Iterable:

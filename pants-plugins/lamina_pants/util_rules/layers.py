@@ -75,7 +75,8 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
     shallow = request.shallow and from_registry
     index = lamina.check_compositions and not shallow
     source_dir = read_only_dir("source", source.digest)
-    what = f"{request.what} of {request.address} from {request.source.label}"
+    for_platform = f" for {request.platform}" if request.platform else ""
+    what = f"{request.what} of {request.address}{for_platform} from {request.source.label}"
     result = await Get(
         LaminaRunResult,
         LaminaRun(
@@ -95,6 +96,7 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
             read_only_inputs=((source_dir, source.digest),) if source.path_at is not None else (),
             output_directory=BUNDLE_DIR,
             description=f"lamina: extract {what}",
+            context=f" (as {request.what} of a {request.platform} image)" if request.platform else "",
             extra_env=request.source.extra_env,
             append_only_caches=request.source.append_only_caches,
             cache_scope=request.source.cache_scope,
@@ -125,7 +127,8 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
             "not a `docker_layer`"
         )
     source = await Get(
-        ResolvedImageSource, ImageSourceRequest(target[DockerLayerImageField].value, target.address, "image")
+        ResolvedImageSource,
+        ImageSourceRequest(target[DockerLayerImageField].for_platform(request.platform), target.address, "image"),
     )
     return await Get(
         Bundle,

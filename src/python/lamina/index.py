@@ -203,7 +203,8 @@ def build_index(ispec: IndexSpec, out: Optional[str], audit: Optional[str] = Non
     inventories = [Inventory() for _ in ispec.platforms] if sbom else None
     with composed_index(ispec, scratch_dir, notes=notes, inventories=inventories) as index:
         trail = audit_bytes(ispec, index) if audit else None
-        documents = [(sbom.replace("{platform}", platform_slug(image.platform)), sbom_bytes(spec, image, inventory))
+        documents = [(sbom.replace("{platform}", platform_slug(spec.platform or image.platform)),
+                      sbom_bytes(spec, image, inventory))
                      for spec, image, inventory in zip(ispec.platforms, index.images, inventories)
                      ] if sbom and inventories is not None else []
         if out is not None:
