@@ -77,34 +77,9 @@ class _SourceListingRequest:
     platform: Optional[str] = None
 
 
-@rule
-async def list_layers(request: LayerListingRequest) -> LayerListing:
-    target = request.target
-    if target.has_field(DockerLayerImageField) and isinstance(target[DockerLayerImageField].value, FrozenDict):
-        # a per-platform map: each platform's source image
-        each = tuple(target[DockerLayerImageField].value.items())
-        listings = await MultiGet(Get(LayerListing, _SourceListingRequest(request, image, platform))
-                                  for platform, image in each)
-        return LayerListing("\n".join(f"{platform}:\n  " + (l.text or "").rstrip("\n").replace("\n", "\n  ")
-                                      for (platform, _), l in zip(each, listings)))
-    if target.has_field(DockerLayerImageField):
-        return await Get(LayerListing, _SourceListingRequest(request, target[DockerLayerImageField].value))
-    return await Get(LayerListing, _ComposedListingRequest(request))
-
-
 @dataclass(frozen=True)
 class _ComposedListingRequest:
     request: LayerListingRequest
-
-
-@rule
-async def list_source_layers(request: _SourceListingRequest) -> LayerListing:
-    return await _listing(request.request, request.image, request.platform)
-
-
-@rule
-async def list_composed_layers(request: _ComposedListingRequest) -> LayerListing:
-    return await _listing(request.request, None, None)
 
 
 async def _listing(request: LayerListingRequest, image: Optional[str], platform: Optional[str]) -> LayerListing:
@@ -154,6 +129,31 @@ async def _listing(request: LayerListingRequest, image: Optional[str], platform:
     if report is not None:
         text = text.rstrip("\n") + "\n\n" + report.text
     return LayerListing(text)
+
+
+@rule
+async def list_source_layers(request: _SourceListingRequest) -> LayerListing:
+    return await _listing(request.request, request.image, request.platform)
+
+
+@rule
+async def list_composed_layers(request: _ComposedListingRequest) -> LayerListing:
+    return await _listing(request.request, None, None)
+
+
+@rule
+async def list_layers(request: LayerListingRequest) -> LayerListing:
+    target = request.target
+    if target.has_field(DockerLayerImageField) and isinstance(target[DockerLayerImageField].value, FrozenDict):
+        # a per-platform map: each platform's source image
+        each = tuple(target[DockerLayerImageField].value.items())
+        listings = await MultiGet(Get(LayerListing, _SourceListingRequest(request, image, platform))
+                                  for platform, image in each)
+        return LayerListing("\n".join(f"{platform}:\n  " + (l.text or "").rstrip("\n").replace("\n", "\n  ")
+                                      for (platform, _), l in zip(each, listings)))
+    if target.has_field(DockerLayerImageField):
+        return await Get(LayerListing, _SourceListingRequest(request, target[DockerLayerImageField].value))
+    return await Get(LayerListing, _ComposedListingRequest(request))
 
 
 @goal_rule
