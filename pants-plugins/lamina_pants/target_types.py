@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Iterable, Optional
+from typing import Any, ClassVar, Iterable, Optional, Union
 
 from pants.core.goals.package import OutputPathField
 from pants.engine.addresses import Address
@@ -65,7 +65,7 @@ class _ImageSourceField(Field):
     """An image source: a string, or a map from platform (`os/arch[/variant]`) to one."""
 
     required = True
-    value: "str | FrozenDict[str, str]"
+    value: Union[str, FrozenDict[str, str]]
 
     @classmethod
     def _check(cls, value: Any, address: Address, where: str) -> str:
@@ -83,7 +83,7 @@ class _ImageSourceField(Field):
         return value
 
     @classmethod
-    def compute_value(cls, raw_value: Any, address: Address) -> "str | FrozenDict[str, str]":
+    def compute_value(cls, raw_value: Any, address: Address) -> Union[str, FrozenDict[str, str]]:
         value = super().compute_value(raw_value, address)
         if isinstance(value, dict):
             if not value:
