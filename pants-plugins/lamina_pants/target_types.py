@@ -105,21 +105,21 @@ class _ImageSourceField(Field):
         """Every image it names (one, or each platform's)."""
         return tuple(self.value.values()) if isinstance(self.value, FrozenDict) else (self.value,)
 
-    def for_platform(self, platform: Optional[str]) -> str:
+    def for_platform(self, platform: Optional[str], address: Address) -> str:
         """The image for `platform`: the one string, or the map's entry for it."""
         if not isinstance(self.value, FrozenDict):
             return self.value
         keys = ", ".join(self.value)
         if not platform:
             raise InvalidFieldException(
-                f"The {repr(self.alias)} field in target {self.address} maps platforms ({keys}) to images, and the "
+                f"The {repr(self.alias)} field in target {address} maps platforms ({keys}) to images, and the "
                 "image being built names no platform: set `platforms` (or `platform`) on the composed_image")
         wanted = Platform.parse(platform)
         for key, image in self.value.items():
             if wanted.matches(Platform.parse(key)) and Platform.parse(key).matches(wanted):
                 return image
         raise InvalidFieldException(
-            f"The {repr(self.alias)} field in target {self.address} names no image for {platform} (it maps {keys}); "
+            f"The {repr(self.alias)} field in target {address} names no image for {platform} (it maps {keys}); "
             f'add one, e.g. "{platform}": "image-{wanted.architecture}.tar"')
 
     allows_scratch: ClassVar[bool] = False

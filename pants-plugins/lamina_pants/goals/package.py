@@ -307,7 +307,7 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
         and not (fs.scan_registry_layers.value and lamina.check_compositions)
     )
     base_request: Optional[BundleRequest] = None
-    base_value = fs.base.for_platform(fs.platform.value)
+    base_value = fs.base.for_platform(fs.platform.value, fs.address)
     if base_value != "scratch":
         source = await Get(ResolvedImageSource, ImageSourceRequest(base_value, fs.address, "base"))
         base_request = BundleRequest(source, ":", fs.address, "base image", fs.platform.value, shallow)

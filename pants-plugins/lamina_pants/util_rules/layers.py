@@ -128,7 +128,7 @@ async def extract_docker_layer(request: DockerLayerRequest) -> Bundle:
         )
     source = await Get(
         ResolvedImageSource,
-        ImageSourceRequest(target[DockerLayerImageField].for_platform(request.platform), target.address, "image"),
+        ImageSourceRequest(target[DockerLayerImageField].for_platform(request.platform, target.address), target.address, "image"),
     )
     return await Get(
         Bundle,

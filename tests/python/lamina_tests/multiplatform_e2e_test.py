@@ -95,7 +95,7 @@ def test_package_writes_one_index_each_manifest_with_its_own_platforms_layers(se
     _skopeo("copy", "--all", "--preserve-digests", "--dest-tls-verify=false",
             f"oci:{layout}:{PREFIX}/{name.replace('_', '-')}:1", ref)
     assert _skopeo("inspect", "--raw", "--tls-verify=false", ref) == data
-    back = repo.root / "back"
+    back = repo.root / f"back-{name}"
     _skopeo("copy", "--all", "--preserve-digests", "--src-tls-verify=false", ref, f"oci:{back}:x")
     for entry in index["manifests"]:
         assert (back / "blobs" / "sha256" / entry["digest"].split(":")[1]).read_bytes() == \
