@@ -14,7 +14,8 @@ from pants.engine.target import Target, Targets
 from pants.option.option_types import BoolOption
 from pants.util.frozendict import FrozenDict
 
-from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs
+from lamina_pants.goals.package import SPEC_FILE, ComposedImageFieldSet, ComposeInputs, platform_variants
+from lamina_pants.subsystem import LaminaSubsystem
 from lamina_pants.target_types import ComposedImageBaseField, DockerLayerImageField, DockerLayerSelectorField
 from lamina_pants.util_rules.analysis import CheckReport, CheckRequest
 from lamina_pants.util_rules.core import LaminaRun, LaminaRunResult, read_only_dir
@@ -82,7 +83,8 @@ class _ComposedListingRequest:
     request: LayerListingRequest
 
 
-async def _listing(request: LayerListingRequest, image: Optional[str], platform: Optional[str]) -> LayerListing:
+async def _listing(request: LayerListingRequest, image: Optional[str], platform: Optional[str],
+                   lamina: LaminaSubsystem) -> LayerListing:
     target = request.target
     flags = (("--files",) if request.files else ()) + (("--packages",) if request.packages else ())
     report: Optional[CheckReport] = None
@@ -108,6 +110,8 @@ async def _listing(request: LayerListingRequest, image: Optional[str], platform:
             text = "\n\n".join(f"{p}:\n{r.text}" for (p, _, _), r in zip(inputs.each_platform(), reports))
             report = CheckReport(text, ())
         elif request.conflicts:  # the package's own check: its scans (and usually the check) are cached
+            if field_set.platforms.value:  # --lamina-platform picked one
+                (field_set,) = platform_variants(field_set, lamina.platform)
             report = await Get(CheckReport, CheckRequest, inputs.stack.check_request(field_set))
     else:
         return LayerListing(None)
@@ -132,13 +136,13 @@ async def _listing(request: LayerListingRequest, image: Optional[str], platform:
 
 
 @rule
-async def list_source_layers(request: _SourceListingRequest) -> LayerListing:
-    return await _listing(request.request, request.image, request.platform)
+async def list_source_layers(request: _SourceListingRequest, lamina: LaminaSubsystem) -> LayerListing:
+    return await _listing(request.request, request.image, request.platform, lamina)
 
 
 @rule
-async def list_composed_layers(request: _ComposedListingRequest) -> LayerListing:
-    return await _listing(request.request, None, None)
+async def list_composed_layers(request: _ComposedListingRequest, lamina: LaminaSubsystem) -> LayerListing:
+    return await _listing(request.request, None, None, lamina)
 
 
 @rule

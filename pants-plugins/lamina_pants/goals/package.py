@@ -171,8 +171,10 @@ def platform_variants(fs: ComposedImageFieldSet, chosen: Optional[str], why: str
                 f"pick one of those, e.g. --lamina-platform={platforms[0]}"
             )
         platforms = tuple(picked[:1])
+    # each keeps the image's output format (its default is "oci" for `platforms`)
     return tuple(
-        replace(fs, platform=ComposedImagePlatformField(p, fs.address), platforms=ComposedImagePlatformsField(None, fs.address))
+        replace(fs, platform=ComposedImagePlatformField(p, fs.address), platforms=ComposedImagePlatformsField(None, fs.address),
+                output_format=ComposedImageOutputFormatField(fs.format(), fs.address))
         for p in platforms
     )
 
@@ -549,6 +551,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     if inputs.platforms:
         return await _package_index(fs, inputs, lamina, run_id)
+    if fs.platforms.value:  # --lamina-platform picked one: built as that platform's image
+        (fs,) = platform_variants(fs, lamina.platform)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
     # The SBOM is written from the packages the package database process listed (no layer is read
