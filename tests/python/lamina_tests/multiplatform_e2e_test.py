@@ -166,7 +166,8 @@ def test_changing_only_the_arm64_source_reruns_only_arm64_extractions(setup) -> 
     repo.pants("package", "images:app_map")
     arm = sources.images["arm64"]
     changed = dataclasses.replace(arm, layers=[arm.layers[0], FakeLayer(
-        {"opt": None, "opt/tool": None, "opt/tool/arch.txt": b"arm64 v2\n"}, "RUN install tool", "gzip")])
+        {"opt": None, "opt/tool": None, "opt/tool/arch.txt": f"arm64 {PREFIX}\n".encode()}, "RUN install tool", "gzip")])
+    # new content (this run's PREFIX): no earlier run's cache entry can serve it
     write_docker_oci(changed, "lamina-test/multiarch:arm64", str(sources.archives["arm64"]))
     result = repo.pants("package", "images:app_map")
     extracted = [d for d in completed_processes(result.stderr) if d.startswith("lamina: extract")]
