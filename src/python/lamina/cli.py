@@ -114,6 +114,25 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
     if is_spec(args.source) and is_index_spec(data := read_spec_file(args.source)) and not args.platform:
         return _index_layers(args, parse_index_spec(data))
+    if not is_spec(args.source) and not args.platform and not args.source.startswith("docker-daemon:"):
+        from lamina.sources import source_platforms
+
+        platforms = source_platforms(args.source, _registry(args))
+        if platforms:  # a multi-platform source: each platform's layers
+            docs: list = []
+            if not args.json:
+                print(f"{args.source}  index of {len(platforms)} platforms: {', '.join(map(str, platforms))}")
+            for platform in platforms:
+                _one_source_layers(argparse.Namespace(**{**vars(args), "platform": str(platform)}),
+                                   docs if args.json else None)
+            if args.json:
+                json.dump({"source": args.source, "platforms": docs}, sys.stdout, indent=2)
+                sys.stdout.write("\n")
+            return 0
+    return _one_source_layers(args)
+
+
+def _one_source_layers(args: argparse.Namespace, collect: Optional[list] = None) -> int:
     inventory = None
     if args.packages:
         from lamina.sbom import Inventory
@@ -125,7 +144,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
             from lamina.build import inventory_of
 
             inventory_of(image.layers, inventory)
-        return _layers(args, image, inventory)
+        return _layers(args, image, inventory, collect)
 
 
 def _index_layers(args: argparse.Namespace, ispec: "IndexSpec") -> int:

@@ -143,3 +143,19 @@ def test_cli_compose_layers_and_push_of_an_index_spec(tmp_path, capsys) -> None:
     puts = [p.rsplit("/", 1)[-1] for m, p in registry.requests if m == "PUT" and "/manifests/" in p]
     assert puts == [*manifests, "1"]
     assert registry.manifests[registry.tags["1"]][0] == OCI_INDEX
+
+
+def test_layers_of_a_multi_platform_source_lists_each_platform(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    sources = _sources(tmp_path)
+    assert main(["layers", sources["multi"]]) == 0
+    text = capsys.readouterr().out
+    assert "index of 2 platforms: linux/amd64, linux/arm64" in text
+    assert text.index("platform linux/amd64") < text.index("platform linux/arm64")
+    assert main(["layers", sources["multi"], "--json", "--select=-1"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [d["platform"] for d in doc["platforms"]] == ["linux/amd64", "linux/arm64"]
+    assert [[r["selected"] for r in d["layers"]] for d in doc["platforms"]] == [[False, True], [False, True]]
+    assert main(["layers", sources["multi"], "--platform=linux/arm64"]) == 0
+    assert "index of" not in capsys.readouterr().out  # one platform asked for: that one only
+    assert main(["layers", sources["linux/amd64"]]) == 0
+    assert "index of" not in capsys.readouterr().out  # a single-platform source

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Optional, Union
 
 from lamina.errors import InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
-from lamina.formats.oci_layout import read_oci
+from lamina.formats.oci_layout import index_platforms, read_oci
 from lamina.formats.store import DirSource, TarSource
 from lamina.image import Image
 from lamina.model import Platform
@@ -105,6 +105,27 @@ def open_image(text: str, name: Optional[str] = None, platform: Optional[Platfor
         image = read_docker_archive(source, label, ref.ref)
         return _richer_oci_view(source, image, label, ref.ref, platform)
     return read_oci(source, label, ref.ref, platform)
+
+
+def source_platforms(text: str, registry: Optional["RegistryOptions"] = None) -> tuple[Platform, ...]:
+    """The platforms of a multi-platform source (an OCI layout or archive holding an index, a
+    registry index), in its order; () for a source of one image."""
+    ref = parse_source(text)
+    if ref.transport == "docker":
+        from lamina.registry.client import RegistryClient
+        from lamina.registry.reference import parse_reference
+        from lamina.registry.source import index_platforms as registry_platforms
+        from lamina.registry.transport import RegistryOptions
+
+        options = registry or RegistryOptions.from_environ(os.environ)
+        parsed = parse_reference(text)
+        return registry_platforms(RegistryClient(parsed.registry, options), parsed)
+    transport = sniff(ref.path) if ref.transport == "path" else ref.transport
+    if transport == "oci" and os.path.isdir(ref.path):
+        return index_platforms(DirSource(ref.path), ref.ref)
+    if transport == "oci-archive" and os.path.isfile(ref.path):
+        return index_platforms(TarSource(ref.path), ref.ref)
+    return ()
 
 
 def _richer_oci_view(source: Union[TarSource, DirSource], image: Image, label: str, tag: Optional[str],

@@ -11,6 +11,7 @@ import gzip
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
 import urllib.request
@@ -133,6 +134,12 @@ def test_publish_pushes_the_index_the_engine_runs_amd64_and_arm64_is_aarch64(set
     # pants layers lists each platform's layers
     listing = repo.pants("layers", "images:app").stdout
     assert "2 platforms: linux/amd64, linux/arm64" in listing and "platform linux/arm64" in listing, listing
+    # a docker_layer's multi-platform source, and its per-platform map: each platform's layers
+    for target in ("tool", "tool_map"):
+        listing = repo.pants("layers", f"images:{target}").stdout
+        assert listing.index("linux/amd64") < listing.index("linux/arm64"), listing
+        marked = [line for line in listing.splitlines() if re.match(r"\s*\d+\* ", line)]
+        assert len(marked) == 2, listing  # layer=-1 marked on each platform
 
 
 def test_a_selector_or_a_source_that_fails_on_one_platform_names_it(setup) -> None:  # type: ignore[no-untyped-def]

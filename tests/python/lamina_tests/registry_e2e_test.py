@@ -320,6 +320,11 @@ def test_multi_platform_index_resolves_to_the_asked_platform(
         assert image.platform.architecture == wanted
     with pytest.raises(Exception, match=r"no image for platform linux/s390x \(it has linux/amd64, linux/arm64\)"):
         open_image(f"docker://{registry.host}/multi@{sha(index)}", platform=Platform("linux", "s390x"), registry=options)
+    from lamina.sources import source_platforms
+
+    assert source_platforms(f"docker://{registry.host}/multi:all", options) == (Platform("linux", "amd64"),
+                                                                               Platform("linux", "arm64"))
+    assert source_platforms(f"docker://{registry.host}/multi:arm64", options) == ()
 
 
 def test_basic_auth_from_docker_config_and_wrong_password(

@@ -156,6 +156,31 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
     raise InvalidSource(f"{where}: indexes nested too deeply")
 
 
+def index_platforms(source: BlobSource, tag: Optional[str] = None) -> tuple[Platform, ...]:
+    """The platforms of the multi-platform image an OCI layout holds (under `tag`), in its index's
+    order; () when it holds one image. Attestation entries (unknown/unknown) are left out."""
+    where = source.where
+    if not source.has_file("index.json"):
+        return ()
+    index = expect_dict(parse_json(source.read_file("index.json", "index"), f"{where}: index.json"), f"{where}: index.json")
+    entries = index.get("manifests")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise InvalidSource(f"{where}: index.json has no manifests list")
+    if tag:
+        entries = [e for e in entries if _tag_matches(tag, _ref_names(e))]
+    for _ in range(4):
+        if len(entries) == 1 and entries[0].get("mediaType") in INDEX_TYPES:
+            desc = Descriptor.from_json(entries[0], f"{where}: index.json")
+            nested = expect_dict(parse_json(read_blob(source, desc, "index"), f"{where}: index"), f"{where}: index")
+            entries = nested.get("manifests") if isinstance(nested.get("manifests"), list) else []
+            entries = [e for e in entries if isinstance(e, dict)]
+            continue
+        break
+    found = [Platform.of_config(e["platform"]) for e in entries if isinstance(e.get("platform"), dict)
+             and _platform_json(e).get("architecture") != "unknown"]
+    return tuple(found) if len(found) > 1 else ()
+
+
 def layout_files(manifest_desc: Descriptor, tags: tuple[str, ...]) -> dict[str, bytes]:
     """The small files of an OCI layout holding one manifest under the given tags."""
     entries = []

@@ -100,6 +100,18 @@ def resolve_manifest(client: RegistryClient, ref: Reference, platform: Optional[
     raise InvalidSource(f"{where}: image indexes nested more than {_MAX_NESTING} deep")
 
 
+def index_platforms(client: RegistryClient, ref: Reference) -> tuple[Platform, ...]:
+    """The platforms of the index `ref` names, in its order (attestations left out); () for an image."""
+    fetched = client.get_manifest(ref)
+    doc = expect_dict(parse_json(fetched.data, f"{ref.url}: manifest"), f"{ref.url}: manifest")
+    if _media_type(fetched, doc, ref.url) in MANIFEST_TYPES:
+        return ()
+    entries = doc.get("manifests") if isinstance(doc.get("manifests"), list) else []
+    return tuple(Platform.of_config(e["platform"]) for e in entries
+                 if isinstance(e, dict) and isinstance(e.get("platform"), dict)
+                 and (e["platform"].get("os"), e["platform"].get("architecture")) != ("unknown", "unknown"))
+
+
 def resolve(text: str, options: RegistryOptions, client: Optional[RegistryClient] = None) -> Reference:
     """`text` with the digest of what it names now added, its tag kept (`HOST/REPO:TAG@sha256:...`).
 
