@@ -159,3 +159,28 @@ def test_layers_of_a_multi_platform_source_lists_each_platform(tmp_path, capsys)
     assert "index of" not in capsys.readouterr().out  # one platform asked for: that one only
     assert main(["layers", sources["linux/amd64"]]) == 0
     assert "index of" not in capsys.readouterr().out  # a single-platform source
+
+
+def test_a_docker_25_archive_of_several_platforms_gives_each_its_own(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`docker save` of a multi-platform image (containerd image store): an OCI index of both
+    platforms, and a manifest.json naming one platform's image."""
+    from lamina_testing.images import sha, tree, write_tar
+
+    write_oci_multi(str(tmp_path / "multi"), [(AMD, None), (ARM, None)], nested=True)
+    files = tree(str(tmp_path / "multi"))
+    top = json.loads(files["index.json"])
+    top["manifests"][0]["annotations"] = {"org.opencontainers.image.ref.name": "app:1"}
+    files["index.json"] = json.dumps(top).encode()
+    files["manifest.json"] = json.dumps([{
+        "Config": "blobs/sha256/" + sha(AMD.config_bytes())[7:], "RepoTags": ["app:1"],
+        "Layers": ["blobs/sha256/" + sha(l.blob)[7:] for l in AMD.layers]}]).encode()
+    write_tar(str(tmp_path / "saved.tar"), sorted(files.items()))
+    source = "docker-archive:" + str(tmp_path / "saved.tar")
+    from lamina.sources import source_platforms
+
+    assert source_platforms(source) == (Platform("linux", "amd64"), Platform("linux", "arm64"))
+    for fake, platform in ((AMD, "linux/amd64"), (ARM, "linux/arm64")):
+        image = open_image(source, platform=Platform.parse(platform))
+        assert image.platform == Platform.parse(platform) and list(image.diff_ids) == _source_diff_ids(fake)
+    index = build_index(parse_index_spec(_index_spec({"multi": source}, False)), str(tmp_path / "out"))
+    assert [str(i.platform) for i in index.images] == ["linux/amd64", "linux/arm64"]

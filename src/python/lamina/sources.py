@@ -123,8 +123,9 @@ def source_platforms(text: str, registry: Optional["RegistryOptions"] = None) ->
     transport = sniff(ref.path) if ref.transport == "path" else ref.transport
     if transport == "oci" and os.path.isdir(ref.path):
         return index_platforms(DirSource(ref.path), ref.ref)
-    if transport == "oci-archive" and os.path.isfile(ref.path):
-        return index_platforms(TarSource(ref.path), ref.ref)
+    if transport in ("oci-archive", "docker-archive") and os.path.isfile(ref.path):  # Docker 25+ archives hold an OCI index
+        source = TarSource(ref.path)
+        return index_platforms(source, ref.ref) if source.has_file("oci-layout") else ()
     return ()
 
 
@@ -140,5 +141,9 @@ def _richer_oci_view(source: Union[TarSource, DirSource], image: Image, label: s
     except LaminaError:
         return image
     if oci.config_descriptor.digest != image.config_descriptor.digest or oci.diff_ids != image.diff_ids:
+        if platform is not None and platform.matches(oci.platform) and not platform.matches(image.platform):
+            # a Docker 25+ archive of a multi-platform image: manifest.json names one platform's
+            # image, the OCI index holds the platform asked for
+            return dataclasses.replace(oci, tags=image.tags or oci.tags)
         return image
     return dataclasses.replace(oci, tags=image.tags or oci.tags)
