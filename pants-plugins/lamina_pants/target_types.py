@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Iterable, Optional, Union
+from typing import Any, ClassVar, Iterable, Mapping, Optional, Union
 
 from pants.core.goals.package import OutputPathField
 from pants.engine.addresses import Address
@@ -85,18 +85,23 @@ class _ImageSourceField(Field):
     @classmethod
     def compute_value(cls, raw_value: Any, address: Address) -> Union[str, FrozenDict[str, str]]:
         value = super().compute_value(raw_value, address)
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):
             if not value:
                 raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} is an empty map; "
                                             'map each platform to its image, e.g. {"linux/amd64": "a-amd64.tar"}')
             out = {}
+            seen: dict[str, str] = {}
             for key, item in value.items():
                 try:
-                    Platform.parse(key)
+                    normal = str(Platform.parse(key).normalized())
                 except (ValueError, AttributeError):
                     raise InvalidFieldException(
                         f"The {repr(cls.alias)} field in target {address}: {key!r} is not a platform; the keys of "
                         'its map are `os/arch[/variant]`, e.g. {"linux/arm64": "a-arm64.tar"}') from None
+                if normal in seen:
+                    raise InvalidFieldException(f"The {repr(cls.alias)} field in target {address} maps {key!r} and "
+                                                f"{seen[normal]!r}, the same platform; keep one")
+                seen[normal] = key
                 out[key] = cls._check(item, address, f" (for {key})")
             return FrozenDict(sorted(out.items()))
         return cls._check(value, address, "")

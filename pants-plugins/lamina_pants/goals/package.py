@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, replace
 from typing import Iterable, Optional, Tuple
@@ -65,6 +66,8 @@ from lamina_pants.util_rules.layers import (
     PackageDbLayer,
     PackageDbLayerRequest,
 )
+
+logger = logging.getLogger(__name__)
 
 OUT_DIR = "__out"
 # What a process that talks to the local Docker engine gets of the environment.
@@ -163,7 +166,10 @@ def platform_variants(fs: ComposedImageFieldSet, chosen: Optional[str], why: str
     if not platforms:
         return (fs,)
     if chosen:
-        wanted = Platform.parse(chosen)
+        try:
+            wanted = Platform.parse(chosen)
+        except ValueError as e:
+            raise LaminaBuildError(f"{fs.address}: {why} {chosen!r}: {e}") from None
         picked = [p for p in platforms if wanted.matches(Platform.parse(p)) and Platform.parse(p).matches(wanted)]
         if not picked:
             raise LaminaBuildError(
@@ -462,8 +468,12 @@ async def one_platform_inputs(request: OnePlatform) -> ComposeInputs:
 async def compose_inputs(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> ComposeInputs:
     variants = platform_variants(fs, lamina.platform)
     each = await MultiGet(Get(ComposeInputs, OnePlatform(v)) for v in variants)
-    if not fs.platforms.value or len(each) == 1:
+    if not fs.platforms.value or lamina.platform:  # one platform, or the one --lamina-platform picked
         return each[0]
+    if fs.packages.value:
+        logger.warning(f"{fs.address}: `packages` are built once, for this machine, and the same files go into "
+                       f"every platform's image ({', '.join(fs.platforms.value)}); a package with native code "
+                       "runs on one of them only")
     # A multi-platform image: each platform's spec (its own extractions, checks, package
     # database merge), composed in one process under one index.
     spec = {"platforms": [json.loads(i.spec_json) for i in each], "format": "oci-archive" if fs.format() == "oci-archive" else "oci",
@@ -494,14 +504,8 @@ def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
 async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamina: LaminaSubsystem,
                          run_id: RunId) -> BuiltPackage:
     """A multi-platform image: every platform checked on its own, then one compose of the index."""
-    fmt = fs.format()
+    fmt = fs.format()  # not docker-archive or docker-daemon: package_composed_image refused those
     platforms = [p for p, _, _ in inputs.each_platform()]
-    if fmt in ("docker-archive", "docker-daemon"):
-        raise LaminaBuildError(
-            f"{fs.address}: output_format=\"{fmt}\" holds one platform, and `platforms` names {len(platforms)} "
-            f"({', '.join(str(p) for p in platforms)}); use output_format=\"oci\" or \"oci-archive\" for the "
-            f"index, or build one platform with --lamina-platform={platforms[0]}"
-        )
     relpath = fs.output_relpath()
     with_sbom = bool(fs.sbom.value) and all(i.stack.package_db is not None for _, _, i in inputs.each_platform())
     sbom_argv = (f"--sbom={OUT_DIR}/{fs._stem()}.{{platform}}.cdx.json",) if with_sbom else ()
@@ -548,6 +552,12 @@ async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamin
 async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsystem, run_id: RunId) -> BuiltPackage:
     # run_id: this rule runs again in every run (pantsd or not), so that its summary says what this
     # run downloaded; everything it asks for is memoized or cached.
+    if fs.platforms.value and not lamina.platform and fs.format() in ("docker-archive", "docker-daemon"):
+        raise LaminaBuildError(
+            f"{fs.address}: output_format=\"{fs.format()}\" holds one platform, and `platforms` names "
+            f"{len(fs.platforms.value)} ({', '.join(fs.platforms.value)}); use output_format=\"oci\" or "
+            f"\"oci-archive\" for the index, or build one platform with --lamina-platform={fs.platforms.value[0]}"
+        )
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, fs)
     if inputs.platforms:
         return await _package_index(fs, inputs, lamina, run_id)

@@ -25,11 +25,12 @@ from lamina_pants.target_types import (
     ComposedImageBaseField,
     ComposedImageRegistriesField,
     ComposedImageRepositoryField,
+    ComposedImagePlatformsField,
     ComposedImageSbomField,
     ComposedImageSkipPushField,
     ComposedImageTagsField,
 )
-from lamina_pants.util_rules.core import LaminaCore, core_process
+from lamina_pants.util_rules.core import LaminaBuildError, LaminaCore, core_process
 from lamina_pants.util_rules.distribution import CompressedLayers, CompressedLayersRequest
 
 
@@ -47,6 +48,7 @@ class PublishComposedImageFieldSet(PublishFieldSet):
     repository: ComposedImageRepositoryField
     image_tags: ComposedImageTagsField
     sbom: ComposedImageSbomField
+    platforms: ComposedImagePlatformsField
 
     def refs(self) -> tuple[str, ...]:
         repository = self.repository.value or self.address.target_name
@@ -76,6 +78,12 @@ async def publish_composed_image(
         )
     # Pushed from the compose spec: the layers are read from the bundles Pants keeps (linked into
     # the process read-only), not from a copy of the packaged archive.
+    if lamina.platform and fs.platforms.value:
+        raise LaminaBuildError(
+            f"{fs.address}: --lamina-platform={lamina.platform} (`[lamina].platform`) would push one platform's image "
+            f"under tags ({', '.join(refs)}) that name the index of its `platforms`, replacing it; publish "
+            "without it (it is for building one platform: docker-archive, docker-daemon, pants run)"
+        )
     wrapped = await Get(WrappedTarget, WrappedTargetRequest(fs.address, description_of_origin="<infallible>"))
     inputs = await Get(ComposeInputs, ComposedImageFieldSet, ComposedImageFieldSet.create(wrapped.target))
     # Uncompressed layers (from `docker save` archives, the engine) go up compressed: each made once,

@@ -489,15 +489,15 @@ def cmd_push(args: argparse.Namespace) -> int:
     from lamina.registry.locations import BlobLocations, default_path
     from lamina.registry.push import parse_targets, push, push_index
     from lamina.sbom import Inventory
-    from lamina.spec import parse_spec
 
     targets = parse_targets(args.to)
     options = _registry(args)
     if args.sbom and not is_spec(args.source):
         raise SpecError("--sbom attaches the SBOM of a composed image: give a compose spec (SPEC.json)")
     data = read_spec_file(args.source) if is_spec(args.source) else None
-    ispec = parse_index_spec(data) if is_index_spec(data) else None
-    specs = ispec.platforms if ispec is not None else (parse_spec(data),) if data is not None else ()
+    # an index spec with --platform: that platform's image only (as `_image` composes it)
+    ispec = parse_index_spec(data) if is_index_spec(data) and not args.platform else None
+    specs = ispec.platforms if ispec is not None else (_spec_of(args),) if data is not None else ()
     have = {}
     for spec in specs:
         for directory in spec.compressed:
@@ -554,6 +554,7 @@ def _distributable(args: argparse.Namespace, image: "Image", targets: Sequence, 
     wanted = COMPRESSION_MEDIA_TYPE[args.compression]
     usable = {k: f for k, f in have.items() if f.descriptor.media_type == wanted}
     forms = compress_missing(image, args.compression, scratch, usable, _progress)
+    have.update(forms)  # the next platform of an index reuses what this one compressed
     return distributable(image, forms)
 
 
@@ -565,10 +566,13 @@ def _sbom_artifact(spec: "Spec", image: "Image", inventory: "Inventory", of_inde
 
     name = (spec.target or "image").rsplit(":", 1)[-1].rsplit("/", 1)[-1] or "image"
     if of_index:  # one platform's, as compose names them: app.linux-arm64.cdx.json
-        name += "." + str(image.platform).replace("/", "-")
+        from lamina.index import platform_slug
+
+        name += "." + platform_slug(spec.platform or image.platform)
     created = str(image.config.get("created") or "")
+    epoch = created.startswith("1970-01-01T00:00:00")  # lamina's default: says nothing of when
     return Artifact(CYCLONEDX_JSON, sbom_bytes(spec, image, inventory), f"{name}.cdx.json",
-                    ((ANN_CREATED, created),) if created else ())
+                    ((ANN_CREATED, created),) if created and not epoch else ())
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -609,6 +613,7 @@ def cmd_daemon_export(args: argparse.Namespace) -> int:
 
 
 def cmd_load(args: argparse.Namespace) -> int:
+    from lamina.build import audit_bytes, sbom_bytes, write_small_file
     from lamina.daemon import connect, load
 
     engine = connect(os.environ)
@@ -621,27 +626,25 @@ def cmd_load(args: argparse.Namespace) -> int:
 
         inventory = Inventory()
     with _image(args, inventory=inventory) as image:
+        # made before the load: a failure here leaves the engine as it was
+        spec = _spec_of(args) if args.audit or args.sbom else None
+        trail = audit_bytes(spec, image) if args.audit and spec is not None else None
+        document = sbom_bytes(spec, image, inventory) if spec is not None and inventory is not None else None
         print(load(engine, image, tuple(args.tag or ())).summary())
-        if args.audit:
-            _write_audit(args.source, image, args.audit)
-        if args.sbom and inventory is not None:
-            from lamina.build import sbom_bytes, write_small_file
-            from lamina.spec import parse_spec
-
-            with open(args.source, "rb") as f:
-                spec = parse_spec(parse_json(f.read(), args.source))
-            write_small_file(args.sbom, sbom_bytes(spec, image, inventory))
+        if args.audit and trail is not None:
+            write_small_file(args.audit, trail)
+        if args.sbom and document is not None:
+            write_small_file(args.sbom, document)
     return 0
 
 
-def _write_audit(spec_path: str, image: "Image", out: str) -> None:
-    """The audit trail (`<name>.layers.json`) of the image a spec composed, as compose writes it."""
-    from lamina.build import audit_bytes, write_small_file
+def _spec_of(args: argparse.Namespace) -> "Spec":
+    """The compose spec `args.source` names, as `_image` composes it: one platform's of an index spec."""
+    from lamina.index import is_index_spec, one_platform, read_spec_file
     from lamina.spec import parse_spec
 
-    with open(spec_path, "rb") as f:
-        spec = parse_spec(parse_json(f.read(), spec_path))
-    write_small_file(out, audit_bytes(spec, image))
+    data = read_spec_file(args.source)
+    return one_platform(data, getattr(args, "platform", None), args.source) if is_index_spec(data) else parse_spec(data)
 
 
 def _registry_flags(p: argparse.ArgumentParser) -> None:

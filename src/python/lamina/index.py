@@ -119,7 +119,8 @@ def parse_index_spec(data: Any) -> IndexSpec:
             raise SpecError(f"platforms[{i}]: an index spec cannot nest another")
         if not entry.get("platform"):
             raise SpecError(f"platforms[{i}]: each platform's spec names its platform, e.g. \"platform\": \"linux/arm64\"")
-        spec = parse_spec({**entry, "format": "oci", "tags": []})
+        # each platform's image carries the index's tags (its SBOM names the image by them)
+        spec = parse_spec({**entry, "format": "oci", "tags": list(tags)})
         key = str(spec.platform.normalized()) if spec.platform else ""
         if key in seen:
             raise SpecError(f"platforms[{i}]: platform {spec.platform} is given twice (also platforms[{seen[key]}])")

@@ -184,3 +184,118 @@ def test_a_docker_25_archive_of_several_platforms_gives_each_its_own(tmp_path) -
         assert image.platform == Platform.parse(platform) and list(image.diff_ids) == _source_diff_ids(fake)
     index = build_index(parse_index_spec(_index_spec({"multi": source}, False)), str(tmp_path / "out"))
     assert [str(i.platform) for i in index.images] == ["linux/amd64", "linux/arm64"]
+
+
+STATUS = "Package: {n}\nStatus: install ok installed\nArchitecture: {a}\nVersion: 1.0\n\n"
+
+
+def _dpkg_image(arch: str) -> FakeImage:
+    base = STATUS.format(n="base", a=arch)
+    return FakeImage([
+        FakeLayer({"bin/sh": f"{arch} sh".encode(), "var/lib/dpkg/status": base.encode()}, "ADD rootfs /"),
+        FakeLayer({"opt/tool": f"{arch} tool".encode(),
+                   "var/lib/dpkg/status": (base + STATUS.format(n="tool", a=arch)).encode()}, "RUN tool"),
+    ], architecture=arch)
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_push_of_an_index_spec_attaches_each_platforms_sbom_to_its_manifest(tmp_path, monkeypatch, capsys,
+                                                                            compression) -> None:  # type: ignore[no-untyped-def]
+    """`lamina push INDEX.json --sbom`: each platform's SBOM, of its manifest as pushed (its
+    layers compressed or not), is a referrer of that manifest; the index goes up last."""
+    import lamina.registry.push as push_module
+    import lamina.registry.twins as twins
+    from lamina.registry.client import RegistryClient
+    from lamina.registry.referrers_test import HOST, _Registry
+
+    for arch in ("amd64", "arm64"):
+        write_oci_dir(_dpkg_image(arch), str(tmp_path / arch))
+    spec = {"format": "oci", "tags": ["team/app:1"], "target": "//images:app", "platforms": [
+        {"platform": f"linux/{a}", "base": "scratch", "target": "//images:app",
+         "layers": [{"source": "oci:" + str(tmp_path / a), "layer": ":", "target": "//:tool"}]} for a in ("amd64", "arm64")]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    registry = _Registry(referrers_api=False)
+
+    def client(host, options, transport=None):  # type: ignore[no-untyped-def]
+        return RegistryClient(host, options, registry)
+
+    monkeypatch.setattr(push_module, "RegistryClient", client)
+    monkeypatch.setattr(twins, "RegistryClient", client)
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["push", str(tmp_path / "spec.json"), f"--to={HOST}/team/app:1", f"--to={HOST}/team/app:2", "--sbom",
+                 f"--compression={compression}"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("attached SBOM") == 2, out
+    index = json.loads(registry.manifests[registry.tags["1"]][1])
+    for entry in index["manifests"]:
+        arch = entry["platform"]["architecture"]
+        listed = json.loads(registry.manifests[registry.tags[entry["digest"].replace(":", "-")]][1])
+        (ref,) = listed["manifests"]
+        artifact = json.loads(registry.manifests[ref["digest"]][1])
+        assert artifact["subject"]["digest"] == entry["digest"]
+        assert artifact["layers"][0]["annotations"]["org.opencontainers.image.title"] == f"app.linux-{arch}.cdx.json"
+        assert "annotations" not in artifact  # the epoch `created` says nothing: left out
+        sbom = json.loads(registry.blobs[artifact["layers"][0]["digest"]])
+        manifest = json.loads(registry.manifests[entry["digest"]][1])
+        assert sorted(c["name"] for c in sbom["components"] if c["type"] == "file") == \
+            sorted(l["digest"] for l in manifest["layers"])  # the layers as pushed
+        assert sbom["metadata"]["component"]["version"] == entry["digest"]
+        assert sbom["metadata"]["component"]["name"] == "team/app:1"  # named by the image's tag
+        libs = {c["name"]: {p["name"]: p["value"] for p in c["properties"]} for c in sbom["components"]
+                if c["type"] == "library"}
+        assert libs["tool"]["lamina:package:architecture"] == arch
+    puts = [p.rsplit("/", 1)[-1] for m, p in registry.requests if m == "PUT" and "/manifests/" in p]
+    assert puts[-2:] == ["1", "2"]  # the index's tags last
+    assert len([p for p in puts if p == index["manifests"][0]["digest"]]) == 1  # each manifest put once
+
+
+def test_an_index_spec_with_platform_pushes_and_loads_that_platform_only(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import lamina.registry.push as push_module
+    from lamina.registry.client import RegistryClient
+    from lamina.registry.referrers_test import HOST, _Registry
+
+    sources = _sources(tmp_path)
+    (tmp_path / "spec.json").write_text(json.dumps(_index_spec(sources, True)))
+    registry = _Registry(referrers_api=False)
+    monkeypatch.setattr(push_module, "RegistryClient", lambda host, options, transport=None: RegistryClient(host, options, registry))
+    monkeypatch.setenv("LAMINA_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["push", str(tmp_path / "spec.json"), f"--to={HOST}/team/app:1", "--platform=linux/arm64",
+                 "--compression=none"]) == 0
+    media_type, data = registry.manifests[registry.tags["1"]]
+    assert media_type == "application/vnd.oci.image.manifest.v1+json"
+    config = json.loads(registry.blobs[json.loads(data)["config"]["digest"]])
+    assert config["architecture"] == "arm64"
+
+
+def test_load_of_an_index_spec_takes_the_platform_asked_for_with_its_audit_and_sbom(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import lamina.daemon as daemon
+
+    loaded: list = []
+
+    class _Report:
+        def summary(self) -> str:
+            return "loaded"
+
+    def load(engine, image, tags):  # type: ignore[no-untyped-def]
+        assert (tmp_path / "audit.json").exists() is False  # written after the load, made before it
+        loaded.append(image)
+        return _Report()
+
+    monkeypatch.setattr(daemon, "connect", lambda environ: object())
+    monkeypatch.setattr(daemon, "load", load)
+    for arch in ("amd64", "arm64"):
+        write_oci_dir(_dpkg_image(arch), str(tmp_path / arch))
+    spec = {"tags": ["app:1"], "platforms": [
+        {"platform": f"linux/{a}", "base": "scratch", "layers": [{"source": "oci:" + str(tmp_path / a), "layer": ":"}]}
+        for a in ("amd64", "arm64")]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    assert main(["load", str(tmp_path / "spec.json"), "--platform=linux/arm64", "--audit", str(tmp_path / "audit.json"),
+                 "--sbom", str(tmp_path / "app.cdx.json")]) == 0
+    (image,) = loaded
+    assert str(image.platform) == "linux/arm64"
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    assert audit["manifest"] == image.manifest_descriptor.digest
+    sbom = json.loads((tmp_path / "app.cdx.json").read_text())
+    assert sbom["metadata"]["component"]["name"] == "app:1"
+    assert main(["load", str(tmp_path / "spec.json")]) == 2  # two platforms, none asked for
+    assert "pass --platform" in capsys.readouterr().err and len(loaded) == 1

@@ -191,7 +191,10 @@ def push(image: Image, targets: Sequence[Reference], options: RegistryOptions,
     first: set[tuple[str, str]] = set()
     for target in targets:
         key = (target.registry, target.repository)
-        digest = clients[target.registry].put_manifest(target, OCI_MANIFEST, manifest)
+        if target.digest is not None and key in attached:  # stored by digest above already
+            digest = target.digest
+        else:
+            digest = clients[target.registry].put_manifest(target, OCI_MANIFEST, manifest)
         blobs = outcomes[key] if key not in first else tuple(
             BlobOutcome(b.digest, b.size, "present", layer=b.layer) for b in outcomes[key])
         results.append(PushResult(target, digest, blobs, attached.get(key, ()) if key not in first else ()))

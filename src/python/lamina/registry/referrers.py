@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
@@ -36,7 +37,6 @@ EMPTY_DATA = b"{}"
 CYCLONEDX_JSON = "application/vnd.cyclonedx+json"
 ANN_TITLE = "org.opencontainers.image.title"
 ANN_CREATED = "org.opencontainers.image.created"
-TAG_LIMIT = 128  # the longest tag the distribution spec allows
 
 
 @dataclass(frozen=True)
@@ -90,8 +90,11 @@ def artifact_manifest(artifact: Artifact, subject: Descriptor) -> tuple[bytes, D
 
 
 def referrers_tag(digest: str) -> str:
-    """The referrers tag schema's tag for `digest`: `<alg>-<hex>`, at most 128 characters."""
-    return digest.replace(":", "-", 1)[:TAG_LIMIT]
+    """The referrers tag schema's tag for `digest` (distribution-spec 1.1): `<alg>-<ref>`, the
+    algorithm cut to 32 characters and the encoded part to 64, any character a tag cannot hold
+    replaced by `-`."""
+    alg, _, encoded = digest.partition(":")
+    return re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{alg[:32]}-{encoded[:64]}")
 
 
 def _listed_index(client: RegistryClient, ref: Reference) -> dict:
