@@ -131,7 +131,19 @@ def test_publish_pushes_the_index_the_engine_runs_amd64_and_arm64_is_aarch64(set
         binary = repo.root / "arm64-busybox"
         binary.write_bytes(member.read())
     assert elf_machine(binary) == "aarch64"
-    # pants layers lists each platform's layers
+    # pants run: this machine's platform, loaded into the engine and run
+    try:
+        ran = repo.pants("run", "images:app")
+        assert ran.stdout.strip().splitlines()[-1] == "amd64", ran.stdout + ran.stderr
+    finally:
+        docker("image", "rm", "-f", f"{PREFIX}/app:1", check=False)
+    # publish with one platform picked would replace the index under its tags: refused
+    refused = repo.pants("--lamina-platform=linux/amd64", "publish", "images:app", check=False)
+    assert refused.returncode != 0 and "replacing it" in refused.stderr, refused.stderr
+    assert json.loads(_skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{pushed}")) == index
+    # pants layers lists each platform's layers, and each platform's check
+    conflicts = repo.pants("layers", "--layers-conflicts", "images:app").stdout
+    assert "linux/amd64:" in conflicts and "linux/arm64:" in conflicts, conflicts
     listing = repo.pants("layers", "images:app").stdout
     assert "2 platforms: linux/amd64, linux/arm64" in listing and "platform linux/arm64" in listing, listing
     # a docker_layer's multi-platform source, and its per-platform map: each platform's layers
