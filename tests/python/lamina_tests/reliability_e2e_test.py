@@ -73,7 +73,7 @@ def test_a_build_killed_mid_extraction_leaves_nothing_and_the_next_one_is_correc
     assert not (repo.root / "dist" / "images" / "img.tar").exists()
 
     result = repo.pants("package", "images:img")
-    assert "lamina: extract layer of images:big from images/big.tar" in completed_processes(result.stderr)
+    assert "lamina: extract layer of images:big for linux/amd64 from images/big.tar" in completed_processes(result.stderr)
     image = open_image(str(repo.root / "dist" / "images" / "img.tar"))
     assert list(image.diff_ids) == diff_ids[1:]
     assert validate(image).layers == 1
