@@ -122,9 +122,14 @@ def cmd_layers(args: argparse.Namespace) -> int:
             docs: list = []
             if not args.json:
                 print(f"{args.source}  index of {len(platforms)} platforms: {', '.join(map(str, platforms))}")
+            from lamina.index import for_platform
+
             for platform in platforms:
-                _one_source_layers(argparse.Namespace(**{**vars(args), "platform": str(platform)}),
-                                   docs if args.json else None)
+                try:
+                    _one_source_layers(argparse.Namespace(**{**vars(args), "platform": str(platform)}),
+                                       docs if args.json else None)
+                except LaminaError as e:
+                    raise for_platform(e, platform) from None
             if args.json:
                 json.dump({"source": args.source, "platforms": docs}, sys.stdout, indent=2)
                 sys.stdout.write("\n")

@@ -150,7 +150,7 @@ def composed_index(ispec: IndexSpec, scratch_dir: str, registry: Optional[Any] =
             try:
                 image = stack.enter_context(composed(spec, scratch_dir, registry, notes=notes, inventory=inventory))
             except LaminaError as e:  # which platform failed: a selector may match on one only
-                raise _for_platform(e, spec.platform) from None
+                raise for_platform(e, spec.platform) from None
             if spec.platform is not None and not spec.platform.matches(image.platform) \
                     and not spec.allow_platform_mismatch:
                 raise SpecError(f"{ispec.what(spec)}: the composed image is {image.platform}")
@@ -158,7 +158,7 @@ def composed_index(ispec: IndexSpec, scratch_dir: str, registry: Optional[Any] =
         yield ImageIndex(tuple(images), ispec.tags, ispec.target or "the composed index")
 
 
-def _for_platform(e: LaminaError, platform: Optional[Platform]) -> LaminaError:
+def for_platform(e: LaminaError, platform: Optional[Platform]) -> LaminaError:
     text = f"platform {platform}: {e}"
     try:
         return type(e)(text)

@@ -124,8 +124,11 @@ def source_platforms(text: str, registry: Optional["RegistryOptions"] = None) ->
     if transport == "oci" and os.path.isdir(ref.path):
         return index_platforms(DirSource(ref.path), ref.ref)
     if transport in ("oci-archive", "docker-archive") and os.path.isfile(ref.path):  # Docker 25+ archives hold an OCI index
-        source = TarSource(ref.path)
-        return index_platforms(source, ref.ref) if source.has_file("oci-layout") else ()
+        try:
+            source = TarSource(ref.path)
+        except LaminaError:
+            return ()  # open_image says what is wrong with it
+        return index_platforms(source, ref.ref)
     return ()
 
 

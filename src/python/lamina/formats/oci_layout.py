@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from lamina.errors import InvalidSource, shown
+from lamina.errors import InvalidSource, LaminaError, shown
 from lamina.formats.store import BlobSource, read_blob
 from lamina.image import Image, Layer, config_diff_ids, layer_history
 from lamina.model import (
@@ -158,27 +158,39 @@ def read_oci(source: BlobSource, name: str, tag: Optional[str] = None,
 
 def index_platforms(source: BlobSource, tag: Optional[str] = None) -> tuple[Platform, ...]:
     """The platforms of the multi-platform image an OCI layout holds (under `tag`), in its index's
-    order; () when it holds one image. Attestation entries (unknown/unknown) are left out."""
+    order, each one whose manifest the layout holds; () when it holds one image, several images
+    (read_oci asks for a tag), or anything read_oci would refuse (it says why). Attestation
+    entries (unknown/unknown) are left out."""
+    try:
+        return _index_platforms(source, tag)
+    except (LaminaError, ValueError, TypeError, KeyError, AttributeError):
+        return ()
+
+
+def _index_platforms(source: BlobSource, tag: Optional[str]) -> tuple[Platform, ...]:
     where = source.where
-    if not source.has_file("index.json"):
+    if not (source.has_file("oci-layout") and source.has_file("index.json")):
         return ()
     index = expect_dict(parse_json(source.read_file("index.json", "index"), f"{where}: index.json"), f"{where}: index.json")
-    entries = index.get("manifests")
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise InvalidSource(f"{where}: index.json has no manifests list")
+    entries = [e for e in index.get("manifests") or () if isinstance(e, dict)]
     if tag:
         entries = [e for e in entries if _tag_matches(tag, _ref_names(e))]
     for _ in range(4):
-        if len(entries) == 1 and entries[0].get("mediaType") in INDEX_TYPES:
-            desc = Descriptor.from_json(entries[0], f"{where}: index.json")
-            nested = expect_dict(parse_json(read_blob(source, desc, "index"), f"{where}: index"), f"{where}: index")
-            entries = nested.get("manifests") if isinstance(nested.get("manifests"), list) else []
-            entries = [e for e in entries if isinstance(e, dict)]
-            continue
-        break
+        digests = {str(e.get("digest")) for e in entries}
+        if len(digests) > 1 and len({n for e in entries for n in _ref_names(e)}) > 1:
+            return ()  # several images under their own tags: read_oci asks for one
+        if len(digests) != 1:
+            break
+        media_type = entries[0].get("mediaType")
+        if not isinstance(media_type, str) or media_type not in INDEX_TYPES:
+            break
+        nested = expect_dict(parse_json(read_blob(source, Descriptor.from_json(entries[0], f"{where}: index"), "index"),
+                                        f"{where}: index"), f"{where}: index")
+        entries = [e for e in nested.get("manifests") or () if isinstance(e, dict)]
     found = [Platform.of_config(e["platform"]) for e in entries if isinstance(e.get("platform"), dict)
-             and _platform_json(e).get("architecture") != "unknown"]
-    return tuple(found) if len(found) > 1 else ()
+             and _platform_json(e).get("architecture") != "unknown"
+             and isinstance(e.get("digest"), str) and source.blob_opener(e["digest"]) is not None]
+    return tuple(found) if len(found) > 1 and len(set(found)) == len(found) else ()
 
 
 def layout_files(manifest_desc: Descriptor, tags: tuple[str, ...]) -> dict[str, bytes]:

@@ -107,9 +107,10 @@ def index_platforms(client: RegistryClient, ref: Reference) -> tuple[Platform, .
     if _media_type(fetched, doc, ref.url) in MANIFEST_TYPES:
         return ()
     entries = doc.get("manifests") if isinstance(doc.get("manifests"), list) else []
-    return tuple(Platform.of_config(e["platform"]) for e in entries
-                 if isinstance(e, dict) and isinstance(e.get("platform"), dict)
-                 and (e["platform"].get("os"), e["platform"].get("architecture")) != ("unknown", "unknown"))
+    found = tuple(Platform.of_config(e["platform"]) for e in entries
+                  if isinstance(e, dict) and isinstance(e.get("platform"), dict)
+                  and (e["platform"].get("os"), e["platform"].get("architecture")) != ("unknown", "unknown"))
+    return found if len(found) > 1 else ()  # one image and its attestation (buildx's default): one image
 
 
 def resolve(text: str, options: RegistryOptions, client: Optional[RegistryClient] = None) -> Reference:
