@@ -37,7 +37,13 @@ medians are reported, never single timings):
             every trial, warm pantsd: the seed's recipe starting from `docker save` (its image
             ends in the engine) against `pants package` with docker-archive output and with
             output_format="docker-daemon" (loaded into the engine, only missing layers sent);
-            then after one source changed (the seed re-saves only that image).
+            then after one source changed (the seed re-saves only that image), also with
+            output_format="oci". The docker-daemon trials run before the seed's: its image in
+            the engine can hold the same layers, and a load after it would send nothing.
+  large     The engine scenario's incremental trials (oci and docker-daemon outputs) with 2 GB
+            of layers (950, 950 and 100 MB), the same 100 MB image changing: with `engine`,
+            how lamina's incremental time grows from 500 MB to 2 GB (goal <= 1.3x), and the
+            seed's recipe against it there (goal >= 5x).
   memory    `lamina compose`/`extract`/`scan`/`check`/`validate` over 1 GiB of synthetic
             layers (written streaming, no Docker): peak RSS must stay under 150 MB.
   scale     20 composed_image targets sharing those layers in one `pants package ::`: time and

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from lamina_bench.config import FULL, QUICK, SCENARIOS, Config
+from lamina_bench.config import FULL, LARGE, QUICK, QUICK_LARGE, SCENARIOS, Config
 from lamina_bench.measure import elapsed, log, rmtree
 
 DEFAULT_RUNS, QUICK_RUNS = 3, 2
@@ -43,6 +43,7 @@ def make_config(args: argparse.Namespace) -> Config:
         runs=args.runs or (QUICK_RUNS if args.quick else DEFAULT_RUNS),
         scenarios=SCENARIOS if args.scenario == "all" else tuple(args.scenario.split(",")),
         sizes=QUICK if args.quick else FULL,
+        large_sizes=QUICK_LARGE if args.quick else LARGE,
         workdir=workdir.resolve(),
         keep_workdir=bool(args.keep_workdir),
         quick=args.quick,
@@ -52,12 +53,12 @@ def make_config(args: argparse.Namespace) -> Config:
 
 def _runners() -> Dict[str, Callable]:  # type: ignore[type-arg]
     from lamina_bench.scenarios.compose import run_compose
-    from lamina_bench.scenarios.engine import run_engine
+    from lamina_bench.scenarios.engine import run_engine, run_large
     from lamina_bench.scenarios.examples import run_examples
     from lamina_bench.scenarios.memory import run_memory
     from lamina_bench.scenarios.scale import run_scale
 
-    return {"compose": run_compose, "engine": run_engine, "memory": run_memory, "scale": run_scale, "examples": run_examples}
+    return {"compose": run_compose, "engine": run_engine, "large": run_large, "memory": run_memory, "scale": run_scale, "examples": run_examples}
 
 
 def main(argv: List[str], doc: Optional[str] = None) -> int:

@@ -99,9 +99,17 @@ def _stamp_ok(stamp: Path, text: str) -> bool:
     return stamp.is_file() and stamp.read_text() == text
 
 
+# What Pants' pex (2.1.137) installs into the venv it resolves with; with no package index, the
+# sample repos' resolves find them in the wheel directory too, or fail on a machine whose pex cache
+# is new ("No matching distribution found for pip==23.1.2").
+PEX_RESOLVER_PINS = ("pip==23.1.2", "setuptools==67.7.2", "wheel==0.40.0")
+
+
 def ensure_wheels(requirements: Sequence[str]) -> Path:
-    """CPython 3.9 manylinux wheels of `requirements` and their dependencies, fetched once with pip
-    (the package index); the sample repos' Pants then resolves from them with no index."""
+    """CPython 3.9 manylinux wheels of `requirements` and their dependencies (and pex's own
+    resolver pins), fetched once with pip (the package index); the sample repos' Pants then
+    resolves from them with no index."""
+    requirements = [*requirements, *PEX_RESOLVER_PINS]
     stamp, text = WHEELS_DIR / ".requirements", "\n".join(sorted(requirements)) + "\n"
     if not _stamp_ok(stamp, text):
         log(f"bench: fetching wheels of {', '.join(requirements)} (CPython 3.9) into {WHEELS_DIR}")

@@ -87,6 +87,7 @@ class SourceImages:
     objects: DockerObjects
     version: int = 0
     tags: Dict[str, str] = field(default_factory=dict)
+    prefix: str = PREFIX  # the images are tagged <prefix>/img1:latest ...; a second set needs its own
 
     @property
     def names(self) -> Tuple[str, ...]:
@@ -107,7 +108,7 @@ class SourceImages:
                 write_small_files(ctx / "payload" / "small", self.sizes.small_files, self.sizes.small_file_bytes)
                 (ctx / "payload" / "version.txt").write_text("0\n")
             (ctx / "Dockerfile").write_text(f"FROM {BASE_TAG}\nCOPY payload/ /opt/{name}/\n")
-            self.tags[name] = f"{PREFIX}/{name}:latest"
+            self.tags[name] = f"{self.prefix}/{name}:latest"
             self.objects.build(self.tags[name], ctx)
             docker_save(self.tags[name], self.archive(name))
         log(f"bench: source images built and saved in {time.monotonic() - start:.0f} s "
