@@ -120,7 +120,7 @@ class ComposedImageFieldSet(PackageFieldSet):
 
     def sbom_relpath_of(self, platform: str) -> str:
         """`<name>.linux-arm64.cdx.json`: one platform's SBOM, of a multi-platform image."""
-        return f"{self._stem()}.{platform_slug(platform)}.cdx.json"
+        return f"{self._stem()}.{Platform.parse(platform).slug()}.cdx.json"  # as `compose --sbom` names it
 
     def _stem(self) -> str:
         relpath = self.output_relpath()
@@ -152,11 +152,6 @@ class ComposedImageFieldSet(PackageFieldSet):
             if field.value is not None:
                 config[key] = field.value
         return config
-
-
-def platform_slug(platform: str) -> str:
-    """linux-arm64: a platform in a file name (as `lamina compose --sbom` names them)."""
-    return str(Platform.parse(platform)).replace("/", "-")
 
 
 def platform_variants(fs: ComposedImageFieldSet, chosen: Optional[str], why: str = "--lamina-platform") -> Tuple[ComposedImageFieldSet, ...]:
@@ -501,6 +496,17 @@ def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
             + (f"; {cached_text}" if cached else ""))
 
 
+def _findings(fs: ComposedImageFieldSet, stack: ComposedStack, report: CheckReport, lamina: LaminaSubsystem,
+              run_id: RunId) -> Tuple[str, ...]:
+    """The package's summary lines after its first: what this run downloaded, the package
+    database merge's lines, then the check's findings."""
+    downloaded = download_line(stack, run_id)
+    merged = stack.package_db.lines if stack.package_db is not None else ()
+    if lamina.check_compositions:  # the check reports the conflicts, graded by on_conflict
+        merged = tuple(line for line in merged if not line.startswith("conflict:"))
+    return (*((downloaded,) if downloaded else ()), *merged, *finding_lines(fs.address, report))
+
+
 async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamina: LaminaSubsystem,
                          run_id: RunId) -> BuiltPackage:
     """A multi-platform image: every platform checked on its own, then one compose of the index."""
@@ -528,12 +534,7 @@ async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamin
     *reports, result = await MultiGet([*checks, Get(LaminaRunResult, LaminaRun, run)])  # type: ignore[list-item]
     findings: list = []
     for (platform, _, each), report in zip(inputs.each_platform(), reports):
-        downloaded = download_line(each.stack, run_id)
-        merged = each.stack.package_db.lines if each.stack.package_db is not None else ()
-        if lamina.check_compositions:
-            merged = tuple(line for line in merged if not line.startswith("conflict:"))
-        findings += [f"{platform}: {line}" for line in (*((downloaded,) if downloaded else ()), *merged,
-                                                         *finding_lines(fs.address, report))]
+        findings += [f"{platform}: {line}" for line in _findings(fs, each.stack, report, lamina, run_id)]
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     summary = json.loads(result.stdout.decode() or "{}")
     each_line = ", ".join(f"{p.get('platform')} {p.get('manifest')} ({p.get('layers')} layers)"
@@ -624,12 +625,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         )
     # The findings go in the package's summary lines, which `pants package` prints on every run,
     # also when a warm pantsd serves the unchanged package from memory (a log line would not).
-    findings = finding_lines(fs.address, report)
-    downloaded = download_line(inputs.stack, run_id)
-    merged = inputs.stack.package_db.lines if inputs.stack.package_db is not None else ()
-    if lamina.check_compositions:  # the check reports the conflicts, graded by on_conflict
-        merged = tuple(line for line in merged if not line.startswith("conflict:"))
-    findings = (*((downloaded,) if downloaded else ()), *merged, *findings)  # after the first line, before the findings
+    findings = _findings(fs, inputs.stack, report, lamina, run_id)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)

@@ -571,9 +571,7 @@ def _sbom_artifact(spec: "Spec", image: "Image", inventory: "Inventory", of_inde
 
     name = (spec.target or "image").rsplit(":", 1)[-1].rsplit("/", 1)[-1] or "image"
     if of_index:  # one platform's, as compose names them: app.linux-arm64.cdx.json
-        from lamina.index import platform_slug
-
-        name += "." + platform_slug(spec.platform or image.platform)
+        name += "." + (spec.platform or image.platform).slug()
     created = str(image.config.get("created") or "")
     epoch = created.startswith("1970-01-01T00:00:00")  # lamina's default: says nothing of when
     return Artifact(CYCLONEDX_JSON, sbom_bytes(spec, image, inventory), f"{name}.cdx.json",

@@ -166,11 +166,6 @@ def for_platform(e: LaminaError, platform: Optional[Platform]) -> LaminaError:
         return SpecError(text)
 
 
-def platform_slug(platform: Platform) -> str:
-    """linux-arm64-v8: a platform in a file name."""
-    return str(platform).replace("/", "-")
-
-
 def index_audit(ispec: IndexSpec, index: ImageIndex) -> dict:
     """The audit trail of a multi-platform image: the index's digest and each platform's trail."""
     from lamina.build import audit_trail
@@ -204,7 +199,7 @@ def build_index(ispec: IndexSpec, out: Optional[str], audit: Optional[str] = Non
     inventories = [Inventory() for _ in ispec.platforms] if sbom else None
     with composed_index(ispec, scratch_dir, notes=notes, inventories=inventories) as index:
         trail = audit_bytes(ispec, index) if audit else None
-        documents = [(sbom.replace("{platform}", platform_slug(spec.platform or image.platform)),
+        documents = [(sbom.replace("{platform}", (spec.platform or image.platform).slug()),
                       sbom_bytes(spec, image, inventory))
                      for spec, image, inventory in zip(ispec.platforms, index.images, inventories)
                      ] if sbom and inventories is not None else []

@@ -163,6 +163,10 @@ class Platform:
             variant = "v" + variant
         return Platform(self.os, self.architecture, variant or DEFAULT_VARIANTS.get(self.architecture, ""))
 
+    def slug(self) -> str:
+        """linux-arm64-v8: the platform in a file name (`compose --sbom`'s `{platform}`)."""
+        return str(self).replace("/", "-")
+
     def matches(self, other: "Platform") -> bool:
         """Whether an image for `other` serves a request for this platform: same os and
         architecture, and, when this one names a variant, the same variant (defaults filled in);

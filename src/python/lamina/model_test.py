@@ -159,3 +159,8 @@ def test_json_nested_too_deeply_is_invalid_source_in_one_line() -> None:  # foun
 def test_a_digest_with_a_trailing_newline_is_not_a_digest() -> None:  # found by lamina_fuzz ($ matched before it)
     with pytest.raises(InvalidSource, match="is not a sha256 digest"):
         check_digest("sha256:" + "a" * 64 + "\n", "index.json")
+
+
+def test_platform_slug_names_the_platform_in_a_file_name() -> None:
+    assert Platform.parse("linux/arm64/v8").slug() == "linux-arm64-v8"
+    assert Platform.parse("linux/amd64").slug() == "linux-amd64"
