@@ -12,7 +12,18 @@ from pants.core.target_types import FileSourceField, ResourceSourceField
 from pants.core.util_rules.source_files import SourceFiles, SourceFilesRequest
 from pants.engine.addresses import Address, Addresses, UnparsedAddressInputs
 from pants.engine.env_vars import EnvironmentVars, EnvironmentVarsRequest
-from pants.engine.fs import CreateDigest, Digest, FileContent, MergeDigests, RemovePrefix, Snapshot
+from pants.engine.fs import (
+    AddPrefix,
+    CreateDigest,
+    Digest,
+    DigestContents,
+    DigestSubset,
+    FileContent,
+    MergeDigests,
+    PathGlobs,
+    RemovePrefix,
+    Snapshot,
+)
 from pants.engine.internals.session import RunId
 from pants.engine.process import ProcessCacheScope
 from pants.engine.rules import Get, MultiGet, collect_rules, rule
@@ -414,6 +425,8 @@ class OnePlatform:
     fs: ComposedImageFieldSet
 
 
+# What `lamina compose --placed-blobs` writes beside an oci layout: the layer blobs it left out.
+PLACED_FILE = "lamina-placed-blobs.json"
 SPEC_FILE = "__spec.json"
 
 
@@ -494,6 +507,24 @@ def download_line(stack: ComposedStack, run_id: RunId) -> Optional[str]:
     each = ", ".join(f"{d.size} for the {d.what}" for d in ran)
     return (f"registry sources: downloaded {total} bytes ({total / (1 << 20):.1f} MiB) this run: {each}"
             + (f"; {cached_text}" if cached else ""))
+
+
+async def _place_blobs(fs: ComposedImageFieldSet, digest: Digest, layout: str,
+                       read_only: Tuple[Tuple[str, Digest], ...]) -> Digest:
+    """The compose's output with the layer blobs it left out of the layout at `layout` (see
+    `lamina compose --placed-blobs`) merged in from the read-only bundles that hold them."""
+    (listed,) = await Get(DigestContents, DigestSubset(digest, PathGlobs([PLACED_FILE])))
+    mounts = dict(read_only)
+    wanted: dict = {}
+    for blob in json.loads(listed.content)["blobs"]:
+        mount, _, inner = blob["path"].partition("/")
+        if mount not in mounts or not inner.startswith("blobs/"):
+            raise LaminaBuildError(f"{fs.address}: the compose listed {blob['path']!r}, which is in no bundle (a bug)")
+        wanted.setdefault(mount, []).append(inner)
+    subsets = await MultiGet(Get(Digest, DigestSubset(mounts[m], PathGlobs(sorted(paths)))) for m, paths in wanted.items())
+    placed = await MultiGet(Get(Digest, AddPrefix(d, layout)) for d in subsets)
+    rest = await Get(Digest, DigestSubset(digest, PathGlobs(["**", f"!{PLACED_FILE}"])))
+    return await Get(Digest, MergeDigests([rest, *placed]))
 
 
 def _findings(fs: ComposedImageFieldSet, stack: ComposedStack, report: CheckReport, lamina: LaminaSubsystem,
@@ -602,10 +633,13 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
             description=f"lamina: compose {fs.address} (for publish)",
         )
     else:
+        # An oci layout's layer blobs are the bundles' own files: the compose leaves them out and
+        # lists them, and they are merged in from the digests Pants holds (no byte read or hashed).
+        placed_argv = (f"--placed-blobs={OUT_DIR}/{PLACED_FILE}",) if fs.format() == "oci" else ()
         run = LaminaRun(
             address=fs.address,
             argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}",
-                  *sbom_argv),
+                  *sbom_argv, *placed_argv),
             input_digest=inputs.spec,
             read_only_inputs=inputs.read_only,
             output_directory=OUT_DIR,
@@ -627,6 +661,8 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     # also when a warm pantsd serves the unchanged package from memory (a log line would not).
     findings = _findings(fs, inputs.stack, report, lamina, run_id)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
+    if fs.format() == "oci" and not into_engine and fs.output_format.value != "registry":
+        digest = await _place_blobs(fs, digest, relpath, inputs.read_only)
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)
         return BuiltPackage(digest, (BuiltPackageArtifact(fs.audit_relpath(), extra_log_lines=lines), *sbom_artifacts))

@@ -18,7 +18,7 @@ from lamina.newlayer import build_files_layer, files_from_dir, read_files_layer_
 from lamina.pkgdb import build_merge_layer, is_merge_layer, plan_for_layers, read_layer, read_merge_dir, report_lines
 from lamina.select import parse_selector, select
 from lamina.sources import open_image, parse_source
-from lamina.model import Platform
+from lamina.model import Platform, canonical_json
 from lamina.spec import FileSpec, LayerSpec, Spec
 
 if TYPE_CHECKING:
@@ -244,10 +244,12 @@ def write_small_file(path: str, data: bytes) -> None:
 
 
 def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: Optional[str] = None,
-          notes: Optional[list[str]] = None, sbom: Optional[str] = None) -> Image:
+          notes: Optional[list[str]] = None, sbom: Optional[str] = None, placed: Optional[str] = None) -> Image:
     """Compose `spec` and write it in its format at `out` (and its audit trail at `audit`, its SBOM
     at `sbom`), atomically. Without `out` or `sbom`, only the audit trail is written: no layer byte
-    is read. The SBOM reads the layers' package databases (see `composed`)."""
+    is read. The SBOM reads the layers' package databases (see `composed`). `placed` (an oci
+    layout only): the layout leaves out the verified layer blobs that are layout files already,
+    and this JSON file lists them ({"blobs": [{"digest", "path"}]}) for the caller to put in."""
     from lamina.sbom import Inventory
 
     scratch_dir = workdir or os.path.dirname(os.path.abspath(out or audit or sbom or "."))
@@ -256,7 +258,10 @@ def build(spec: Spec, out: Optional[str], workdir: Optional[str] = None, audit: 
         trail = audit_bytes(spec, image) if audit else None
         document = sbom_bytes(spec, image, inventory) if sbom and inventory is not None else None
         if out is not None:
-            write(image, spec.format, out)
+            blobs: Optional[list] = [] if placed else None
+            write(image, spec.format, out, placed=blobs)
+            if placed:
+                write_small_file(placed, canonical_json({"blobs": blobs}))
         if audit and trail is not None:
             write_small_file(audit, trail)
         if sbom and document is not None:

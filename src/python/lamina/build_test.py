@@ -273,3 +273,38 @@ def test_files_go_through_the_symlinks_of_a_usr_merged_base_as_copy_does(tmp_pat
     with open_image("oci:" + str(tmp_path / "out")).layers[-1].open_uncompressed() as f, \
             tarfile.open(fileobj=f, mode="r|") as tf:
         assert [m.name for m in tf] == ["usr", "usr/bin", "usr/bin/tool"]  # no bin/ entry to replace the symlink with
+
+
+def test_an_oci_layout_can_leave_its_bundled_layer_blobs_for_the_caller_to_place(
+        tmp_path, bundles: dict[str, str], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    # What the Pants plugin does: the compose writes only what is new (config, manifest, index),
+    # lists the bundles' blobs, and Pants merges those files from the digests it already holds.
+    monkeypatch.chdir(tmp_path)
+    rel = {k: os.path.relpath(v, tmp_path) for k, v in bundles.items()}
+    spec = {"base": {"source": rel["base"], "verified": True},
+            "layers": [{"source": rel["yq"], "verified": True}, {"source": rel["jq"]}], "format": "oci"}
+    whole = build(parse_spec(spec), "whole")
+    build(parse_spec(spec), "part", placed="placed.json")
+    placed = json.loads(open("placed.json").read())["blobs"]
+    vouched = [l for l in whole.layers if l.verified_by]
+    assert [b["digest"] for b in placed] == [l.descriptor.digest for l in vouched]  # jq's bundle is not vouched for
+    assert all(b["path"].startswith(("bundles/base/blobs/sha256/", "bundles/yq/blobs/sha256/")) for b in placed)
+    for b in placed:
+        assert not os.path.exists(os.path.join("part", "blobs", "sha256", b["digest"].split(":")[1]))
+        os.link(b["path"], os.path.join("part", "blobs", "sha256", b["digest"].split(":")[1]))
+    tree = lambda root: sorted((os.path.relpath(os.path.join(d, f), root), open(os.path.join(d, f), "rb").read())  # noqa: E731
+                               for d, _, fs in os.walk(root) for f in fs)
+    assert tree("part") == tree("whole")  # once placed, byte for byte the layout composed whole
+    assert validate(open_image("oci:part")).layers == 4
+
+
+def test_placed_blobs_are_refused_for_an_archive_and_an_absolute_bundle_is_written_as_before(
+        tmp_path, bundles: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_spec({"base": {"source": bundles["base"], "verified": True}, "format": "oci-archive"})
+    with pytest.raises(SpecError, match="only an oci layout can leave its layer blobs"):
+        build(spec, str(tmp_path / "x.tar"), placed=str(tmp_path / "placed.json"))
+    assert not os.path.exists(tmp_path / "x.tar") and not os.path.exists(tmp_path / "placed.json")
+    spec = parse_spec({"base": {"source": bundles["base"], "verified": True}, "format": "oci"})
+    build(spec, str(tmp_path / "abs"), placed=str(tmp_path / "placed.json"))
+    assert json.loads((tmp_path / "placed.json").read_text()) == {"blobs": []}
+    assert validate(open_image("oci:" + str(tmp_path / "abs"))).layers == 2

@@ -454,6 +454,8 @@ def cmd_compose(args: argparse.Namespace) -> int:
     from lamina.index import build_index, is_index_spec, parse_index_spec
 
     if is_index_spec(data):
+        if args.placed_blobs:
+            raise SpecError("--placed-blobs is for one image's spec, not a multi-platform one")
         index = build_index(parse_index_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom)
         for note in notes:
             print(f"lamina: {note}", file=sys.stderr)
@@ -461,7 +463,9 @@ def cmd_compose(args: argparse.Namespace) -> int:
                           "platforms": [{"platform": str(i.platform), "manifest": i.manifest_descriptor.digest,
                                          "layers": len(i.layers)} for i in index.images]}, sort_keys=True))
         return 0
-    image = build(parse_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom)
+    if args.placed_blobs and not args.out:
+        raise SpecError("--placed-blobs lists the blobs an --out layout leaves out: give --out too")
+    image = build(parse_spec(data), args.out, audit=args.audit, notes=notes, sbom=args.sbom, placed=args.placed_blobs)
     for note in notes:  # what the package database merge did
         print(f"lamina: {note}", file=sys.stderr)
     d = image.manifest_descriptor
@@ -773,6 +777,11 @@ def parser() -> argparse.ArgumentParser:
                     help="also write the image's SBOM here (CycloneDX 1.5 JSON): every package its dpkg and apk "
                          "databases list, with the layer that brought it. Reads the layers' package databases "
                          "(with the spec's package_db_layer, its packages.json instead)")
+    co.add_argument("--placed-blobs", metavar="PATH",
+                    help="--format oci only: leave out of the layout the verified layer blobs that are already "
+                         "files of a layout (a bundle's blobs/sha256/<hex>), and list them here as JSON "
+                         "({\"blobs\": [{\"digest\", \"path\"}]}) for the caller to put in (Pants' plugin "
+                         "merges the bundles' digests it already holds: no layer byte is read)")
     co.set_defaults(func=cmd_compose)
 
     va = sub.add_parser("validate", help="check every blob of an image against its digest, size and diff_id")

@@ -401,6 +401,42 @@ def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRe
             shutil.rmtree(path, ignore_errors=True)
 
 
+def test_an_oci_output_takes_its_layer_blobs_from_the_bundles_not_from_the_compose(repo: SampleRepo) -> None:
+    # The compose writes the config, manifest and index; the layer blobs are merged in from the
+    # bundles' digests Pants already holds, so the compose neither writes nor links them.
+    from lamina.sources import open_image
+    from lamina.validate import validate
+
+    big = os.urandom(3 << 20)
+    src = FakeImage([FakeLayer({"etc/os-release": b"ID=test\n"}), FakeLayer({"opt/big": big, "opt/id": uuid.uuid4().bytes})])
+    (repo.root / "ocilayout").mkdir(exist_ok=True)
+    write_docker_classic({"src:1": src}, str(repo.root / "ocilayout" / "src.tar"))
+    repo.write(
+        "ocilayout/BUILD",
+        'docker_layer(name="l", image="src.tar", layer=-1)\n'
+        'composed_image(name="img", base="src.tar", layers=[":l"], output_format="oci", image_tags=["1"])\n',
+    )
+    result = repo.pants("--keep-sandboxes=always", "package", "ocilayout:img")
+    kept = dict(
+        (desc, Path(path))
+        for path, desc in re.findall(r"Preserving local process execution dir (\S+) for (lamina: [^\n]+)", result.stderr)
+    )
+    try:
+        layout = repo.root / "dist" / "ocilayout" / "img.oci"
+        image = open_image(f"oci:{layout}")
+        source = open_image(str(repo.root / "ocilayout" / "src.tar"))
+        assert image.diff_ids == source.diff_ids + source.diff_ids[-1:]
+        assert validate(image).layers == 3  # every blob there, each its digest
+        assert not (layout / "lamina-placed-blobs.json").exists()
+        written = kept["lamina: compose ocilayout:img"] / "__out" / "ocilayout" / "img.oci"
+        blobs = {p.name for p in (written / "blobs" / "sha256").iterdir()}
+        assert image.manifest_descriptor.hex in blobs and image.config_descriptor.hex in blobs
+        assert not blobs & {l.descriptor.hex for l in image.layers}, blobs  # no layer blob in the compose's output
+    finally:
+        for path in kept.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def test_the_examples_package_without_findings_and_can_start_what_they_name(tmp_path: Path) -> None:
     """The README's first command on the repo's own examples/: Docker-free, no finding, and an
     example image that names a start command holds it, with its interpreter (today none does)."""

@@ -47,8 +47,28 @@ def _small_blobs(image: "Image | ImageIndex") -> tuple[Descriptor, dict[str, byt
     return image.descriptor, image.small_blobs()
 
 
-def write_oci_layout(image: "Image | ImageIndex", out_dir: str, progress: Optional[Progress] = None) -> None:
-    """An OCI layout directory at `out_dir`, replacing any there; blobs already there are reused."""
+def placeable_blob(layer: Layer) -> Optional[str]:
+    """The path of a verified layer's blob when it is a file named as an OCI layout names it
+    (`<dir>/blobs/<algorithm>/<hex>`, relative to the working directory), which a caller can put
+    into a layout as it is; None for any other."""
+    if not layer.verified_by or layer.path is None or os.path.isabs(layer.path):
+        return None
+    algorithm, _, hex_ = layer.descriptor.digest.partition(":")
+    path = os.path.normpath(layer.path)
+    parts = path.split(os.sep)
+    if len(parts) < 4 or parts[-3:] != ["blobs", algorithm, hex_] or ".." in parts:
+        return None
+    return path if os.path.isfile(path) else None
+
+
+def write_oci_layout(image: "Image | ImageIndex", out_dir: str, progress: Optional[Progress] = None,
+                     placed: Optional[list] = None) -> None:
+    """An OCI layout directory at `out_dir`, replacing any there; blobs already there are reused.
+
+    With `placed` (a list), a verified layer whose blob is already a layout's file (see
+    placeable_blob) is not written: {"digest", "path"} of it is appended to `placed`, and the caller
+    puts that file at `out_dir`/blobs/<algorithm>/<hex> (Pants merges the digest it already holds:
+    no byte is read or hashed again)."""
     progress = progress or NoProgress()
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
@@ -58,6 +78,11 @@ def write_oci_layout(image: "Image | ImageIndex", out_dir: str, progress: Option
         old = BlobDir(out_dir) if os.path.isdir(out_dir) else None
         for layer in image.unique_layers():
             d = layer.descriptor
+            outside = placeable_blob(layer) if placed is not None else None
+            if outside is not None:
+                placed.append({"digest": d.digest, "path": outside})
+                progress.add(d.size)
+                continue
             reuse = old.path(d.digest) if old else None
             if reuse and os.path.isfile(reuse) and os.path.getsize(reuse) == d.size:
                 store.put(d, None, reuse, f"{out_dir}: layer {d.digest}", trusted=True)
@@ -227,11 +252,15 @@ def write_docker_archive(image: Image, out_path: str, progress: Optional[Progres
     _write_tar(image, out_path, docker=True, progress=progress)
 
 
-def write(image: "Image | ImageIndex", fmt: str, out: str, progress_label: str = "") -> None:
-    """`image` (or a multi-platform ImageIndex: oci and oci-archive only) in `fmt` at `out`."""
+def write(image: "Image | ImageIndex", fmt: str, out: str, progress_label: str = "",
+          placed: Optional[list] = None) -> None:
+    """`image` (or a multi-platform ImageIndex: oci and oci-archive only) in `fmt` at `out`.
+    `placed`: see write_oci_layout (oci only)."""
     progress = Progress(progress_label or f"writing {os.path.basename(out)}", _layer_bytes(image))
+    if placed is not None and fmt != "oci":
+        raise SpecError(f"{out}: only an oci layout can leave its layer blobs for the caller to place, not {fmt}")
     if fmt == "oci":
-        write_oci_layout(image, out, progress)
+        write_oci_layout(image, out, progress, placed)
     elif fmt == "oci-archive":
         write_oci_archive(image, out, progress)
     elif fmt == "docker-archive":
