@@ -518,10 +518,16 @@ async def _place_blobs(fs: ComposedImageFieldSet, digest: Digest, layout: str,
     wanted: dict = {}
     for blob in json.loads(listed.content)["blobs"]:
         mount, _, inner = blob["path"].partition("/")
-        if mount not in mounts or not inner.startswith("blobs/"):
-            raise LaminaBuildError(f"{fs.address}: the compose listed {blob['path']!r}, which is in no bundle (a bug)")
-        wanted.setdefault(mount, []).append(inner)
+        if mount not in mounts or inner != "blobs/" + blob["digest"].replace(":", "/", 1):
+            raise LaminaBuildError(f"{fs.address}: the compose listed {blob['path']!r} for {blob['digest']}, "
+                                   "which is no bundle's blob (a bug in lamina)")
+        wanted.setdefault(mount, set()).add(inner)
     subsets = await MultiGet(Get(Digest, DigestSubset(mounts[m], PathGlobs(sorted(paths)))) for m, paths in wanted.items())
+    found = await MultiGet(Get(Snapshot, Digest, d) for d in subsets)
+    for (mount, paths), snapshot in zip(wanted.items(), found):
+        missing = sorted(paths - set(snapshot.files))
+        if missing:  # a subset ignores globs that match nothing: never a layout without a blob
+            raise LaminaBuildError(f"{fs.address}: {mount} holds no {missing[0]} (a bug in lamina)")
     placed = await MultiGet(Get(Digest, AddPrefix(d, layout)) for d in subsets)
     rest = await Get(Digest, DigestSubset(digest, PathGlobs(["**", f"!{PLACED_FILE}"])))
     return await Get(Digest, MergeDigests([rest, *placed]))

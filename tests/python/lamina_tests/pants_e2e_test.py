@@ -408,14 +408,19 @@ def test_an_oci_output_takes_its_layer_blobs_from_the_bundles_not_from_the_compo
     from lamina.validate import validate
 
     big = os.urandom(3 << 20)
+    base = FakeImage([FakeLayer({"etc/os-release": f"ID={uuid.uuid4()}\n".encode()})])
     src = FakeImage([FakeLayer({"etc/os-release": b"ID=test\n"}), FakeLayer({"opt/big": big, "opt/id": uuid.uuid4().bytes})])
     (repo.root / "ocilayout").mkdir(exist_ok=True)
+    write_docker_classic({"base:1": base}, str(repo.root / "ocilayout" / "base.tar"))
     write_docker_classic({"src:1": src}, str(repo.root / "ocilayout" / "src.tar"))
     repo.write(
         "ocilayout/BUILD",
         'docker_layer(name="l", image="src.tar", layer=-1)\n'
-        'composed_image(name="img", base="src.tar", layers=[":l"], output_format="oci", image_tags=["1"])\n',
+        'composed_image(name="img", base="base.tar", layers=[":l"], output_format="oci", image_tags=["1"],\n'
+        '               files=[":app"])\n'
+        'files(name="app", sources=["app.txt"])\n',
     )
+    (repo.root / "ocilayout" / "app.txt").write_text(f"app {uuid.uuid4()}\n")
     result = repo.pants("--keep-sandboxes=always", "package", "ocilayout:img")
     kept = dict(
         (desc, Path(path))
@@ -424,14 +429,15 @@ def test_an_oci_output_takes_its_layer_blobs_from_the_bundles_not_from_the_compo
     try:
         layout = repo.root / "dist" / "ocilayout" / "img.oci"
         image = open_image(f"oci:{layout}")
-        source = open_image(str(repo.root / "ocilayout" / "src.tar"))
-        assert image.diff_ids == source.diff_ids + source.diff_ids[-1:]
-        assert validate(image).layers == 3  # every blob there, each its digest
-        assert not (layout / "lamina-placed-blobs.json").exists()
+        source, base_image = open_image(str(repo.root / "ocilayout" / "src.tar")), open_image(str(repo.root / "ocilayout" / "base.tar"))
+        assert image.diff_ids[:2] == base_image.diff_ids + source.diff_ids[-1:]  # then the files layer
+        assert len(image.layers) == 3 and validate(image).layers == 3  # every blob there, each its digest
+        assert not list((repo.root / "dist").rglob("lamina-placed-blobs.json"))
         written = kept["lamina: compose ocilayout:img"] / "__out" / "ocilayout" / "img.oci"
         blobs = {p.name for p in (written / "blobs" / "sha256").iterdir()}
         assert image.manifest_descriptor.hex in blobs and image.config_descriptor.hex in blobs
-        assert not blobs & {l.descriptor.hex for l in image.layers}, blobs  # no layer blob in the compose's output
+        # the base's and the docker_layer's blobs came from their bundles, not the compose's output
+        assert not blobs & {l.descriptor.hex for l in image.layers[:2]}, blobs
     finally:
         for path in kept.values():
             shutil.rmtree(path, ignore_errors=True)

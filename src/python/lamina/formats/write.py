@@ -58,7 +58,7 @@ def placeable_blob(layer: Layer) -> Optional[str]:
     parts = path.split(os.sep)
     if len(parts) < 4 or parts[-3:] != ["blobs", algorithm, hex_] or ".." in parts:
         return None
-    return path if os.path.isfile(path) else None
+    return path if os.path.isfile(path) and os.path.getsize(path) == layer.descriptor.size else None
 
 
 def write_oci_layout(image: "Image | ImageIndex", out_dir: str, progress: Optional[Progress] = None,
