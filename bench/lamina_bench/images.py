@@ -96,11 +96,13 @@ class SourceImages:
     def archive(self, name: str) -> Path:
         return self.archive_dir / f"{name}.tar"
 
-    def build(self) -> None:
+    def build(self, save: bool = True) -> None:
+        """Build the images; `save`: also `docker save` them to their archives."""
         start = time.monotonic()
         build_base_image(BASE_TAG)
         self.objects.note(BASE_TAG)
-        docker_save(BASE_TAG, self.archive("base"))
+        if save:
+            docker_save(BASE_TAG, self.archive("base"))
         for name, size_mb in zip(self.names, self.sizes.layer_mb):
             ctx = self.root / name
             write_random_file(ctx / "payload" / "data.bin", size_mb * MB)
@@ -110,9 +112,14 @@ class SourceImages:
             (ctx / "Dockerfile").write_text(f"FROM {BASE_TAG}\nCOPY payload/ /opt/{name}/\n")
             self.tags[name] = f"{self.prefix}/{name}:latest"
             self.objects.build(self.tags[name], ctx)
-            docker_save(self.tags[name], self.archive(name))
-        log(f"bench: source images built and saved in {time.monotonic() - start:.0f} s "
-            f"({sum(self.archive(n).stat().st_size for n in ('base', *self.names)) / MB:.0f} MB of archives)")
+            if save:
+                docker_save(self.tags[name], self.archive(name))
+        if save:
+            log(f"bench: source images built and saved in {time.monotonic() - start:.0f} s "
+                f"({sum(self.archive(n).stat().st_size for n in ('base', *self.names)) / MB:.0f} MB of archives)")
+        else:
+            log(f"bench: source images ({'+'.join(map(str, self.sizes.layer_mb))} MB) built in "
+                f"{time.monotonic() - start:.0f} s")
 
     def change_third(self) -> Tuple[float, float]:
         """Rebuild img3 with one small file changed (a new 100 MB layer) and re-save its archive.

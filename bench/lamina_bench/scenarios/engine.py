@@ -74,7 +74,7 @@ class EngineScenario:
         else:
             self.images = SourceImages(self.work / "src", self.work / "archives", self.sizes, b.objects,
                                        prefix=self.prefix)
-            self.images.build()
+            self.images.build(save=False)  # named in the engine: no archive needed (change_third saves img3's)
         self.repo = PantsRepo(b.tools, self.work / "repo", self.work / "pants-caches", b.wheels)
         self.repo.write("images/BUILD", engine_build(self.prefix))
         (self.work / "tars").mkdir(parents=True, exist_ok=True)
@@ -154,6 +154,9 @@ class EngineScenario:
         if self.repo is not None:
             self.repo.stop_pantsd()
         rmtree(self.work / "tars")
+        if self.sizes is not None:  # its own images' build contexts and archives: GBs for `large`
+            rmtree(self.work / "src")
+            rmtree(self.work / "archives")
         docker("image", "rm", "-f", *(f"{self.prefix}/engine{suffix}:latest" for _, suffix, _ in OUTPUTS), check=False)
 
 

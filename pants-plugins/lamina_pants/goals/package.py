@@ -603,6 +603,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
         (fs,) = platform_variants(fs, lamina.platform)
     relpath = fs.output_relpath()
     into_engine = fs.output_format.value == "docker-daemon"
+    places_blobs = fs.format() == "oci"  # see _place_blobs
     # The SBOM is written from the packages the package database process listed (no layer is read
     # for it); a registry image whose layers stay in the registry has none.
     with_sbom = bool(fs.sbom.value) and inputs.stack.package_db is not None
@@ -641,7 +642,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     else:
         # An oci layout's layer blobs are the bundles' own files: the compose leaves them out and
         # lists them, and they are merged in from the digests Pants holds (no byte read or hashed).
-        placed_argv = (f"--placed-blobs={OUT_DIR}/{PLACED_FILE}",) if fs.format() == "oci" else ()
+        placed_argv = (f"--placed-blobs={OUT_DIR}/{PLACED_FILE}",) if places_blobs else ()
         run = LaminaRun(
             address=fs.address,
             argv=("compose", SPEC_FILE, f"--out={OUT_DIR}/{relpath}", f"--audit={OUT_DIR}/{fs.audit_relpath()}",
@@ -667,7 +668,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     # also when a warm pantsd serves the unchanged package from memory (a log line would not).
     findings = _findings(fs, inputs.stack, report, lamina, run_id)
     digest = await Get(Digest, RemovePrefix(result.output_digest, OUT_DIR))
-    if fs.format() == "oci" and not into_engine and fs.output_format.value != "registry":
+    if places_blobs:
         digest = await _place_blobs(fs, digest, relpath, inputs.read_only)
     if into_engine:
         lines = (result.stdout.decode(errors="replace").strip(), *findings)
