@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from lamina.blobs import CHUNK, chunks
+from lamina.engine_api import DEFAULT_HOST, EngineApiError, NotFound
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
 from lamina.formats.store import TarSource
@@ -24,8 +25,6 @@ from lamina.model import canonical_json, sha256_digest
 # the chain IDs it has, and leaves out each layer whose chain ID is among them. If the engine loses a
 # layer in between (an image removed), the load fails naming the missing file, and the full tar is sent.
 
-DEFAULT_HOST = "unix:///var/run/docker.sock"
-
 
 class DaemonError(LaminaError):
     """The Docker engine is unreachable, lacks an image, or refused an operation."""
@@ -39,25 +38,24 @@ def engine_name(environ: Mapping[str, str]) -> str:
 
 @dataclass(frozen=True)
 class Engine:
-    """A connected docker SDK client and how to name its engine in errors."""
+    """A connected engine API (lamina.engine_api) and how to name its engine in errors."""
 
-    client: Any  # docker.DockerClient
+    api: Any  # engine_api.SocketApi | engine_api.SdkApi
     name: str
 
 
 def connect(environ: Mapping[str, str], timeout: float = 600.0) -> Engine:
     """A client for the engine DOCKER_HOST (and DOCKER_TLS_VERIFY, DOCKER_CERT_PATH) name; DaemonError if none answers."""
-    import docker
-    import docker.errors
+    from lamina.engine_api import open_api
 
     name = engine_name(environ)
     try:
-        client = docker.from_env(environment=dict(environ), timeout=int(timeout))
-        client.ping()
-    except (docker.errors.DockerException, OSError) as e:  # requests' errors are OSErrors
+        api = open_api(environ, timeout)
+        api.ping()
+    except _api_errors() as e:
         raise DaemonError(f"cannot reach the Docker engine at {name}: {_short(e)}; start it or point DOCKER_HOST "
                           "at a running one") from e
-    return Engine(client, name)
+    return Engine(api, name)
 
 
 def _short(e: BaseException) -> str:
@@ -65,18 +63,17 @@ def _short(e: BaseException) -> str:
 
 
 def _api_errors() -> tuple[type[BaseException], ...]:
-    """What a failed engine call raises: the SDK's errors, and requests' (which are OSErrors)."""
-    import docker.errors
+    """What a failed engine call raises: the API's errors, and the socket's (OSErrors; http.client's
+    protocol errors; requests' are OSErrors too)."""
+    import http.client
 
-    return docker.errors.DockerException, OSError
+    return EngineApiError, OSError, http.client.HTTPException
 
 
 def _inspect(engine: Engine, name: str) -> dict:
-    import docker.errors
-
     try:
-        return dict(engine.client.api.inspect_image(name))
-    except docker.errors.ImageNotFound:
+        return dict(engine.api.inspect_image(name))
+    except NotFound:
         raise DaemonError(f"no image {name!r} in the Docker engine at {engine.name}; build or pull it first, "
                           "or check the name (`docker images`)") from None
     except _api_errors() as e:
@@ -123,7 +120,7 @@ def export(engine: Engine, name: str, out_path: str) -> Exported:
     try:
         with os.fdopen(fd, "wb") as out:
             try:
-                for data in engine.client.api.get_image(tag or image_id, chunk_size=CHUNK):
+                for data in engine.api.get_image(tag or image_id, chunk_size=CHUNK):
                     out.write(data)
                     size += len(data)
             except _api_errors() as e:
@@ -185,7 +182,7 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
     size = 0
     links: list[tuple[str, str]] = []
     try:
-        stream = io.BufferedReader(_Stream(iter(engine.client.api.get_image(tag or image_id, chunk_size=CHUNK))), CHUNK)
+        stream = io.BufferedReader(_Stream(iter(engine.api.get_image(tag or image_id, chunk_size=CHUNK))), CHUNK)
         with tarfile.open(fileobj=stream, mode="r|") as tf:
             for info in tf:
                 member = safe_member_path(info.name, f"the export of {name}")
@@ -230,17 +227,15 @@ def chain_ids(diff_ids: Sequence[str]) -> list[str]:
 
 def engine_chain_ids(engine: Engine) -> frozenset[str]:
     """The chain IDs of every layer stack the engine's images (intermediate ones included) are built of."""
-    import docker.errors
-
     have: set[str] = set()
     try:
-        listed = engine.client.api.images(all=True, quiet=True)
+        listed = engine.api.image_ids()
     except _api_errors() as e:
         raise DaemonError(f"listing images of the Docker engine at {engine.name} failed: {_short(e)}") from e
     for image_id in dict.fromkeys(listed):
         try:
-            rootfs = engine.client.api.inspect_image(image_id).get("RootFS") or {}
-        except docker.errors.ImageNotFound:
+            rootfs = engine.api.inspect_image(image_id).get("RootFS") or {}
+        except NotFound:
             continue  # removed since it was listed
         except _api_errors() as e:
             raise DaemonError(f"inspecting {image_id} in the Docker engine at {engine.name} failed: {_short(e)}") from e
@@ -336,7 +331,7 @@ def _post_load(engine: Engine, body: Iterator[bytes]) -> list[str]:
     """POST /images/load; the engine's messages, DaemonError carrying its error text."""
     messages: list[str] = []
     try:
-        for item in engine.client.api.load_image(body):
+        for item in engine.api.load_image(body):
             if not isinstance(item, dict):
                 continue
             if item.get("error") or item.get("errorDetail"):
