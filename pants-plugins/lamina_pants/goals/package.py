@@ -386,6 +386,9 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
     # The same process lists each layer's packages for the SBOM (packages.json): compose writes
     # the SBOM from that, reading no layer for it. Without the merge it only lists them.
     merge = bool(fs.merge_package_databases.value) and len(stack) > 1
+    # A stack none of whose layers holds a database has nothing to merge (their extractions said
+    # so): no process for it, and none on the way to the compose and the check.
+    merge = merge and not all(b.package_databases is False for b in stack)
     if (merge or fs.sbom.value) and stack and not shallow:
         package_db = await _package_db_layer(fs, ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None),
                                              lamina.check_compositions, merge)

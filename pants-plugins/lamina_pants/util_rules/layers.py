@@ -50,14 +50,23 @@ class Bundle:
     from_registry: bool = False  # its source is a `docker://` image
     shallow: bool = False  # it holds no layer bytes (a registry source's, left there)
     download: Optional[Download] = None  # for a registry source
+    # Whether its layers hold a package database (dpkg status, apk installed, os-release, rpm, or a
+    # whiteout of one), as its indexing extraction said; None when it was not indexed.
+    package_databases: Optional[bool] = None
+
+
+def _summary(result: LaminaRunResult) -> dict:
+    """What `lamina extract` printed about its bundle (a JSON object)."""
+    try:
+        found = json.loads(result.stdout.decode() or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def _download(result: LaminaRunResult, what: str) -> Optional[Download]:
     """The `downloaded` figure `lamina extract` prints for a registry source, None for other sources."""
-    try:
-        size = json.loads(result.stdout.decode() or "{}").get("downloaded")
-    except (ValueError, AttributeError):
-        return None
+    size = _summary(result).get("downloaded")
     return Download(what, size, result.ran_in) if isinstance(size, int) else None
 
 
@@ -102,8 +111,10 @@ async def extract_bundle(request: BundleRequest, lamina: LaminaSubsystem) -> Bun
             cache_scope=request.source.cache_scope,
         ),
     )
+    databases = _summary(result).get("package_databases") if index else None
     return Bundle(await Get(Digest, RemovePrefix(result.output_digest, BUNDLE_DIR)), indexed=index,
-                  from_registry=from_registry, shallow=shallow, download=_download(result, what))
+                  from_registry=from_registry, shallow=shallow, download=_download(result, what),
+                  package_databases=databases if isinstance(databases, bool) else None)
 
 
 @dataclass(frozen=True)

@@ -389,6 +389,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         selection = extract(image, layers, args.out, str(selector), index=args.index,
                             pause=_test_pause("copy"), fetch_from=fetch_from)
     summary = selection.to_json(image)
+    if selection.package_databases is not None:  # the Pants plugin skips the merge when no layer has one
+        summary["package_databases"] = selection.package_databases
     if client is not None:  # a registry source: the bytes of manifests and blobs this run received
         summary["downloaded"] = client.received
     json.dump(summary, sys.stdout, indent=2, sort_keys=True)

@@ -51,6 +51,9 @@ class Selection:
     # A shallow bundle holds no layer bytes: they stay in the registry this pinned reference names,
     # read from there only when a destination needs them (extract(..., fetch_from=...)).
     fetch_from: Optional[str] = None
+    # With an index: whether any selected layer holds a package database the merge reads or notes
+    # (pkgdb.databases_in_index); None without one. Reported to the caller, not kept in the bundle.
+    package_databases: Optional[bool] = None
 
     def to_json(self, image: Image) -> dict:
         extra: dict = {"registry_copies": list(self.copies)} if self.copies else {}
@@ -215,8 +218,11 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, 
                 copy_layer_verified(layer, dest, what, progress, pause)
         if index:
             from lamina.analyze.index import write_index
+            from lamina.pkgdb import databases_in_index
 
             write_index(indexes, os.path.join(tmp, INDEX_FILE))
+            selection = dataclasses.replace(selection, package_databases=any(
+                databases_in_index([e.path for e in i.entries]) for i in indexes))
         # The manifest of the whole source image (media types mapped to OCI, digests unchanged).
         manifest_desc = image.manifest_descriptor
         store.put_bytes(image.config_descriptor.digest, image.config_bytes)

@@ -164,6 +164,16 @@ def test_index_is_made_in_the_copying_pass_and_equals_a_scan_of_the_bundle(tmp_p
     assert {p: d for p, d in tree(str(tmp_path / "indexed")).items() if p != INDEX_FILE} == tree(str(plain))
 
 
+def test_an_indexed_extraction_says_whether_its_layers_hold_a_package_database(tmp_path, source: Image) -> None:  # type: ignore[no-untyped-def]
+    # what the Pants plugin reads to leave out the package database merge of a stack that has none
+    with_os_release = extract(source, source.layers[:1], str(tmp_path / "a"), "0", index=True)
+    without = extract(source, source.layers[1:], str(tmp_path / "b"), "1:", index=True)
+    unindexed = extract(source, source.layers[:1], str(tmp_path / "c"), "0")
+    assert (with_os_release.package_databases, without.package_databases, unindexed.package_databases) == (True, False, None)
+    # not part of the bundle: the same bytes as before
+    assert json.load(open(tmp_path / "a" / SELECTION_FILE)) == json.load(open(tmp_path / "c" / SELECTION_FILE))
+
+
 @pytest.mark.parametrize("lie", ["digest", "diff_id"])
 def test_an_indexed_copy_that_does_not_verify_leaves_nothing(tmp_path, lie: str) -> None:  # type: ignore[no-untyped-def]
     from lamina_testing.images import write_oci_dir

@@ -274,6 +274,9 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
         # The extraction reads the engine's export stream itself: no whole image is stored first.
         assert not any(p.startswith("lamina: export") for p in first), first
         assert any(p.startswith("lamina: extract layer of daemon:d") for p in first), first
+        # Neither the busybox base nor the layer holds a package database, as their extractions
+        # said: no merge process runs on the way to the compose.
+        assert not any(p.startswith("lamina: merge the package databases") for p in first), first
 
         second = completed_processes(repo.pants("package", "daemon:img").stderr)
         assert [p for p in second if p.startswith(("lamina: export", "lamina: extract"))] == [], second
