@@ -217,6 +217,13 @@ class ComposedStack:
     base: Optional[Bundle]
     files_layer: Optional[FilesLayer]
     package_db: Optional[PackageDbLayer] = None
+    # Every bundle's extraction said its layers hold no package database: no merge process, and
+    # compose is told so (spec `package_databases` false: an SBOM lists no packages, no layer read).
+    no_package_databases: bool = False
+
+    def lists_packages(self) -> bool:
+        """Whether compose knows the stack's packages without reading its layers (for the SBOM)."""
+        return self.package_db is not None or self.no_package_databases
 
     def scan_requests(self, address: Address) -> Tuple[ScanRequest, ...]:
         """One cached scan per bundle of the stack below the files layer, base first: read by the
@@ -386,13 +393,13 @@ async def composed_stack(fs: ComposedImageFieldSet, lamina: LaminaSubsystem) -> 
     # The same process lists each layer's packages for the SBOM (packages.json): compose writes
     # the SBOM from that, reading no layer for it. Without the merge it only lists them.
     merge = bool(fs.merge_package_databases.value) and len(stack) > 1
-    # A stack none of whose layers holds a database has nothing to merge (their extractions said
-    # so): no process for it, and none on the way to the compose and the check.
-    merge = merge and not all(b.package_databases is False for b in stack)
-    if (merge or fs.sbom.value) and stack and not shallow:
+    # A stack none of whose layers holds a database (their extractions said so) has nothing to
+    # merge or list: no process for it on the way to the compose and the check.
+    none = bool(stack) and all(b.package_databases is False for b in stack)
+    if (merge or fs.sbom.value) and stack and not shallow and not none:
         package_db = await _package_db_layer(fs, ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, None),
                                              lamina.check_compositions, merge)
-    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer, package_db)
+    return ComposedStack(tuple(layer_addresses), tuple(layer_bundles), base, files_layer, package_db, none)
 
 
 @dataclass(frozen=True)
@@ -470,6 +477,8 @@ async def one_platform_inputs(request: OnePlatform) -> ComposeInputs:
         spec["package_db_layer"] = package_db_dir
     else:
         spec["merge_package_databases"] = False  # off, or nothing to merge: compose reads no layer for it
+        if composed.no_package_databases:
+            spec["package_databases"] = False  # nor for the SBOM's packages
     text = json.dumps(spec, sort_keys=True)
     digest = await Get(Digest, CreateDigest([FileContent(SPEC_FILE, text.encode())]))
     return ComposeInputs(digest, tuple(bundles), composed, text)
@@ -553,7 +562,7 @@ async def _package_index(fs: ComposedImageFieldSet, inputs: ComposeInputs, lamin
     fmt = fs.format()  # not docker-archive or docker-daemon: package_composed_image refused those
     platforms = [p for p, _, _ in inputs.each_platform()]
     relpath = fs.output_relpath()
-    with_sbom = bool(fs.sbom.value) and all(i.stack.package_db is not None for _, _, i in inputs.each_platform())
+    with_sbom = bool(fs.sbom.value) and all(i.stack.lists_packages() for _, _, i in inputs.each_platform())
     sbom_argv = (f"--sbom={OUT_DIR}/{fs._stem()}.{{platform}}.cdx.json",) if with_sbom else ()
     sbom_artifacts = tuple(BuiltPackageArtifact(fs.sbom_relpath_of(str(p))) for p in platforms) if with_sbom else ()
     out_argv = () if fmt == "registry" else (f"--out={OUT_DIR}/{relpath}",)
@@ -609,7 +618,7 @@ async def package_composed_image(fs: ComposedImageFieldSet, lamina: LaminaSubsys
     places_blobs = fs.format() == "oci"  # see _place_blobs
     # The SBOM is written from the packages the package database process listed (no layer is read
     # for it); a registry image whose layers stay in the registry has none.
-    with_sbom = bool(fs.sbom.value) and inputs.stack.package_db is not None
+    with_sbom = bool(fs.sbom.value) and inputs.stack.lists_packages()
     sbom_argv = (f"--sbom={OUT_DIR}/{fs.sbom_relpath()}",) if with_sbom else ()
     sbom_artifacts = (BuiltPackageArtifact(fs.sbom_relpath()),) if with_sbom else ()
     if into_engine and not fs.image_refs():

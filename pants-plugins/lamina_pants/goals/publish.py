@@ -104,7 +104,7 @@ async def publish_composed_image(
     # The SBOM goes up as a referrer of the pushed manifest, made from the packages.json the
     # package's own package-db process listed (no layer is read for it).
     stacks = [i.stack for _, _, i in inputs.each_platform()] or [inputs.stack]
-    with_sbom = ("--sbom",) if fs.sbom.value and all(s.package_db is not None for s in stacks) else ()
+    with_sbom = ("--sbom",) if fs.sbom.value and all(s.lists_packages() for s in stacks) else ()
     process = await core_process(
         core,
         ("push", SPEC_FILE, *(f"--to={r}" for r in refs), f"--compression={compression}", *with_sbom,

@@ -139,7 +139,7 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
 
     `inventory`, when given, receives the packages each layer's databases list, for the SBOM:
     from `spec.package_db_layer`'s packages.json, or the merge's walk, or else a walk of the
-    stack's layers for it."""
+    stack's layers for it; `spec.package_databases` false says there are none (nothing is read)."""
     base, layers = open_stack(spec, registry)
     os.makedirs(scratch_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".lamina-files-", dir=scratch_dir)
@@ -158,6 +158,8 @@ def composed(spec: Spec, scratch_dir: str, registry: Optional["RegistryOptions"]
                 inventory.layers.update(found_inventory.layers)
                 inventory.unread.extend(found_inventory.unread)
                 inventoried = True
+        elif not spec.package_databases:  # none in the stack (as its indexes said): none to merge or list
+            inventoried = True
         elif spec.merge_package_databases and len({l.source for l in stack}) > 1:
             # layers of two or more images: each read once for its package databases (and headers)
             found, headers = plan_for_layers(stack)

@@ -236,3 +236,24 @@ def test_layers_packages_shows_what_each_layer_brought(tmp_path, capsys) -> None
     assert "packages it brought (2):" in text and "gcc-12 12.2 amd64  (dpkg)" in text
     assert text.index("base-files 12.4") < text.index("gcc-12 12.2")
 
+
+
+def test_a_stack_said_to_hold_no_package_database_reads_none_and_gives_the_same_sbom(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import lamina.build
+    from lamina.errors import SpecError
+
+    plain = {}
+    for name, fake in (("base", FakeImage([FakeLayer({"bin/sh": b"sh"}, "ADD base /")])),
+                       ("app", FakeImage([FakeLayer({"app/run": b"run"}, "COPY run /app")]))):
+        write_oci_dir(fake, str(tmp_path / name))
+        plain[name] = "oci:" + str(tmp_path / name)
+    walked = build(parse_spec(_spec(plain, "app")), None, sbom=str(tmp_path / "walked.cdx.json"))
+    for name in ("read_layer", "plan_for_layers"):  # told: no layer is read for a database
+        monkeypatch.setattr(lamina.build, name, lambda *a, **k: pytest.fail("a layer was read for its databases"))
+    told = build(parse_spec(_spec(plain, "app", package_databases=False)), None, sbom=str(tmp_path / "told.cdx.json"))
+    assert told.manifest_descriptor == walked.manifest_descriptor
+    assert (tmp_path / "told.cdx.json").read_bytes() == (tmp_path / "walked.cdx.json").read_bytes()
+    with pytest.raises(SpecError, match="give no package_db_layer"):
+        parse_spec(_spec(plain, "app", package_databases=False, package_db_layer=str(tmp_path)))
+    with pytest.raises(SpecError, match="package_databases must be true or false"):
+        parse_spec(_spec(plain, "app", package_databases="no"))

@@ -46,6 +46,9 @@ class Spec:
     # images each rewrote, into one small layer on top (see lamina.pkgdb); only when needed.
     merge_package_databases: bool = True
     package_db_layer: Optional[str] = None  # a directory from `lamina package-db-layer`, used as it is
+    # False: the stack's layers hold no package database (their indexes say so, see
+    # pkgdb.databases_in_index): nothing is merged, no layer is read for one, an SBOM lists no packages.
+    package_databases: bool = True
 
 
 def _str(value: Any, where: str) -> str:
@@ -108,7 +111,8 @@ def parse_files(data: Any) -> tuple[tuple[FileSpec, ...], tuple[FileSpec, ...]]:
 
 _CONFIG_KEYS = {"env", "entrypoint", "cmd", "workdir", "user", "labels", "exposed_ports", "volumes", "stop_signal"}
 _KEYS = {"base", "platform", "layers", "files", "file_dirs", "config", "tags", "format", "allow_platform_mismatch",
-         "target", "files_layer", "compressed", "merge_package_databases", "package_db_layer"}
+         "target", "files_layer", "compressed", "merge_package_databases", "package_db_layer",
+         "package_databases"}
 
 
 def parse_spec(data: Any) -> Spec:
@@ -163,6 +167,11 @@ def parse_spec(data: Any) -> Spec:
         raise SpecError(f"merge_package_databases must be true or false, not {merge!r}")
     package_db_layer = (_str(data["package_db_layer"], "package_db_layer")
                         if data.get("package_db_layer") is not None else None)
+    databases = data.get("package_databases", True)
+    if not isinstance(databases, bool):
+        raise SpecError(f"package_databases must be true or false, not {databases!r}")
+    if not databases and package_db_layer is not None:
+        raise SpecError("package_databases false says the stack holds no package database: give no package_db_layer")
     return Spec(
         base=base,
         platform=platform,
@@ -178,4 +187,5 @@ def parse_spec(data: Any) -> Spec:
         compressed=_str_list(data.get("compressed", []), "compressed"),
         merge_package_databases=merge,
         package_db_layer=package_db_layer,
+        package_databases=databases,
     )

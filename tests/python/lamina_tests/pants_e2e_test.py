@@ -275,8 +275,12 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
         assert not any(p.startswith("lamina: export") for p in first), first
         assert any(p.startswith("lamina: extract layer of daemon:d") for p in first), first
         # Neither the busybox base nor the layer holds a package database, as their extractions
-        # said: no merge process runs on the way to the compose.
-        assert not any(p.startswith("lamina: merge the package databases") for p in first), first
+        # said: no process merges or lists them on the way to the compose, and the SBOM is still
+        # written (with the layers, and no packages).
+        assert not any(p.startswith(("lamina: merge the package databases", "lamina: list the packages"))
+                       for p in first), first
+        sbom = json.loads((repo.root / "dist" / "daemon" / "img.cdx.json").read_text())
+        assert [c["type"] for c in sbom["components"]] == ["file", "file"], sbom["components"]
 
         second = completed_processes(repo.pants("package", "daemon:img").stderr)
         assert [p for p in second if p.startswith(("lamina: export", "lamina: extract"))] == [], second
