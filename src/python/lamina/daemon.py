@@ -1,4 +1,4 @@
-"""The Docker engine through the docker SDK: resolve a name to an image ID, export it, load incrementally."""
+"""The Docker engine (lamina.engine_api): resolve a name to an image ID, export it, load incrementally."""
 from __future__ import annotations
 
 import io
@@ -154,6 +154,13 @@ class _Stream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        """Closes the engine's stream too (its connection), also when the reader stops early."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()
+
     def readinto(self, buffer) -> int:  # type: ignore[override]
         while self._pos >= len(self._data):
             try:
@@ -183,33 +190,35 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
     links: list[tuple[str, str]] = []
     try:
         stream = io.BufferedReader(_Stream(iter(engine.api.get_image(tag or image_id, chunk_size=CHUNK))), CHUNK)
-        with tarfile.open(fileobj=stream, mode="r|") as tf:
-            for info in tf:
-                member = safe_member_path(info.name, f"the export of {name}")
+        with stream, tarfile.open(fileobj=stream, mode="r|") as tf:
+            for member_info in tf:
+                member = safe_member_path(member_info.name, f"the export of {name}")
                 path = os.path.join(out_dir, member)
-                if info.isdir():
+                if member_info.isdir():
                     os.makedirs(path, exist_ok=True)
-                elif info.isreg():
+                elif member_info.isreg():
                     os.makedirs(os.path.dirname(path), exist_ok=True)
-                    f = tf.extractfile(info)
+                    f = tf.extractfile(member_info)
                     with open(path, "wb") as out:
                         for data in chunks(f):  # type: ignore[arg-type]
                             out.write(data)
                             size += len(data)
-                elif info.issym() or info.islnk():
-                    target = info.linkname if info.islnk() else posixpath.join(posixpath.dirname(member), info.linkname)
-                    links.append((member, safe_member_path(posixpath.normpath(target), f"the export of {name}")))
-        for member, target in links:  # docker save links a layer it holds twice to its first copy
-            path = os.path.join(out_dir, member)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            os.link(os.path.join(out_dir, target), path)
-    except FileNotFoundError as e:  # (an OSError: before the engine's errors, which include those)
-        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
+                elif member_info.issym() or member_info.islnk():
+                    linked = (member_info.linkname if member_info.islnk()
+                              else posixpath.join(posixpath.dirname(member), member_info.linkname))
+                    links.append((member, safe_member_path(posixpath.normpath(linked), f"the export of {name}")))
     except (tarfile.TarError, EOFError) as e:
         raise DaemonError(f"the export of {name!r} from the Docker engine at {engine.name} is not a readable "
                           f"tar ({e})") from e
     except _api_errors() as e:
         raise DaemonError(f"exporting {name!r} from the Docker engine at {engine.name} failed: {_short(e)}") from e
+    try:
+        for member, target in links:  # docker save links a layer it holds twice to its first copy
+            path = os.path.join(out_dir, member)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            os.link(os.path.join(out_dir, target), path)
+    except FileNotFoundError as e:
+        raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
     saved = read_docker_archive(DirSource(out_dir), name)
     if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
         raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "

@@ -36,7 +36,7 @@ def needs_sdk(environ: Mapping[str, str]) -> bool:
     and tcp:// (ssh://, npipe://)."""
     if environ.get("DOCKER_TLS_VERIFY") or environ.get("DOCKER_CERT_PATH"):
         return True
-    host = environ.get("DOCKER_HOST") or DEFAULT_HOST
+    host = (environ.get("DOCKER_HOST") or "").strip() or DEFAULT_HOST
     return not (host.startswith("unix://") or host.startswith("tcp://") or host.startswith("http://"))
 
 
@@ -71,10 +71,13 @@ def _image_path(name: str, what: str) -> str:
 
 def json_messages(chunks: Iterable[bytes]) -> Iterator[Any]:
     """The JSON values of a streamed reply (the engine writes one per line; any whitespace between)."""
+    import codecs
+
     decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")  # a character split across reads stays whole
     text = ""
     for data in chunks:
-        text += data.decode("utf-8", "replace")
+        text += utf8.decode(data)
         while True:
             text = text.lstrip()
             if not text:
@@ -94,13 +97,20 @@ class SocketApi:
 
     def __init__(self, host: str, timeout: float) -> None:
         self.timeout = timeout
+        host = host.strip()
         if host.startswith("unix://"):
             self._unix: Optional[str] = host[len("unix://"):] or "/var/run/docker.sock"
             self._tcp = ("", 0)
         else:
             parsed = urllib.parse.urlsplit(host.replace("tcp://", "http://", 1))
             self._unix = None
-            self._tcp = (parsed.hostname or "localhost", parsed.port or DEFAULT_TCP_PORT)
+            try:
+                port = parsed.port
+            except ValueError as e:  # not a number, or out of range
+                raise EngineApiError(f"DOCKER_HOST={host!r} names no usable port ({e})") from None
+            if parsed.path.strip("/"):
+                raise EngineApiError(f"DOCKER_HOST={host!r} has a path; lamina reaches an engine at a host and port only")
+            self._tcp = (parsed.hostname or "localhost", port or DEFAULT_TCP_PORT)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._unix is not None:
@@ -112,11 +122,22 @@ class SocketApi:
         """Send a request; the connection and its response (status checked), for the caller to read and close."""
         conn = self._connection()
         try:
-            conn.request(method, path, body=body, headers=dict(headers or {}))
-            reply = conn.getresponse()
+            try:
+                conn.request(method, path, body=body, headers=dict(headers or {}))
+            except (BrokenPipeError, ConnectionResetError) as sent:
+                # The engine answered before it read the whole body (a refusal) and closed: its
+                # answer says why, not the broken pipe.
+                try:
+                    reply = conn.getresponse()
+                except (OSError, http.client.HTTPException):
+                    raise sent from None
+            else:
+                reply = conn.getresponse()
             if reply.status >= 400:
                 message = _error_message(reply.read(64 * 1024), reply.status)
-                raise (NotFound if reply.status == 404 else EngineApiError)(message, reply.status)
+                # a 404 of another kind (an unknown route: an engine too old, a proxy) is no missing image
+                missing = reply.status == 404 and "no such image" in message.lower()
+                raise (NotFound if missing else EngineApiError)(message, reply.status)
         except BaseException:
             conn.close()
             raise
@@ -133,8 +154,10 @@ class SocketApi:
 
     def ping(self) -> None:
         conn, reply = self._open("GET", "/_ping")
-        reply.read()
-        conn.close()
+        try:
+            reply.read()
+        finally:
+            conn.close()
 
     def inspect_image(self, name: str) -> dict:
         found = self._get_json(_image_path(name, "json"))
@@ -188,7 +211,7 @@ class SdkApi:
         def mapped():  # type: ignore[no-untyped-def]
             try:
                 yield
-            except errors.NotFound as e:
+            except errors.ImageNotFound as e:
                 raise NotFound(str(e), 404) from e
             except errors.DockerException as e:
                 raise EngineApiError(str(e), getattr(getattr(e, "response", None), "status_code", 0) or 0) from e

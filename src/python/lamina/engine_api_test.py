@@ -55,12 +55,18 @@ class _Engine(http.server.BaseHTTPRequestHandler):
             self._reply(200, json.dumps([{"Id": "sha256:" + "a" * 64}, {"Id": "sha256:" + "c" * 64}]).encode())
         elif self.path == "/images/lamina/app:1/get":
             self._reply(200, SAVED, chunked=True)
+        elif self.path.startswith("/images/route"):
+            self._reply(404, b"page not found")
         elif self.path.startswith("/images/broken"):
             self._reply(500, b'{"message":"the layer store is on fire"}')
         else:
             self._reply(404, b'{"message":"No such image: %s"}' % self.path.encode())
 
     def do_POST(self) -> None:  # noqa: N802
+        if self.path == "/images/load?refuse=1":  # answers before reading the body, and hangs up
+            self._reply(500, b'{"message":"no space left on device"}')
+            self.close_connection = True
+            return
         assert self.path == "/images/load" and self.headers["Transfer-Encoding"] == "chunked"
         body = b""
         while True:
@@ -80,8 +86,12 @@ class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 @pytest.fixture
-def engine_socket(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    path = str(tmp_path / "docker.sock")
+def engine_socket() -> Iterator[str]:
+    import shutil
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="le-", dir="/tmp")  # a socket's path has a length limit (108 bytes)
+    path = os.path.join(short, "docker.sock")
     server = _UnixServer(path, _Engine)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -90,6 +100,7 @@ def engine_socket(tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
     finally:
         server.shutdown()
         server.server_close()
+        shutil.rmtree(short, ignore_errors=True)
 
 
 def test_the_socket_client_asks_the_engine_without_the_docker_sdk(engine_socket: str) -> None:
@@ -140,7 +151,37 @@ def test_tls_ssh_and_npipe_engines_go_through_the_sdk_and_tcp_does_not() -> None
     assert isinstance(api, SocketApi) and api._tcp == ("10.1.2.3", 2375)
 
 
-@pytest.mark.skipif(not os.path.exists("/var/run/docker.sock"), reason="no local Docker engine")
+def test_an_engine_that_refuses_a_load_before_reading_it_is_heard(engine_socket: str) -> None:
+    api = SocketApi(f"unix://{engine_socket}", timeout=10)
+    body = (b"z" * 1024 * 1024 for _ in range(64))  # far more than the socket buffers hold
+    with pytest.raises(EngineApiError, match="no space left on device") as raised:
+        conn, reply = api._open("POST", "/images/load?refuse=1", body=body,
+                                headers={"Content-Type": "application/x-tar"})
+    assert raised.value.status == 500
+    # a 404 that is not about an image (an unknown route) is not a missing image
+    with pytest.raises(EngineApiError, match="page not found") as other:
+        api.inspect_image("route")
+    assert not isinstance(other.value, NotFound)
+
+
+def test_a_docker_host_lamina_cannot_use_is_one_line() -> None:
+    for host, said in (("tcp://127.0.0.1:99999", "names no usable port"), ("tcp://h:abc", "names no usable port"),
+                       ("tcp://h:2375/prefix", "has a path")):
+        with pytest.raises(DaemonError, match=f"cannot reach the Docker engine at DOCKER_HOST={host}.*{said}"):
+            connect({"DOCKER_HOST": host}, timeout=1)
+    assert not needs_sdk({"DOCKER_HOST": " unix:///var/run/docker.sock "})
+    assert needs_sdk({"DOCKER_HOST": "npipe:////./pipe/docker_engine"})
+
+
+def _real_engine() -> bool:
+    try:
+        SocketApi("unix:///var/run/docker.sock", timeout=10).ping()
+        return True
+    except (OSError, EngineApiError):
+        return False
+
+
+@pytest.mark.skipif(not _real_engine(), reason="no local Docker engine answering on /var/run/docker.sock")
 def test_the_real_engine_answers_the_socket_client() -> None:
     api = SocketApi("unix:///var/run/docker.sock", timeout=30)
     api.ping()

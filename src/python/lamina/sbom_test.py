@@ -237,7 +237,6 @@ def test_layers_packages_shows_what_each_layer_brought(tmp_path, capsys) -> None
     assert text.index("base-files 12.4") < text.index("gcc-12 12.2")
 
 
-
 def test_a_stack_said_to_hold_no_package_database_reads_none_and_gives_the_same_sbom(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import lamina.build
     from lamina.errors import SpecError
