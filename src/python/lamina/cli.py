@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, Optional, Sequence
 
 from lamina.errors import InvalidSource, LaminaError, SpecError
 from lamina.model import Platform, parse_json
@@ -61,8 +61,16 @@ def _engine_source(source: str) -> Iterator[tuple[str, tuple[str, ...]]]:
     `docker-archive:` of it, unpacked from the engine's export stream into a temporary directory
     removed on exit (nothing of it is kept, only what the command makes of it), and the registry
     manifests the engine says the image is at (its RepoDigests, as `docker://` references)."""
+    with _engine_export(source) as (path, copies, _):
+        yield path, copies
+
+
+@contextmanager
+def _engine_export(source: str, index_for: object = None) -> Iterator[tuple[str, tuple[str, ...], Mapping[str, object]]]:
+    """_engine_source, and for an engine image what the layers `index_for` (a selector) picks
+    hold, indexed as they streamed by (daemon.Exported.contents)."""
     if not source.startswith("docker-daemon:"):
-        yield source, ()
+        yield source, (), {}
         return
     import shutil
     import tempfile
@@ -72,8 +80,10 @@ def _engine_source(source: str) -> Iterator[tuple[str, tuple[str, ...]]]:
     # LAMINA_TMPDIR: where (the Pants plugin sets its sandbox: it is removed with it, whatever happens)
     tmp = tempfile.mkdtemp(prefix="lamina-engine-", dir=os.environ.get("LAMINA_TMPDIR") or None)
     try:
-        exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"))
-        yield "docker-archive:" + exported.path, tuple(f"docker://{d}" for d in exported.repo_digests)
+        exported = export_unpacked(connect(os.environ), source[len("docker-daemon:"):], os.path.join(tmp, "image"),
+                                   index_for)
+        yield ("docker-archive:" + exported.path, tuple(f"docker://{d}" for d in exported.repo_digests),
+               exported.contents)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -375,10 +385,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
     options = _registry(args)
     client = _registry_client(args.source, options)
-    with _engine_source(args.source) as (source, copies):
+    selector = parse_selector(args.layer)
+    with _engine_export(args.source, selector if args.index else None) as (source, copies, contents):
         image = with_copies(open_image(source, name=args.name or args.source, platform=_platform(args.platform),
                                        registry=options, client=client), copies)
-        selector = parse_selector(args.layer)
         layers = select(image, selector)
         fetch_from = None
         if args.shallow:
@@ -387,7 +397,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                                 "a registry source (docker://...)")
             fetch_from = args.source
         selection = extract(image, layers, args.out, str(selector), index=args.index,
-                            pause=_test_pause("copy"), fetch_from=fetch_from)
+                            pause=_test_pause("copy"), fetch_from=fetch_from, contents=contents)
     summary = selection.to_json(image)
     if selection.package_databases is not None:  # the Pants plugin skips the merge when no layer has one
         summary["package_databases"] = selection.package_databases

@@ -6,10 +6,12 @@ import os
 import posixpath
 import tarfile
 import tempfile
+import dataclasses
+import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from lamina.blobs import CHUNK, chunks
+from lamina.blobs import CHUNK, TeeReader, chunks
 from lamina.engine_api import DEFAULT_HOST, EngineApiError, NotFound
 from lamina.errors import DigestMismatch, InvalidSource, LaminaError
 from lamina.formats.docker_archive import read_docker_archive
@@ -104,6 +106,10 @@ class Exported:
     # Where the engine says the image came from: registry manifests (HOST/REPO@sha256:...) it was
     # pulled from or pushed to, whose compressed layer blobs a push can mount instead of sending.
     repo_digests: tuple[str, ...] = ()
+    # What the layers asked for hold, by diff_id: (the file written, its
+    # lamina.analyze.scan.LayerContent), read as they streamed by; the diff_id is the hash of the
+    # bytes written there, so an extraction of that file links it and indexes it without reading it.
+    contents: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def export(engine: Engine, name: str, out_path: str) -> Exported:
@@ -173,16 +179,60 @@ class _Stream(io.RawIOBase):
         return n
 
 
-def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
+class _HashingSink:
+    """Writes to a file and hashes what it writes."""
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self.hash = hashlib.sha256()
+
+    def write(self, data: Any) -> None:
+        self._out.write(data)
+        self.hash.update(data)
+
+
+def wanted_diff_ids(selector: Any, diff_ids: Sequence[str]) -> frozenset[str]:
+    """The diff_ids of the layers an index, slice or digest selector (lamina.select) picks from a
+    stack of `diff_ids` (an engine's layers are uncompressed: digest and diff_id are one); none
+    for a selector that needs more than the stack (created_by, path), or picks nothing here."""
+    if selector is None:
+        return frozenset()
+    n = len(diff_ids)
+    if selector.kind == "index":
+        i = int(selector.value)
+        return frozenset([diff_ids[i]]) if -n <= i < n else frozenset()
+    if selector.kind == "slice":
+        start, stop = selector.value.split(":")
+        return frozenset(diff_ids[slice(int(start) if start else None, int(stop) if stop else None)])
+    if selector.kind == "digest":
+        matches = [d for d in diff_ids if d.startswith(selector.value)]
+        return frozenset(matches) if len(set(matches)) == 1 else frozenset()
+    return frozenset()
+
+
+def _layer_member(member: str, info: tarfile.TarInfo) -> bool:
+    """Whether a save's member may be a layer: `<id>/layer.tar` (Docker's own format) or a blob
+    (the OCI layout Docker 25+ saves); which one it is, its hash says."""
+    return info.isreg() and (member.endswith("/layer.tar") or member.startswith("blobs/sha256/"))
+
+
+def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = None) -> Exported:
     """`docker save` of `name`, unpacked as it streams into the new directory `out_dir` (each member
     written once, in chunks; links kept inside it), for reading as `docker-archive:out_dir`: the
     layers are then files of their own, which an extraction links instead of copying. Checked to
-    hold the image ID `name` resolved to. For a temporary read: nothing is synced to disk."""
+    hold the image ID `name` resolved to. For a temporary read: nothing is synced to disk.
+
+    `index_for` (a lamina.select.Selector): the layers it picks from the engine's RootFS are
+    indexed as they stream by (Exported.contents), so that nothing reads them again to index them."""
+    from lamina.analyze.scan import scan_content
     from lamina.formats.store import DirSource
     from lamina.formats.tarindex import safe_member_path
 
     info = _inspect(engine, name)
     image_id = str(info["Id"])
+    layers = (info.get("RootFS") or {}).get("Layers") or []
+    wanted = wanted_diff_ids(index_for, [str(d) for d in layers]) if isinstance(layers, list) else frozenset()
+    contents: dict[str, Any] = {}
     repo_digests = tuple(d for d in (info.get("RepoDigests") or ()) if isinstance(d, str) and "@sha256:" in d)
     tag = _saved_name(engine, name, image_id)
     os.makedirs(out_dir)
@@ -200,9 +250,26 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     f = tf.extractfile(member_info)
                     with open(path, "wb") as out:
-                        for data in chunks(f):  # type: ignore[arg-type]
-                            out.write(data)
-                            size += len(data)
+                        hex_name = member[len("blobs/sha256/"):] if member.startswith("blobs/sha256/") else None
+                        if wanted and _layer_member(member, member_info) and (
+                                hex_name is None or "sha256:" + hex_name in wanted):
+                            # written, hashed and indexed in one pass; kept if it is a layer asked for
+                            sink = _HashingSink(out)
+                            tee = TeeReader(f, sink)  # type: ignore[arg-type]
+                            try:
+                                found = scan_content(tee, f"the export of {name}: {member}")  # type: ignore[arg-type]
+                            except LaminaError:
+                                found = None  # not a layer tar (e.g. a config blob): only stored
+                            for _ in chunks(tee):  # type: ignore[arg-type]
+                                pass
+                            size += tee.count
+                            digest = "sha256:" + sink.hash.hexdigest()
+                            if found is not None and digest in wanted:
+                                contents[digest] = (os.path.abspath(path), found)
+                        else:
+                            for data in chunks(f):  # type: ignore[arg-type]
+                                out.write(data)
+                                size += len(data)
                 elif member_info.issym() or member_info.islnk():
                     linked = (member_info.linkname if member_info.islnk()
                               else posixpath.join(posixpath.dirname(member), member_info.linkname))
@@ -223,7 +290,7 @@ def export_unpacked(engine: Engine, name: str, out_dir: str) -> Exported:
     if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
         raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "
                           f"{saved.config_descriptor.digest}); run the export again")
-    return Exported(image_id, out_dir, size, repo_digests)
+    return Exported(image_id, out_dir, size, repo_digests, contents)
 
 
 def chain_ids(diff_ids: Sequence[str]) -> list[str]:

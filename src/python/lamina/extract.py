@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 from lamina.blobs import (
     CHUNK,
@@ -139,14 +139,48 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress,
         raise
 
 
+def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[tuple[str, Any]],
+                  pause: Optional[Callable[[str], None]]) -> "Optional[LayerIndex]":
+    """The index of a layer whose file was hashed and indexed as it was written (`made`: that
+    file and its LayerContent, see daemon.export_unpacked), linked to `dest`; None (nothing done)
+    unless the layer is that very file, uncompressed, of its diff_id and size, and links can be made."""
+    from lamina.analyze.scan import index_of
+
+    d = layer.descriptor
+    if made is None or layer.path is None or layer.compression != "none" or d.digest != layer.diff_id:
+        return None
+    path, content = made
+    try:
+        if not os.path.samefile(layer.path, path) or os.stat(path).st_size != d.size:
+            return None
+        tmp = dest + ".tmp"
+        os.link(path, tmp)
+    except OSError:
+        return None
+    try:
+        if pause is not None:
+            pause(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return index_of(layer, image.source, image.layers[: layer.index], str(image.platform), content)
+
+
 def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image: Image,
-                   pause: Optional[Callable[[str], None]] = None) -> "LayerIndex":
+                   pause: Optional[Callable[[str], None]] = None, made: Optional[tuple[str, Any]] = None) -> "LayerIndex":
     """Store a layer blob at `dest` and index it (the scan: entries, content hashes, ELF facts) in
     one pass over its bytes, checking its digest, size and diff_id on the way. A blob that is a
     file of its own (a layout's blob, an unpacked export's layer) is hard-linked when it can be and
     then read once; any other is read once from its source while it is written. `pause`: see
-    copy_layer_verified."""
+    copy_layer_verified. `made`: see _link_indexed (then the layer is not read at all)."""
     from lamina.analyze.scan import scan_layer
+
+    linked_index = _link_indexed(layer, dest, image, made, pause)
+    if linked_index is not None:
+        progress.add(layer.descriptor.size)
+        return linked_index
 
     opener = layer.opener_or_file()
     if opener is None:
@@ -165,8 +199,14 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
             raw = open(tmp, "rb") if linked else opener()
             blob = io.BufferedReader(VerifiedReader(TeeReader(raw, out, progress.add), d.digest, d.size, what), CHUNK)
             with blob:
-                plain = io.BufferedReader(UncompressedCheckingReader(decompressed(blob, layer.compression),
-                                                                     layer.diff_id, what), CHUNK)
+                if layer.compression == "none":  # its digest is its diff_id: one hash checks both
+                    if d.digest != layer.diff_id:
+                        raise DigestMismatch(f"{what}: uncompressed layer {d.digest} does not match its diff_id "
+                                             f"{layer.diff_id}")
+                    plain = blob
+                else:
+                    plain = io.BufferedReader(UncompressedCheckingReader(decompressed(blob, layer.compression),
+                                                                         layer.diff_id, what), CHUNK)
                 index = scan_layer(layer, image.source, image.layers[: layer.index], str(image.platform), plain)
                 for _ in chunks(blob):  # whatever follows the compressed stream: stored and verified too
                     pass
@@ -183,12 +223,14 @@ def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image
 
 
 def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, index: bool = False,
-            pause: Optional[Callable[[str], None]] = None, fetch_from: Optional[str] = None) -> Selection:
+            pause: Optional[Callable[[str], None]] = None, fetch_from: Optional[str] = None,
+            contents: Optional[Mapping[str, Any]] = None) -> Selection:
     """Write a bundle of `layers` (chosen from `image`) at `out_dir`, atomically.
 
     With `index`, the bundle also holds INDEX_FILE: the scan index of each selected layer, made in
-    the same pass that copies it (what `lamina scan` of the bundle would write). `pause`: see
-    copy_layer_verified."""
+    the same pass that copies it (what `lamina scan` of the bundle would write); `contents`: layers
+    indexed as they were written (by diff_id; see daemon.export_unpacked) are linked, not read.
+    `pause`: see copy_layer_verified."""
     copies = tuple(sorted(set(c for l in layers for c in l.copies)))  # not the engine's order: the bundle's bytes
     selection = Selection(image.source, selector, tuple(l.index for l in layers), copies, fetch_from)
     if fetch_from and index:
@@ -213,7 +255,8 @@ def extract(image: Image, layers: Sequence[Layer], out_dir: str, selector: str, 
                 continue
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             if index:
-                indexes.append(copy_and_index(layer, dest, what, progress, image, pause))
+                indexes.append(copy_and_index(layer, dest, what, progress, image, pause,
+                                              (contents or {}).get(layer.diff_id)))  # type: ignore[arg-type]
             else:
                 copy_layer_verified(layer, dest, what, progress, pause)
         if index:

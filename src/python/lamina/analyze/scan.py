@@ -69,16 +69,20 @@ def _content(f: IO[bytes], want_text: bool) -> tuple[str, Optional[ElfInfo], Opt
     return h.hexdigest(), elf, text.decode("utf-8", "replace") if text is not None else None, shebang
 
 
-def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
-               stream: Optional[IO[bytes]] = None) -> LayerIndex:
-    """The index of one layer; reads its blob once, to the end (so its digest is checked).
+@dataclass(frozen=True)
+class LayerContent:
+    """What a layer's bytes say, before it is known which layer of which image they are: its
+    entries and texts (the index's), for `index_of`."""
 
-    `stream`: the layer's uncompressed bytes as a caller that stores the blob reads them (see
-    extract), so that storing and indexing are one pass."""
-    what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
+    entries: tuple[IndexEntry, ...]
+    texts: tuple[tuple[str, str], ...]
+
+
+def scan_content(stream: IO[bytes], what: str) -> LayerContent:
+    """The entries and texts of an uncompressed layer tar read from `stream`, to its end."""
     entries: list[IndexEntry] = []
     texts: dict[str, str] = {}
-    for e, content in walk(layer, what, lambda e, f: _content(f, _wants_text(e.path, e.size)), stream):
+    for e, content in walk(None, what, lambda e, f: _content(f, _wants_text(e.path, e.size)), stream):  # type: ignore[arg-type]
         if not e.path:
             continue  # the root directory itself
         sha, elf, text, shebang = content if content is not None else ("", None, None, "")
@@ -88,6 +92,11 @@ def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
             texts.pop(e.path, None)  # a later entry of the same path replaces the earlier one
         entries.append(IndexEntry(e.path, e.kind, e.mode & 0o7777, e.uid, e.gid,
                                   e.size if e.kind == "file" else 0, e.linkname, sha, elf, shebang))
+    return LayerContent(tuple(entries), tuple(sorted(texts.items())))
+
+
+def index_of(layer: Layer, source: str, below: Sequence[Layer], platform: str, content: LayerContent) -> LayerIndex:
+    """The index of `layer` (of `source`, on `below`), whose bytes say `content`."""
     return LayerIndex(
         source=source,
         index=layer.index,
@@ -99,9 +108,22 @@ def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
         platform=platform,
         below=tuple(l.descriptor.digest for l in below),
         below_diff_ids=tuple(l.diff_id for l in below),
-        entries=tuple(entries),
-        texts=tuple(sorted(texts.items())),
+        entries=content.entries,
+        texts=content.texts,
     )
+
+
+def scan_layer(layer: Layer, source: str, below: Sequence[Layer], platform: str,
+               stream: Optional[IO[bytes]] = None) -> LayerIndex:
+    """The index of one layer; reads its blob once, to the end (so its digest is checked).
+
+    `stream`: the layer's uncompressed bytes as a caller that stores the blob reads them (see
+    extract), so that storing and indexing are one pass."""
+    what = f"{source}: layer {layer.index} ({layer.descriptor.digest})"
+    if stream is None:
+        with layer.open_uncompressed() as opened:
+            return index_of(layer, source, below, platform, scan_content(opened, what))
+    return index_of(layer, source, below, platform, scan_content(stream, what))
 
 
 def scan_source(text: str, selector: Optional[str] = None, name: Optional[str] = None,
