@@ -386,7 +386,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     options = _registry(args)
     client = _registry_client(args.source, options)
     selector = parse_selector(args.layer)
-    with _engine_export(args.source, selector if args.index else None) as (source, copies, contents):
+    with _engine_export(args.source, selector if args.index and not args.shallow else None) as (source, copies, contents):
         image = with_copies(open_image(source, name=args.name or args.source, platform=_platform(args.platform),
                                        registry=options, client=client), copies)
         layers = select(image, selector)

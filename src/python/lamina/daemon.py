@@ -1,13 +1,13 @@
 """The Docker engine (lamina.engine_api): resolve a name to an image ID, export it, load incrementally."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import os
 import posixpath
 import tarfile
 import tempfile
-import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -106,10 +106,19 @@ class Exported:
     # Where the engine says the image came from: registry manifests (HOST/REPO@sha256:...) it was
     # pulled from or pushed to, whose compressed layer blobs a push can mount instead of sending.
     repo_digests: tuple[str, ...] = ()
-    # What the layers asked for hold, by diff_id: (the file written, its
-    # lamina.analyze.scan.LayerContent), read as they streamed by; the diff_id is the hash of the
-    # bytes written there, so an extraction of that file links it and indexes it without reading it.
-    contents: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    # What the layers asked for hold, by diff_id, read as they streamed by: the diff_id is the
+    # hash of the bytes written to that file, so an extraction of it links it and indexes it
+    # without reading it.
+    contents: Mapping[str, "Streamed"] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """A layer file an export wrote, hashed and indexed in one pass."""
+
+    path: str  # absolute
+    identity: tuple[int, int, int]  # (st_dev, st_ino, st_size) when it was written: it is that file still
+    content: Any  # lamina.analyze.scan.LayerContent
 
 
 def export(engine: Engine, name: str, out_path: str) -> Exported:
@@ -210,12 +219,6 @@ def wanted_diff_ids(selector: Any, diff_ids: Sequence[str]) -> frozenset[str]:
     return frozenset()
 
 
-def _layer_member(member: str, info: tarfile.TarInfo) -> bool:
-    """Whether a save's member may be a layer: `<id>/layer.tar` (Docker's own format) or a blob
-    (the OCI layout Docker 25+ saves); which one it is, its hash says."""
-    return info.isreg() and (member.endswith("/layer.tar") or member.startswith("blobs/sha256/"))
-
-
 def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = None) -> Exported:
     """`docker save` of `name`, unpacked as it streams into the new directory `out_dir` (each member
     written once, in chunks; links kept inside it), for reading as `docker-archive:out_dir`: the
@@ -230,8 +233,16 @@ def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = No
 
     info = _inspect(engine, name)
     image_id = str(info["Id"])
-    layers = (info.get("RootFS") or {}).get("Layers") or []
-    wanted = wanted_diff_ids(index_for, [str(d) for d in layers]) if isinstance(layers, list) else frozenset()
+    rootfs = info.get("RootFS")
+    layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
+    diff_ids = [str(d) for d in layers] if isinstance(layers, list) else []
+    wanted = wanted_diff_ids(index_for, diff_ids)
+    # Docker's own format names a layer's file by an ID of its own (`<id>/layer.tar`), written in
+    # RootFS order, each distinct layer once: only the files at the wanted places are indexed (their
+    # hash says whether they are the layers asked for). Docker 25+ names each blob by its digest.
+    distinct = list(dict.fromkeys(diff_ids))
+    places = frozenset(distinct.index(d) for d in wanted)
+    layer_files = 0
     contents: dict[str, Any] = {}
     repo_digests = tuple(d for d in (info.get("RepoDigests") or ()) if isinstance(d, str) and "@sha256:" in d)
     tag = _saved_name(engine, name, image_id)
@@ -249,23 +260,32 @@ def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = No
                 elif member_info.isreg():
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     f = tf.extractfile(member_info)
-                    with open(path, "wb") as out:
-                        hex_name = member[len("blobs/sha256/"):] if member.startswith("blobs/sha256/") else None
-                        if wanted and _layer_member(member, member_info) and (
-                                hex_name is None or "sha256:" + hex_name in wanted):
-                            # written, hashed and indexed in one pass; kept if it is a layer asked for
+                    if member.startswith("blobs/sha256/"):
+                        scan = "sha256:" + member[len("blobs/sha256/"):] in wanted
+                    elif member.endswith("/layer.tar"):
+                        scan, layer_files = layer_files in places, layer_files + 1
+                    else:
+                        scan = False
+                    try:
+                        out = open(path, "xb")  # a file written once: nothing replaces what was hashed
+                    except FileExistsError:
+                        raise DaemonError(f"the export of {name!r} holds {member!r} twice") from None
+                    with out:
+                        if scan:  # written, hashed and indexed in one pass; kept if it is a layer asked for
                             sink = _HashingSink(out)
                             tee = TeeReader(f, sink)  # type: ignore[arg-type]
                             try:
-                                found = scan_content(tee, f"the export of {name}: {member}")  # type: ignore[arg-type]
+                                found: Any = scan_content(tee, f"the export of {name!r}: {member}")  # type: ignore[arg-type]
                             except LaminaError:
-                                found = None  # not a layer tar (e.g. a config blob): only stored
+                                found = None  # lamina refuses it as a layer: the extraction reads it again and says why
                             for _ in chunks(tee):  # type: ignore[arg-type]
                                 pass
                             size += tee.count
                             digest = "sha256:" + sink.hash.hexdigest()
+                            out.flush()
                             if found is not None and digest in wanted:
-                                contents[digest] = (os.path.abspath(path), found)
+                                st = os.fstat(out.fileno())
+                                contents[digest] = Streamed(os.path.abspath(path), (st.st_dev, st.st_ino, st.st_size), found)
                         else:
                             for data in chunks(f):  # type: ignore[arg-type]
                                 out.write(data)
@@ -286,6 +306,8 @@ def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = No
             os.link(os.path.join(out_dir, target), path)
     except FileNotFoundError as e:
         raise DaemonError(f"the export of {name!r} links to a member it does not hold ({e.filename})") from e
+    except FileExistsError as e:
+        raise DaemonError(f"the export of {name!r} holds {e.filename!r} twice") from e
     saved = read_docker_archive(DirSource(out_dir), name)
     if saved.config_descriptor.digest != image_id and DirSource(out_dir).blob_size(image_id) is None:
         raise DaemonError(f"{name!r} changed while it was exported (it was {image_id}, the archive holds "

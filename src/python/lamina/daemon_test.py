@@ -107,8 +107,12 @@ def test_an_engine_export_indexes_the_layers_asked_for_as_they_stream_and_extrac
     extract(plain, select(plain, parse_selector("-1")), expected, "-1", index=True)
 
     engine = Engine(_SavingEngine(open(archive, "rb").read(), plain.config_descriptor.digest, list(plain.diff_ids)), "stub")
+    scanned: list = []
+    real_scan = scan.scan_content
+    monkeypatch.setattr(scan, "scan_content", lambda *a, **k: scanned.append(a[1]) or real_scan(*a, **k))
     exported = export_unpacked(engine, "app:1", str(tmp_path / "unpacked"), parse_selector("-1"))
-    assert set(exported.contents) == {plain.diff_ids[-1]}  # only the layer asked for was indexed
+    assert set(exported.contents) == {plain.diff_ids[-1]}  # only the layer asked for was indexed,
+    assert len(scanned) == 1, scanned  # and the base was only written
     monkeypatch.setattr(scan, "scan_layer", lambda *a, **k: pytest.fail("the layer was read again to index it"))
     image = open_image("docker-archive:" + exported.path, name="app")
     got = str(tmp_path / "got")
@@ -118,7 +122,7 @@ def test_an_engine_export_indexes_the_layers_asked_for_as_they_stream_and_extrac
 
 
 def test_a_streamed_index_is_used_only_for_the_file_it_was_made_of(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lamina.daemon import Engine, export_unpacked, wanted_diff_ids
+    from lamina.daemon import Engine, Streamed, export_unpacked, wanted_diff_ids
     from lamina.extract import INDEX_FILE, extract
     from lamina.select import parse_selector, select
 
@@ -139,7 +143,8 @@ def test_a_streamed_index_is_used_only_for_the_file_it_was_made_of(tmp_path) -> 
     image = open_image("docker-archive:" + exported.path, name="app")
     copy = str(tmp_path / "copy.tar")  # the same size and bytes, another file
     shutil.copyfile(image.layers[-1].path, copy)
-    elsewhere = {diff_id: (copy, other)}
+    st = os.stat(copy)
+    elsewhere = {diff_id: Streamed(copy, (st.st_dev, st.st_ino, st.st_size), other)}
     got = str(tmp_path / "got")
     extract(image, select(image, parse_selector("-1")), got, "-1", index=True, contents=elsewhere)
     expected = str(tmp_path / "expected")
@@ -151,3 +156,27 @@ def test_a_streamed_index_is_used_only_for_the_file_it_was_made_of(tmp_path) -> 
     assert wanted_diff_ids(parse_selector("sha256:b"), ids) == {ids[1]}
     assert wanted_diff_ids(parse_selector("7"), ids) == set()  # out of range: select says so later
     assert wanted_diff_ids(parse_selector("path=/app/run"), ids) == set()  # needs the layers' files
+
+
+def test_an_export_that_holds_a_member_twice_is_refused(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # the second copy would replace the bytes the first was hashed and indexed as
+    from lamina.daemon import DaemonError, Engine, export_unpacked
+    from lamina.select import parse_selector
+
+    from lamina_testing.images import write_docker_classic
+
+    archive = str(tmp_path / "saved.tar")
+    write_docker_classic({"app:1": FILES}, archive)
+    plain = open_image("docker-archive:" + archive, name="app")
+    with tarfile.open(archive) as tf:
+        members = [(m, tf.extractfile(m).read() if m.isreg() else None) for m in tf.getmembers()]  # type: ignore[union-attr]
+    top = [m for m, _ in members if m.name.endswith("/layer.tar")][-1]
+    twice = str(tmp_path / "twice.tar")
+    with tarfile.open(twice, "w") as tf:
+        for m, data in members:
+            tf.addfile(m, io.BytesIO(data) if data is not None else None)
+            if m.name == top.name:  # the same name again, the same size, other bytes
+                tf.addfile(m, io.BytesIO(b"\0" * m.size))
+    engine = Engine(_SavingEngine(open(twice, "rb").read(), plain.config_descriptor.digest, list(plain.diff_ids)), "stub")
+    with pytest.raises(DaemonError, match=r"holds '.*/layer.tar' twice"):
+        export_unpacked(engine, "app:1", str(tmp_path / "unpacked"), parse_selector("-1"))

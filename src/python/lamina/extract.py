@@ -139,24 +139,30 @@ def copy_layer_verified(layer: Layer, dest: str, what: str, progress: Progress,
         raise
 
 
-def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[tuple[str, Any]],
+def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[Any],
                   pause: Optional[Callable[[str], None]]) -> "Optional[LayerIndex]":
-    """The index of a layer whose file was hashed and indexed as it was written (`made`: that
-    file and its LayerContent, see daemon.export_unpacked), linked to `dest`; None (nothing done)
-    unless the layer is that very file, uncompressed, of its diff_id and size, and links can be made."""
+    """The index of a layer whose file was hashed and indexed as it was written (`made`: a
+    daemon.Streamed), linked to `dest`; None (nothing done) unless the layer is read from that
+    very file (the same device, inode and size as when it was written, its size the layer's),
+    uncompressed, and links can be made."""
     from lamina.analyze.scan import index_of
 
     d = layer.descriptor
     if made is None or layer.path is None or layer.compression != "none" or d.digest != layer.diff_id:
         return None
-    path, content = made
     try:
-        if not os.path.samefile(layer.path, path) or os.stat(path).st_size != d.size:
+        st = os.stat(layer.path)
+        if (st.st_dev, st.st_ino, st.st_size) != made.identity or st.st_size != d.size:
             return None
         tmp = dest + ".tmp"
-        os.link(path, tmp)
+        os.link(made.path, tmp)
+        linked = os.stat(tmp)
+        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+            os.unlink(tmp)
+            return None
     except OSError:
         return None
+    content = made.content
     try:
         if pause is not None:
             pause(tmp)
@@ -169,7 +175,7 @@ def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[tuple[st
 
 
 def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image: Image,
-                   pause: Optional[Callable[[str], None]] = None, made: Optional[tuple[str, Any]] = None) -> "LayerIndex":
+                   pause: Optional[Callable[[str], None]] = None, made: Optional[Any] = None) -> "LayerIndex":
     """Store a layer blob at `dest` and index it (the scan: entries, content hashes, ELF facts) in
     one pass over its bytes, checking its digest, size and diff_id on the way. A blob that is a
     file of its own (a layout's blob, an unpacked export's layer) is hard-linked when it can be and
