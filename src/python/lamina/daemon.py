@@ -237,12 +237,11 @@ def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = No
     layers = rootfs.get("Layers") if isinstance(rootfs, dict) else None
     diff_ids = [str(d) for d in layers] if isinstance(layers, list) else []
     wanted = wanted_diff_ids(index_for, diff_ids)
-    # Docker's own format names a layer's file by an ID of its own (`<id>/layer.tar`), written in
-    # RootFS order, each distinct layer once: only the files at the wanted places are indexed (their
-    # hash says whether they are the layers asked for). Docker 25+ names each blob by its digest.
-    distinct = list(dict.fromkeys(diff_ids))
-    places = frozenset(distinct.index(d) for d in wanted)
-    layer_files = 0
+    # Docker 25+ names each blob by its digest: only the layers asked for are indexed. Docker's own
+    # format (`<v1 id>/layer.tar`, in the order of those IDs, not the RootFS's) says which layer a
+    # file is only by its hash, at its end: every layer file is indexed as it streams by, and the
+    # index kept for those asked for. That costs CPU on the others, while the engine, which
+    # streams slower than lamina indexes, sends them.
     contents: dict[str, Any] = {}
     repo_digests = tuple(d for d in (info.get("RepoDigests") or ()) if isinstance(d, str) and "@sha256:" in d)
     tag = _saved_name(engine, name, image_id)
@@ -263,7 +262,7 @@ def export_unpacked(engine: Engine, name: str, out_dir: str, index_for: Any = No
                     if member.startswith("blobs/sha256/"):
                         scan = "sha256:" + member[len("blobs/sha256/"):] in wanted
                     elif member.endswith("/layer.tar"):
-                        scan, layer_files = layer_files in places, layer_files + 1
+                        scan = bool(wanted)
                     else:
                         scan = False
                     try:
