@@ -399,8 +399,9 @@ def test_sources_and_bundles_are_linked_into_sandboxes_not_copied(repo: SampleRe
         (source,) = [p for p in extract.iterdir() if p.name.startswith("__source-")]
         assert source.is_symlink() and (source / "linked" / "src.tar").is_file()
         linked = sorted(p.name.split("-")[0] for p in compose.iterdir() if p.is_symlink() and p.name.startswith("__"))
-        # also the core's PEX and the (cached) package-database merge's output, read-only like the rest
-        assert linked == ["__base", "__lamina_core", "__layer0", "__package_db"], sorted(p.name for p in compose.iterdir())
+        # also the core's PEX, read-only like the rest (the layers hold no package database: no merge's
+        # output to link)
+        assert linked == ["__base", "__lamina_core", "__layer0"], sorted(p.name for p in compose.iterdir())
         assert not (compose / "lamina.pex").exists()  # the PEX is linked, never copied into a sandbox
         assert (extract / "__bundle" / "lamina-index.json").is_file()
     finally:
