@@ -202,7 +202,7 @@ def test_second_checkout_runs_no_lamina_process_and_gets_identical_image(
         rebuilt = re.findall(r"Completed: (Building .*)$", second.stderr, re.MULTILINE)
         assert all("lamina core" in p for p in rebuilt), rebuilt
         assert stats_b["remote_cache_requests_uncached"] == len(rebuilt), (rebuilt, stats_b)
-        assert stats_b["remote_cache_requests_cached"] >= 6, stats_b  # three extractions, merge, check, compose
+        assert stats_b["remote_cache_requests_cached"] >= 5, stats_b  # three extractions, check, compose
         assert stats_b["remote_cache_read_errors"] == 0, stats_b
         assert stats_b.get("remote_cache_speculation_local_completed_first", 0) == 0, stats_b
         assert "Failed to read from remote cache" not in second.stderr, second.stderr
