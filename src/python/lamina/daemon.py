@@ -204,15 +204,13 @@ def wanted_diff_ids(selector: Any, diff_ids: Sequence[str]) -> frozenset[str]:
     """The diff_ids of the layers an index, slice or digest selector (lamina.select) picks from a
     stack of `diff_ids` (an engine's layers are uncompressed: digest and diff_id are one); none
     for a selector that needs more than the stack (created_by, path), or picks nothing here."""
+    from lamina.select import by_position
+
     if selector is None:
         return frozenset()
-    n = len(diff_ids)
-    if selector.kind == "index":
-        i = int(selector.value)
-        return frozenset([diff_ids[i]]) if -n <= i < n else frozenset()
-    if selector.kind == "slice":
-        start, stop = selector.value.split(":")
-        return frozenset(diff_ids[slice(int(start) if start else None, int(stop) if stop else None)])
+    picked = by_position(selector, diff_ids)
+    if picked is not None:
+        return frozenset(picked)
     if selector.kind == "digest":
         matches = [d for d in diff_ids if d.startswith(selector.value)]
         return frozenset(matches) if len(set(matches)) == 1 else frozenset()

@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import urllib.parse
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, Mapping, Optional
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
@@ -202,21 +203,15 @@ class SdkApi:
         with self._errors():
             self._api = docker.from_env(environment=dict(environ), timeout=int(timeout)).api
 
-    def _errors(self):  # type: ignore[no-untyped-def]
-        from contextlib import contextmanager
-
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
         errors = self._docker.errors
-
-        @contextmanager
-        def mapped():  # type: ignore[no-untyped-def]
-            try:
-                yield
-            except errors.ImageNotFound as e:
-                raise NotFound(str(e), 404) from e
-            except errors.DockerException as e:
-                raise EngineApiError(str(e), getattr(getattr(e, "response", None), "status_code", 0) or 0) from e
-
-        return mapped()
+        try:
+            yield
+        except errors.ImageNotFound as e:
+            raise NotFound(str(e), 404) from e
+        except errors.DockerException as e:
+            raise EngineApiError(str(e), getattr(getattr(e, "response", None), "status_code", 0) or 0) from e
 
     def ping(self) -> None:
         with self._errors():

@@ -150,19 +150,17 @@ def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[Any],
     d = layer.descriptor
     if made is None or layer.path is None or layer.compression != "none" or d.digest != layer.diff_id:
         return None
+    tmp = dest + ".tmp"
     try:
-        st = os.stat(layer.path)
-        if (st.st_dev, st.st_ino, st.st_size) != made.identity or st.st_size != d.size:
-            return None
-        tmp = dest + ".tmp"
-        os.link(made.path, tmp)
-        linked = os.stat(tmp)
-        if (linked.st_dev, linked.st_ino) != (st.st_dev, st.st_ino):
+        os.link(layer.path, tmp)
+        st = os.stat(tmp)
+        if (st.st_dev, st.st_ino, st.st_size) != made.identity or st.st_size != d.size:  # another file
             os.unlink(tmp)
             return None
     except OSError:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
         return None
-    content = made.content
     try:
         if pause is not None:
             pause(tmp)
@@ -171,7 +169,7 @@ def _link_indexed(layer: Layer, dest: str, image: Image, made: Optional[Any],
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    return index_of(layer, image.source, image.layers[: layer.index], str(image.platform), content)
+    return index_of(layer, image.source, image.layers[: layer.index], str(image.platform), made.content)
 
 
 def copy_and_index(layer: Layer, dest: str, what: str, progress: Progress, image: Image,

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Sequence, TypeVar, Union
 
 from lamina.errors import SelectorError
 from lamina.image import Image, Layer
 from lamina.layertar import entries, normalize
+
+T = TypeVar("T")
 
 _INDEX = re.compile(r"^-?\d+$")
 _SLICE = re.compile(r"^(-?\d*):(-?\d*)$")
@@ -70,22 +72,30 @@ def _candidates(image: Image) -> str:
     return "; ".join(describe(layer) for layer in image.layers) or "(the image has no layers)"
 
 
+def by_position(selector: Selector, items: Sequence[T]) -> Optional[tuple[T, ...]]:
+    """What an index or slice selector picks from `items` (a stack's layers, or their diff_ids),
+    base first: empty when it picks nothing there; None for a selector of another kind."""
+    if selector.kind == "index":
+        i = int(selector.value)
+        return (items[i],) if -len(items) <= i < len(items) else ()
+    if selector.kind == "slice":
+        start_text, stop_text = selector.value.split(":")
+        return tuple(items[slice(int(start_text) if start_text else None, int(stop_text) if stop_text else None)])
+    return None
+
+
 def select(image: Image, selector: Selector) -> tuple[Layer, ...]:
     """The layers the selector picks, base first; SelectorError listing candidates otherwise."""
     layers = image.layers
     n = len(layers)
     where = f"{image.source}: layer selector {selector}"
-    if selector.kind == "index":
-        i = int(selector.value)
-        if not -n <= i < n:
-            raise SelectorError(f"{where}: index out of range, the image has {n} layers: {_candidates(image)}")
-        return (layers[i],)
-    if selector.kind == "slice":
-        start_text, stop_text = selector.value.split(":")
-        picked = layers[slice(int(start_text) if start_text else None, int(stop_text) if stop_text else None)]
-        if not picked:
-            raise SelectorError(f"{where}: slice selects no layer, the image has {n} layers: {_candidates(image)}")
-        return tuple(picked)
+    picked = by_position(selector, layers)
+    if picked == () and selector.kind == "index":
+        raise SelectorError(f"{where}: index out of range, the image has {n} layers: {_candidates(image)}")
+    if picked == ():
+        raise SelectorError(f"{where}: slice selects no layer, the image has {n} layers: {_candidates(image)}")
+    if picked is not None:
+        return picked
     if selector.kind == "digest":
         matches = [l for l in layers if l.descriptor.digest.startswith(selector.value) or l.diff_id.startswith(selector.value)]
     elif selector.kind == "created_by":
