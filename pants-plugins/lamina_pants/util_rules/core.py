@@ -348,9 +348,9 @@ async def core_process(
 
 @dataclass(frozen=True)
 class LaminaRun:
-    """One run of the lamina CLI for a target."""
+    """One run of the lamina CLI for a target (None: for the build, as the engine's image list)."""
 
-    address: Address
+    address: Optional[Address]
     argv: tuple[str, ...]
     input_digest: Digest
     output_directory: str
@@ -368,6 +368,8 @@ class LaminaRun:
     # cache key, whatever they hold (see image_source.CREDENTIALS_CACHE).
     append_only_caches: tuple[tuple[str, str], ...] = ()
     context: str = ""  # after the address in an error, e.g. " (for linux/arm64)"
+    # A run whose failure is an answer (LaminaRunResult.exit_code), not an error of the build.
+    may_fail: bool = False
 
 
 def read_only_dir(role: str, digest: Digest) -> str:
@@ -385,6 +387,7 @@ class LaminaRunResult:
     # that reports what a process did compares it with the current RunId, so a result served from
     # a cache or from pantsd's memory is not reported as work done now.
     ran_in: Optional[int] = None
+    exit_code: int = 0  # not 0 only for a LaminaRun that may fail
 
 
 def ran_in(metadata: ProcessResultMetadata) -> Optional[int]:
@@ -413,9 +416,11 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
     result = await Get(FallibleProcessResult, Process, process)
     for line in result.stderr.decode(errors="replace").splitlines():
         if line.startswith("lamina: warning: "):
-            logger.warning(f"{request.address}: {line[len('lamina: warning: '):]}")
+            logger.warning(f"{request.address or 'lamina'}: {line[len('lamina: warning: '):]}")
         elif line.startswith("lamina: io: ") and subsystem.report_io:
             logger.info(f"lamina: io of {request.description}: {line[len('lamina: io: '):]}")
+    if result.exit_code != 0 and request.may_fail:
+        return LaminaRunResult(result.output_digest, result.stdout, ran_in(result.metadata), result.exit_code)
     if result.exit_code != 0:
         lines = [l for l in result.stderr.decode(errors="replace").splitlines() if l.strip()]
         # The error is the last "lamina: error: " line and what follows it (a failed check lists
@@ -425,7 +430,7 @@ async def run_lamina(request: LaminaRun, core: LaminaCore, subsystem: LaminaSubs
             detail = "\n".join(lines[starts[-1]:])[len("lamina: error: "):]
         else:
             detail = lines[-1] if lines else f"lamina exited with code {result.exit_code}"
-        raise LaminaBuildError(f"{request.address}{request.context}: {detail}")
+        raise LaminaBuildError(f"{request.address or 'lamina'}{request.context}: {detail}")
     return LaminaRunResult(result.output_digest, result.stdout, ran_in(result.metadata))
 
 

@@ -15,6 +15,7 @@ from pants.engine.fs import EMPTY_DIGEST, Digest, GlobExpansionConjunction, Glob
 from pants.engine.process import Process, ProcessCacheScope, ProcessResult
 from pants.engine.rules import Get, collect_rules, rule
 from pants.engine.target import FieldSetsPerTarget, FieldSetsPerTargetRequest, Targets
+from pants.util.frozendict import FrozenDict
 from pants.util.logging import LogLevel
 
 from lamina.registry.where import locations
@@ -118,6 +119,43 @@ async def credential_locations(request: CredentialLocationsRequest) -> Credentia
     return CredentialLocations(cache)
 
 
+@dataclass(frozen=True)
+class EngineImagesRequest:
+    env: tuple[tuple[str, str], ...]  # DOCKER_HOST and its TLS settings
+
+
+@dataclass(frozen=True)
+class EngineImages:
+    ids: FrozenDict[str, str]  # tag or full ID -> the image ID it means now
+
+
+@rule(desc="List the Docker engine's images", level=LogLevel.DEBUG)
+async def engine_images(request: EngineImagesRequest) -> EngineImages:
+    """Once a session, one list of the engine's images answers every `docker-daemon:` name a build
+    has that is a tag or a full ID: one process instead of one per name (each 0.1-0.2 s, two at a
+    time on two cores). If the list fails, it answers nothing, and each name is looked up alone,
+    whose error names its target."""
+    result = await Get(
+        LaminaRunResult,
+        LaminaRun(
+            address=None,
+            argv=("daemon-ids",),
+            input_digest=EMPTY_DIGEST,
+            output_directory="__none",
+            description="lamina: list the images in the Docker engine",
+            extra_env=request.env,
+            cache_scope=ProcessCacheScope.PER_SESSION,
+            may_fail=True,
+        ),
+    )
+    try:
+        listed = json.loads(result.stdout) if result.exit_code == 0 else {}
+    except ValueError:
+        listed = {}
+    ids = {str(k): str(v) for k, v in listed.items()} if isinstance(listed, dict) else {}
+    return EngineImages(FrozenDict(ids))
+
+
 @rule
 async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
     """Ask the engine (once per session) which image ID the name means; reads are keyed on that ID."""
@@ -125,19 +163,21 @@ async def image_from_daemon(request: DaemonImageRequest) -> ResolvedImageSource:
     name = value[len("docker-daemon:"):]
     env_vars = await Get(EnvironmentVars, EnvironmentVarsRequest(("DOCKER_HOST", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY")))
     env = tuple(sorted(env_vars.items()))
-    resolved = await Get(
-        LaminaRunResult,
-        LaminaRun(
-            address=address,
-            argv=("daemon-id", name),
-            input_digest=EMPTY_DIGEST,
-            output_directory="__none",
-            description=f"lamina: look up {name} in the Docker engine",
-            extra_env=env,
-            cache_scope=ProcessCacheScope.PER_SESSION,
-        ),
-    )
-    image_id = resolved.stdout.decode().strip()
+    image_id = (await Get(EngineImages, EngineImagesRequest(env))).ids.get(name)
+    if image_id is None:  # not a tag or full ID the list holds: the engine parses the name
+        resolved = await Get(
+            LaminaRunResult,
+            LaminaRun(
+                address=address,
+                argv=("daemon-id", name),
+                input_digest=EMPTY_DIGEST,
+                output_directory="__none",
+                description=f"lamina: look up {name} in the Docker engine",
+                extra_env=env,
+                cache_scope=ProcessCacheScope.PER_SESSION,
+            ),
+        )
+        image_id = resolved.stdout.decode().strip()
     # The processes that read the image (extract, scan) stream it from the engine themselves, by
     # its ID, and keep only what they make of it: no copy of the whole image enters Pants' store.
     # They are keyed on the ID, so a rebuilt image is read again and an unchanged one is not.

@@ -623,6 +623,13 @@ def cmd_daemon_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_daemon_ids(args: argparse.Namespace) -> int:
+    from lamina.daemon import connect, listed_names
+
+    print(json.dumps(listed_names(connect(os.environ)), sort_keys=True))
+    return 0
+
+
 def cmd_daemon_export(args: argparse.Namespace) -> int:
     from lamina.daemon import connect, export
 
@@ -839,6 +846,10 @@ def parser() -> argparse.ArgumentParser:
     di = sub.add_parser("daemon-id", help="print the ID of an image in the Docker engine (DOCKER_HOST)")
     di.add_argument("name", help="image name or ID in the engine")
     di.set_defaults(func=cmd_daemon_id)
+
+    dl = sub.add_parser("daemon-ids", help="print, as JSON, the image ID each tag (and full ID) in the Docker engine means "
+                        "(one call for all of a build's engine names)")
+    dl.set_defaults(func=cmd_daemon_ids)
 
     de = sub.add_parser("daemon-export", help="save an image from the Docker engine (DOCKER_HOST) to a tar; "
                                               "prints its image ID")

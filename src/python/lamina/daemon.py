@@ -87,6 +87,33 @@ def resolve(engine: Engine, name: str) -> str:
     return str(_inspect(engine, name)["Id"])
 
 
+def listed_names(engine: Engine) -> dict[str, str]:
+    """The image ID each name the engine's image list answers for means now, from one call: every
+    tag as listed (`busybox:latest`, `localhost:5000/app:1`), a `:latest` tag also without it
+    (the engine's default), and every image's full ID. One list answers all of a build's engine
+    names at once; a name not in it (a short ID, a digest, `docker.io/library/...`) is for
+    `resolve`, which asks the engine to parse it."""
+    try:
+        listed = engine.api.list_images()
+    except _api_errors() as e:
+        raise DaemonError(f"listing the images of the Docker engine at {engine.name} failed: {_short(e)}") from e
+    names: dict[str, str] = {}
+    ids: dict[str, str] = {}
+    for item in listed:
+        image_id = item.get("Id") if isinstance(item, dict) else None
+        if not isinstance(image_id, str) or not image_id.startswith("sha256:"):
+            continue
+        ids[image_id] = image_id
+        for tag in item.get("RepoTags") or ():
+            if not isinstance(tag, str) or tag.startswith("<none>"):
+                continue
+            names[tag] = image_id
+            if tag.endswith(":latest"):
+                names.setdefault(tag[:-len(":latest")], image_id)
+    names.update(ids)  # an ID means that image whatever a tag is called
+    return names
+
+
 def _saved_name(engine: Engine, name: str, image_id: str) -> Optional[str]:
     """The tag to save `name` under (so the archive keeps it), or None when `name` is an ID."""
     if name.startswith("sha256:") or image_id.startswith("sha256:" + name):

@@ -4,7 +4,7 @@ An engine process of the Pants plugin (a lookup, an export, a load) runs once pe
 and importing the docker SDK (requests, urllib3, paramiko's shims) costs about 0.15 s of each.
 This client is the standard library's http.client on the socket DOCKER_HOST names. An engine that
 needs more than that (TLS: DOCKER_TLS_VERIFY or DOCKER_CERT_PATH; ssh://; npipe://) is reached
-through the docker SDK, wrapped to the same five calls and the same two errors.
+through the docker SDK, wrapped to the same six calls and the same two errors.
 """
 from __future__ import annotations
 
@@ -171,6 +171,11 @@ class SocketApi:
         listed = self._get_json("/images/json?all=1")
         return [str(item["Id"]) for item in listed if isinstance(item, dict) and "Id" in item] if isinstance(listed, list) else []
 
+    def list_images(self) -> list:
+        """The engine's image list (`docker images`: each with its Id and RepoTags), as it sends it."""
+        listed = self._get_json("/images/json")
+        return listed if isinstance(listed, list) else []
+
     def get_image(self, name: str, chunk_size: int) -> Iterator[bytes]:
         """`docker save` of `name`, as the engine streams it."""
         conn, reply = self._open("GET", _image_path(name, "get"))
@@ -224,6 +229,10 @@ class SdkApi:
     def image_ids(self) -> list[str]:
         with self._errors():
             return [str(i) for i in self._api.images(all=True, quiet=True)]
+
+    def list_images(self) -> list:
+        with self._errors():
+            return list(self._api.images())
 
     def get_image(self, name: str, chunk_size: int) -> Iterator[bytes]:
         with self._errors():

@@ -10,7 +10,7 @@ from typing import Iterator
 
 import pytest
 
-from lamina.daemon import DaemonError, connect, engine_chain_ids, resolve
+from lamina.daemon import DaemonError, connect, engine_chain_ids, listed_names, resolve
 from lamina.engine_api import EngineApiError, NotFound, SocketApi, json_messages, needs_sdk, open_api
 
 SAVED = bytes(range(256)) * 5000  # 1.28 MB: several reads of any chunk size
@@ -51,6 +51,11 @@ class _Engine(http.server.BaseHTTPRequestHandler):
             self._reply(200, b'{"ApiVersion": "1.41"}')
         elif self.path in images:
             self._reply(200, json.dumps(images[self.path]).encode())
+        elif self.path in ("/images/json", "/images/json?only_ids=0&all=0"):  # ours, the SDK's
+            listed = [{"Id": "sha256:" + "a" * 64, "RepoTags": ["lamina/app:1", "lamina/app:latest", "localhost:5000/x:latest"]},
+                      {"Id": "sha256:" + "b" * 64, "RepoTags": None},  # dangling: an ID only
+                      {"Id": "sha256:" + "c" * 64, "RepoTags": ["<none>:<none>"]}, {"Id": 7}, "junk"]
+            self._reply(200, json.dumps(listed).encode())
         elif self.path == "/images/json?all=1":
             self._reply(200, json.dumps([{"Id": "sha256:" + "a" * 64}, {"Id": "sha256:" + "c" * 64}]).encode())
         elif self.path == "/images/lamina/app:1/get":
@@ -115,6 +120,28 @@ def test_the_socket_client_asks_the_engine_without_the_docker_sdk(engine_socket:
         resolve(engine, "broken:1")
     # the image that is listed but gone by the time it is inspected is skipped
     assert engine_chain_ids(engine) == frozenset({"sha256:" + "1" * 64})
+
+
+def test_one_list_of_the_engine_answers_for_its_tags_and_ids(engine_socket: str) -> None:
+    a, b, c = ("sha256:" + x * 64 for x in "abc")
+    names = listed_names(connect({"DOCKER_HOST": f"unix://{engine_socket}"}, timeout=10))
+    # a :latest tag also answers without it, as the engine's own lookup does; junk entries are skipped
+    assert names == {"lamina/app:1": a, "lamina/app:latest": a, "lamina/app": a, "localhost:5000/x:latest": a,
+                     "localhost:5000/x": a, a: a, b: b, c: c}
+    # what the list answers is what an inspect answers
+    for name in ("lamina/app:1", a, b):
+        assert resolve(connect({"DOCKER_HOST": f"unix://{engine_socket}"}, timeout=10), name) == names[name]
+
+
+def test_a_failed_list_is_one_line_naming_the_engine(engine_socket: str) -> None:
+    engine = connect({"DOCKER_HOST": f"unix://{engine_socket}"}, timeout=10)
+
+    class Broken:
+        def list_images(self) -> list:
+            raise EngineApiError("the layer store is on fire", 500)
+
+    with pytest.raises(DaemonError, match=r"listing the images of the Docker engine at DOCKER_HOST=unix://.*on fire"):
+        listed_names(type(engine)(Broken(), engine.name))
 
 
 def test_a_save_streams_in_chunks_and_a_load_sends_its_body_chunked(engine_socket: str) -> None:
@@ -188,6 +215,7 @@ def test_the_real_engine_answers_the_socket_client() -> None:
     with pytest.raises(NotFound):
         api.inspect_image("lamina-no-such-image:never")
     assert all(i.startswith("sha256:") for i in api.image_ids())
+    assert all(item["Id"].startswith("sha256:") for item in api.list_images())
 
 
 def test_the_sdk_client_maps_its_errors_to_the_same_two(engine_socket: str) -> None:
@@ -195,6 +223,7 @@ def test_the_sdk_client_maps_its_errors_to_the_same_two(engine_socket: str) -> N
 
     api = SdkApi({"DOCKER_HOST": f"unix://{engine_socket}"}, timeout=10)
     assert api.inspect_image("sha256:" + "b" * 64)["Id"] == "sha256:" + "b" * 64
+    assert [item["Id"] for item in api.list_images()[:2]] == ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
     with pytest.raises(NotFound):
         api.inspect_image("nope:1")
     with pytest.raises(EngineApiError, match="on fire") as raised:

@@ -271,6 +271,9 @@ composed_image(name="img", base="../images/base.tar", layers=[":d"], repository=
     )
     try:
         first = completed_processes(repo.pants("package", "daemon:img").stderr)
+        # One list of the engine's images answers the tag: no lookup process per name.
+        assert first.count("lamina: list the images in the Docker engine") == 1, first
+        assert not any(p.startswith("lamina: look up") for p in first), first
         # The extraction reads the engine's export stream itself: no whole image is stored first.
         assert not any(p.startswith("lamina: export") for p in first), first
         assert any(p.startswith("lamina: extract layer of daemon:d") for p in first), first
@@ -308,6 +311,8 @@ def test_missing_engine_image_is_one_clear_error(repo: SampleRepo) -> None:
     assert "daemon_missing:d" in output and "lamina-no-such-image:nope" in output, output
     assert "DOCKER_HOST" in output or "engine" in output, output
     assert "Traceback" not in output
+    # The engine's list lacks the name, so it is looked up alone, and that lookup's error names the target.
+    assert "daemon_missing:d: no image 'lamina-no-such-image:nope' in the Docker engine" in output, output
 
 
 def test_layers_goal_lists_sources_and_composed_images(repo: SampleRepo) -> None:
