@@ -38,11 +38,16 @@ class Bench:
         return self._images
 
     def link_archives(self, dest: Path) -> None:
-        """Hard-link the current archives into a sample repo's directory (replacing older ones)."""
+        """Hard-link the current archives into a sample repo's directory, replacing the links of
+        archives that changed and leaving the others alone: a user's rebuilt image changes its own
+        archive only, and Pants' file watcher would take a replaced link for a changed file and
+        hash it again."""
         images = self.source_images()
         dest.mkdir(parents=True, exist_ok=True)
         for name in ("base", *images.names):
             link = dest / f"{name}.tar"
             if link.exists():
+                if os.path.samefile(link, images.archive(name)):
+                    continue
                 link.unlink()
             os.link(images.archive(name), link)

@@ -61,7 +61,7 @@ RATIOS = (
     RatioSpec("checks_noop", "pants cached re-run: checks on / off", "pants_noop_checks", "pants_noop_nochecks",
               ("<=", 1.1)),
     RatioSpec("mem_compose_vs_floor", "memory: lamina compose / floor", "mem_compose", "mem_floor", ("<=", 1.3)),
-    RatioSpec("scale_noop_vs_list", "scale: pants no-op / pants list ::", "scale_noop", "scale_list"),
+    RatioSpec("scale_noop_vs_list", "scale: pants no-op / pants list ::", "scale_noop", "scale_list", ("<=", 1.5)),
     RatioSpec("ex_noop_vs_list", "examples: pants no-op / pants list ::", "ex_noop", "ex_list", ("<=", 1.2)),
 )
 
