@@ -148,6 +148,8 @@ async def engine_images(request: EngineImagesRequest) -> EngineImages:
             may_fail=True,
         ),
     )
+    if result.exit_code != 0:
+        logger.debug(f"lamina: the list of the Docker engine's images failed (exit {result.exit_code}); each name is looked up alone")
     try:
         listed = json.loads(result.stdout) if result.exit_code == 0 else {}
     except ValueError:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -87,6 +88,9 @@ def resolve(engine: Engine, name: str) -> str:
     return str(_inspect(engine, name)["Id"])
 
 
+_LOOKS_LIKE_ID = re.compile(r"sha256:[0-9a-f]{64}")
+
+
 def listed_names(engine: Engine) -> dict[str, str]:
     """The image ID each name the engine's image list answers for means now, from one call: every
     tag as listed (`busybox:latest`, `localhost:5000/app:1`), a `:latest` tag also without it
@@ -105,7 +109,8 @@ def listed_names(engine: Engine) -> dict[str, str]:
             continue
         ids[image_id] = image_id
         for tag in item.get("RepoTags") or ():
-            if not isinstance(tag, str) or tag.startswith("<none>"):
+            # a tag spelled like an ID (repository "sha256") is read by the engine as an ID: not listed
+            if not isinstance(tag, str) or tag.startswith("<none>") or _LOOKS_LIKE_ID.fullmatch(tag):
                 continue
             names[tag] = image_id
             if tag.endswith(":latest"):

@@ -52,7 +52,8 @@ class _Engine(http.server.BaseHTTPRequestHandler):
         elif self.path in images:
             self._reply(200, json.dumps(images[self.path]).encode())
         elif self.path in ("/images/json", "/images/json?only_ids=0&all=0"):  # ours, the SDK's
-            listed = [{"Id": "sha256:" + "a" * 64, "RepoTags": ["lamina/app:1", "lamina/app:latest", "localhost:5000/x:latest"]},
+            listed = [{"Id": "sha256:" + "a" * 64, "RepoTags": ["lamina/app:1", "lamina/app:latest", "localhost:5000/x:latest",
+                                                               "sha256:" + "d" * 64]},  # a tag spelled like an ID
                       {"Id": "sha256:" + "b" * 64, "RepoTags": None},  # dangling: an ID only
                       {"Id": "sha256:" + "c" * 64, "RepoTags": ["<none>:<none>"]}, {"Id": 7}, "junk"]
             self._reply(200, json.dumps(listed).encode())
@@ -216,6 +217,12 @@ def test_the_real_engine_answers_the_socket_client() -> None:
         api.inspect_image("lamina-no-such-image:never")
     assert all(i.startswith("sha256:") for i in api.image_ids())
     assert all(item["Id"].startswith("sha256:") for item in api.list_images())
+    # every name the list answers for, the engine's own lookup answers the same
+    engine = connect({"DOCKER_HOST": "unix:///var/run/docker.sock"}, timeout=30)
+    names = listed_names(engine)
+    tags = [n for n in names if not n.startswith("sha256:")]
+    for name in [*tags[:5], *[n for n in tags if ":" not in n.rsplit("/", 1)[-1]][:3]]:
+        assert resolve(engine, name) == names[name], name
 
 
 def test_the_sdk_client_maps_its_errors_to_the_same_two(engine_socket: str) -> None:
